@@ -1,0 +1,3 @@
+from batchpipe.cli import main
+
+main()
