@@ -1,0 +1,309 @@
+"""The `batchpipe` command: one short function per command (parse -> call ops -> render).
+
+Errors from the library arrive as BatchpipeError and leave as a message, a hint and a
+documented exit code (README "Exit codes"); BATCHPIPE_DEBUG=1 shows the traceback too.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from batchpipe import __version__, ops, render
+from batchpipe.errors import BatchpipeError, ExitCode, MissingApiKey
+from batchpipe.paths import runs_dir_from_env
+
+app = typer.Typer(
+    name="batchpipe",
+    help="Run large LLM jobs through batch APIs as a resumable, crash-safe pipeline.\n\n"
+    "A run lives in RUNS_DIR/RUN_ID/; every command is safe to repeat and to run after a crash.\n\n"
+    "Quick start: `batchpipe demo`, then `batchpipe run configs/reviews.yaml --wait`.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one machine-readable JSON envelope on stdout.")]
+RunArg = Annotated[str, typer.Argument(help="The run id (see `batchpipe list`).", show_default=False)]
+
+
+def _runs_dir(ctx: typer.Context) -> Path:
+    return ctx.obj["runs_dir"]
+
+
+def command(name: str | None = None) -> Callable:
+    """Register a command whose BatchpipeErrors become a message + exit code, never a traceback."""
+
+    def decorate(fn: Callable) -> Callable:
+        cmd = name or fn.__name__.rstrip("_")
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (BatchpipeError, KeyboardInterrupt) as exc:
+                if os.environ.get("BATCHPIPE_DEBUG"):
+                    raise
+                raise typer.Exit(render.error(cmd, exc, as_json=bool(kwargs.get("as_json")))) from None
+
+        return app.command(cmd)(wrapper)
+
+    return decorate
+
+
+def _describe_progress(p: ops.Progress) -> str:
+    if p.done:
+        return "done"
+    running = p.shards["submitted"] + p.shards["completed"]
+    return f"{p.shards['merged']}/{sum(p.shards.values())} shards merged, {running} running"
+
+
+def _provider(paths, optional: bool = False):
+    try:
+        return ops.provider_for(paths)
+    except MissingApiKey:
+        if optional:
+            return None
+        raise
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"batchpipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option("--runs-dir", envvar="BATCHPIPE_RUNS_DIR", help="Where runs live.", show_default="./runs"),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", help="Show the version and exit.", is_eager=True, callback=_show_version)
+    ] = False,
+) -> None:
+    ctx.obj = {"runs_dir": runs_dir or runs_dir_from_env()}
+
+
+@command()
+def create(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(help="The job config (YAML).", show_default=False)],
+    run_id: Annotated[str | None, typer.Option("--run", help="Run id; default: <config name>-<hash of config and input>.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate a job config and its input, render the requests and split them into shards.
+
+    Nothing is sent anywhere. Creating the same job again finds the existing run.
+
+    Example: `batchpipe create configs/reviews.yaml --run reviews-nov`
+    """
+    c = ops.create(config, runs_dir=_runs_dir(ctx), run_id=run_id)
+    data = {"run": c.run_id, "path": str(c.root), "created": c.created, "shards": c.shards, "requests": c.requests}
+    if as_json:
+        return render.envelope("create", data)
+    verb = "created" if c.created else "already exists:"
+    render.line(f"{verb} run {c.run_id}: {c.requests} requests in {c.shards} shard(s) at {c.root}")
+    render.line(f"next: batchpipe submit {c.run_id}   (or: batchpipe run {c.run_id} --wait)")
+
+
+@command()
+def submit(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
+    """Upload prepared shards and create their batches, each exactly once.
+
+    Example: `batchpipe submit reviews-nov`
+    """
+    paths = ops.run_paths(_runs_dir(ctx), run)
+    s = ops.submit(paths, _provider(paths))
+    if as_json:
+        return render.envelope("submit", {"run": run, "uploaded": s.uploaded, "submitted": s.submitted})
+    if s.submitted:
+        render.line(f"submitted {len(s.submitted)} batch(es) for run {run}: {', '.join(s.submitted)}")
+    else:
+        render.line(f"nothing to submit: every shard of run {run} already has its batch")
+
+
+@command()
+def status(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
+    """Refresh the status of the run's batches and show them, shard by shard.
+
+    Example: `batchpipe status reviews-nov --json`
+    """
+    paths = ops.run_paths(_runs_dir(ctx), run)
+    st = ops.status(paths, _provider(paths, optional=True))
+    data = ops.common.describe(st.ledger) | {"refreshed": st.refreshed, "note": st.note}
+    if as_json:
+        return render.envelope("status", data)
+    p = st.progress
+    render.shard_table(f"run {run}: {p.finished}/{p.requests} requests finished, {p.failed} failed", data["shards"])
+    if st.note:
+        render.warn(st.note)
+    if p.done:
+        render.line(f"done: output at {data['output']}")
+
+
+@command()
+def download(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
+    """Download the output and error files of every batch that has finished.
+
+    Example: `batchpipe download reviews-nov`
+    """
+    paths = ops.run_paths(_runs_dir(ctx), run)
+    d = ops.download(paths, _provider(paths))
+    if as_json:
+        return render.envelope("download", {"run": run, "shards": d.shards, "files": d.files})
+    render.line(f"downloaded {d.files} file(s) for {len(d.shards)} finished shard(s)" if d.shards else "nothing new to download")
+
+
+def _processed(p: ops.Processed, paths) -> None:
+    for w in p.warnings:
+        render.warn(w)
+    for e in p.batch_errors:
+        where = f"line {e.get('line')} (row {e['row_no']}, id {e['custom_id']})" if e.get("row_no") else "the batch"
+        render.warn(f"shard {e['shard']} failed validation at {where}: {e.get('code')}: {e.get('message')}")
+    if p.done:
+        render.line(f"output: {paths.output} ({p.ok} answered, {p.failed} failed)")
+
+
+@command()
+def process(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
+    """Parse downloaded results and, once every row has an outcome, write output.jsonl.
+
+    Exits 3 while batches are still pending, 5 if a batch failed validation.
+
+    Example: `batchpipe process reviews-nov`
+    """
+    paths = ops.run_paths(_runs_dir(ctx), run)
+    p = ops.process(paths)
+    code = ExitCode.ATTENTION if p.batch_errors else (ExitCode.OK if p.done else ExitCode.PENDING)
+    if as_json:
+        render.envelope("process", {"run": run, "merged": p.merged, "done": p.done, "ok": p.ok, "failed": p.failed,
+                                    "output": str(paths.output) if p.done else None, "batch_errors": p.batch_errors,
+                                    "warnings": p.warnings}, int(code))
+    else:
+        _processed(p, paths)
+        if not p.done:
+            render.line(f"not done yet: see `batchpipe status {run}`")
+    raise typer.Exit(int(code))
+
+
+@command("run")
+def run_(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="A job config (YAML) or the id of an existing run.", show_default=False)],
+    wait: Annotated[bool, typer.Option("--wait", help="Keep going until the run is done.")] = False,
+    poll_interval: Annotated[float, typer.Option("--poll-interval", help="Seconds between status checks with --wait.", min=0.0)] = 30.0,
+    run_id: Annotated[str | None, typer.Option("--run", help="Run id when TARGET is a config.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Do every step that can be done now: create, submit, download, process.
+
+    Exits 0 when the run is done, 3 while batches are still pending (run it again later, e.g.
+    from cron), 5 if a batch failed validation. With `--wait` it polls until the run is done.
+
+    Examples: `batchpipe run configs/reviews.yaml --wait` · `batchpipe run reviews-nov`
+    """
+    runs_dir = _runs_dir(ctx)
+    if Path(target).is_file():
+        target = ops.create(Path(target), runs_dir=runs_dir, run_id=run_id).run_id
+    paths = ops.run_paths(runs_dir, target)
+    provider = _provider(paths)
+    start = time.monotonic()
+    total = ops.common.Progress.of(ops.common.Ledger.load(paths)).requests
+    with render.progress_bar(total, enabled=wait and not as_json) as update:
+        report = ops.run(
+            paths, provider, wait=wait, poll_interval=poll_interval,
+            on_progress=lambda p: update(p.finished, _describe_progress(p)),
+        )
+    p = report.processed
+    code = ExitCode.ATTENTION if p.batch_errors else (ExitCode.OK if p.done else ExitCode.PENDING)
+    if as_json:
+        data = ops.common.describe(ops.common.Ledger.load(paths))
+        render.envelope("run", data | {"batch_errors": p.batch_errors, "warnings": p.warnings}, int(code))
+    else:
+        _processed(p, paths)
+        if not p.done and not p.batch_errors:
+            prog = report.progress
+            render.line(f"run {target}: {prog.finished}/{prog.requests} requests finished after {render.elapsed(start)}; "
+                        f"run `batchpipe run {target}` again later, or add --wait")
+    raise typer.Exit(int(code))
+
+
+@command("list")
+def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List the runs in the runs dir (no network).
+
+    Example: `batchpipe --runs-dir /data/runs list --json`
+    """
+    runs = [
+        {"run": s.run_id, "created_at": s.created_at, "model": s.model, "problem": s.problem}
+        | ({"shards": sum(s.progress.shards.values()), "requests": s.progress.requests,
+            "finished": s.progress.finished, "done": s.progress.done} if s.progress else {})
+        for s in ops.list_runs(_runs_dir(ctx))
+    ]
+    if as_json:
+        return render.envelope("list", {"runs": runs})
+    render.runs_table(runs)
+
+
+@command()
+def emulator(
+    host: Annotated[str, typer.Option(help="Address to listen on (keep it on loopback).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one.")] = 8089,
+    validating_seconds: Annotated[float, typer.Option(help="How long a batch stays validating.")] = 1.0,
+    in_progress_seconds: Annotated[float, typer.Option(help="How long a batch stays in_progress.")] = 5.0,
+    finalizing_seconds: Annotated[float, typer.Option(help="How long a batch stays finalizing.")] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for the order of output lines.")] = None,
+) -> None:
+    """Start a local OpenAI-compatible Files + Batches server, to rehearse a job for free.
+
+    Any non-empty API key is accepted. Answers are derived from the request: a chat
+    completion's answer is `echo: <the user message>`.
+
+    Example: `batchpipe emulator --port 8089` then, in another terminal,
+    `OPENAI_BASE_URL=http://127.0.0.1:8089/v1 OPENAI_API_KEY=test batchpipe run configs/reviews.yaml --wait`
+    """
+    from batchpipe.emulator import EmulatorOptions, serve_forever
+
+    options = EmulatorOptions(validating_seconds=validating_seconds, in_progress_seconds=in_progress_seconds,
+                              finalizing_seconds=finalizing_seconds, shuffle_seed=seed)
+    serve_forever(host, port, options)
+
+
+@command()
+def demo(ctx: typer.Context) -> None:
+    """Run a bundled example job from create to output against an in-process emulator.
+
+    No API key, no network, no cost: it shows what a real run looks like.
+
+    Example: `batchpipe demo`
+    """
+    from batchpipe.ops.demo import create_demo, run_demo
+
+    created = create_demo(_runs_dir(ctx))
+    render.line(f"created run {created.run_id}: {created.requests} requests in {created.shards} shards; "
+                "running them on a local emulator")
+    paths = ops.run_paths(_runs_dir(ctx), created.run_id)
+    with render.progress_bar(created.requests) as update:
+        report = run_demo(paths, on_progress=lambda p: update(p.finished, _describe_progress(p)))
+    p = report.processed
+    render.line(f"done: {p.ok} rows answered, {p.failed} failed")
+    render.line(f"output: {paths.output}")
+    with open(paths.output, encoding="utf-8") as f:
+        first = f.readline().strip()
+    render.line(f"first row: {first}")
+    render.line(f"look around: batchpipe status {paths.run_id}   (or: batchpipe list)")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,135 @@
+"""The per-request index (runs/<id>/index.sqlite): which row each custom_id came from, and
+the outcome of each request once its results are processed.
+
+It keeps `create`'s duplicate-id check, the validation-error line mapping and the final merge
+in memory that does not grow with the dataset. It is derived data with a durable commit:
+results are committed here before the ledger marks their shard merged, and re-processing a
+shard replaces its rows, so a crash between the two is repaired by running `process` again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    custom_id TEXT PRIMARY KEY,
+    row_no    INTEGER NOT NULL UNIQUE,
+    line_no   INTEGER NOT NULL,
+    shard     TEXT NOT NULL,
+    shard_line INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_by_shard ON requests (shard, shard_line);
+CREATE TABLE IF NOT EXISTS results (
+    custom_id TEXT PRIMARY KEY,
+    shard     TEXT NOT NULL,
+    ok        INTEGER NOT NULL,
+    value     BLOB,
+    error     BLOB,
+    attempts  INTEGER NOT NULL DEFAULT 1
+);
+"""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    custom_id: str
+    ok: bool
+    value: Any  # the answer (for chat: the assistant's content string)
+    error: dict[str, Any] | None
+    attempts: int = 1
+
+
+class DuplicateId(Exception):
+    def __init__(self, custom_id: str, first_line: int) -> None:
+        super().__init__(custom_id)
+        self.custom_id = custom_id
+        self.first_line = first_line
+
+
+class Index:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path)
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests (written once, at create) -----------------------------------------------
+    def add_request(self, custom_id: str, row_no: int, line_no: int, shard: str, shard_line: int) -> None:
+        try:
+            self.db.execute(
+                "INSERT INTO requests VALUES (?, ?, ?, ?, ?)", (custom_id, row_no, line_no, shard, shard_line)
+            )
+        except sqlite3.IntegrityError:
+            (first,) = self.db.execute("SELECT line_no FROM requests WHERE custom_id = ?", (custom_id,)).fetchone()
+            raise DuplicateId(custom_id, first) from None
+
+    def commit(self) -> None:
+        self.db.commit()
+
+    def shard_ids(self, shard: str) -> Iterator[tuple[int, str, int, int]]:
+        """(shard_line, custom_id, row_no, line_no) of a shard's requests, in file order."""
+        yield from self.db.execute(
+            "SELECT shard_line, custom_id, row_no, line_no FROM requests WHERE shard = ? ORDER BY shard_line",
+            (shard,),
+        )
+
+    def request_at(self, shard: str, shard_line: int) -> tuple[str, int, int] | None:
+        """(custom_id, row_no, line_no) of the request on a 1-based line of a shard file."""
+        return self.db.execute(
+            "SELECT custom_id, row_no, line_no FROM requests WHERE shard = ? AND shard_line = ?", (shard, shard_line)
+        ).fetchone()
+
+    # -- results (written at process) -----------------------------------------------------
+    def put_results(self, shard: str, outcomes: Iterable[Outcome]) -> dict[str, int]:
+        """Replace the outcomes of one shard in one transaction; return {"ok": n, "failed": n}."""
+        counts = {"ok": 0, "failed": 0}
+        with self.db:  # one transaction: all of the shard or none of it
+            self.db.execute("DELETE FROM results WHERE shard = ?", (shard,))
+            for o in outcomes:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        o.custom_id,
+                        shard,
+                        int(o.ok),
+                        orjson.dumps(o.value),
+                        None if o.error is None else orjson.dumps(o.error),
+                        o.attempts,
+                    ),
+                )
+                counts["ok" if o.ok else "failed"] += 1
+        return counts
+
+    def joined(self) -> Iterator[tuple[int, str, Outcome | None]]:
+        """Every request in row order with its outcome (None if it has none yet)."""
+        rows = self.db.execute(
+            "SELECT r.row_no, r.custom_id, s.ok, s.value, s.error, s.attempts "
+            "FROM requests r LEFT JOIN results s ON s.custom_id = r.custom_id ORDER BY r.row_no"
+        )
+        for row_no, custom_id, ok, value, error, attempts in rows:
+            if ok is None:
+                yield row_no, custom_id, None
+            else:
+                yield row_no, custom_id, Outcome(
+                    custom_id,
+                    bool(ok),
+                    orjson.loads(value) if value is not None else None,
+                    orjson.loads(error) if error is not None else None,
+                    attempts,
+                )

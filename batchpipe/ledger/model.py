@@ -1,0 +1,125 @@
+"""What state.json holds: the run, and one record per shard attempt.
+
+Per-request outcomes are deliberately absent (a million requests would bloat the ledger):
+they live in the raw result files and the sqlite index (ledger/index.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class ShardState(StrEnum):
+    PREPARED = "prepared"  # request file written and fsynced
+    UPLOADED = "uploaded"  # file_id recorded
+    SUBMITTED = "submitted"  # batch_id recorded
+    COMPLETED = "completed"  # remote batch terminal; its result files downloaded and checksummed
+    MERGED = "merged"  # results parsed and in the index
+
+
+# Remote batch statuses after which nothing more will happen to a batch.
+TERMINAL_BATCH_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+@dataclass
+class FileRef:
+    """A local file the ledger points at; written (and fsynced) before the pointer."""
+
+    path: str  # relative to the run dir
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Upload:
+    filename: str  # the tag: <run_id>--<shard>--<sha12>.jsonl
+    intent_at: float  # unix time recorded before the upload was sent
+    file_id: str | None = None
+
+
+@dataclass
+class Batch:
+    metadata: dict[str, str]  # the tag: batchpipe_run, batchpipe_shard, batchpipe_sha
+    intent_at: float  # unix time recorded before the create was sent
+    id: str | None = None
+    status: str | None = None
+    request_counts: dict[str, int] = field(default_factory=dict)
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    usage: dict[str, Any] | None = None
+    created_at: int | None = None
+    refreshed_at: float | None = None
+
+
+@dataclass
+class Shard:
+    id: str  # "00001.a1": shard 1, attempt 1
+    index: int
+    attempt: int
+    state: ShardState
+    file: FileRef
+    requests: int
+    est_tokens: int
+    upload: Upload | None = None
+    batch: Batch | None = None
+    outputs: FileRef | None = None  # downloaded output file (None if the batch had none)
+    errors_file: FileRef | None = None  # downloaded error file (None if the batch had none)
+    merged: dict[str, int] | None = None  # {"ok": n, "failed": n}
+    history: list[dict[str, Any]] = field(default_factory=list)  # earlier batches of this attempt
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Shard:
+        d = dict(d)
+        d["state"] = ShardState(d["state"])
+        d["file"] = FileRef(**d["file"])
+        for key, kind in (("upload", Upload), ("batch", Batch), ("outputs", FileRef), ("errors_file", FileRef)):
+            if d.get(key) is not None:
+                d[key] = kind(**d[key])
+        return cls(**d)
+
+
+@dataclass
+class Run:
+    id: str
+    created_at: float
+    batchpipe_version: str
+    config_sha256: str
+    input: dict[str, Any]  # {"path", "bytes", "sha256", "rows"}
+    endpoint: str
+    model: str
+    requests: int
+    base_url: str | None = None  # the service the batches live at, recorded at the first remote call
+    output: FileRef | None = None
+    result_counts: dict[str, int] | None = None  # {"ok": n, "failed": n} of the written output
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Run:
+        d = dict(d)
+        if d.get("output") is not None:
+            d["output"] = FileRef(**d["output"])
+        return cls(**d)
+
+
+@dataclass
+class RunState:
+    run: Run
+    shards: list[Shard]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run": asdict(self.run), "shards": [asdict(s) for s in self.shards]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunState:
+        return cls(run=Run.from_dict(d["run"]), shards=[Shard.from_dict(s) for s in d["shards"]])
+
+    def shard(self, shard_id: str) -> Shard:
+        for s in self.shards:
+            if s.id == shard_id:
+                return s
+        raise KeyError(shard_id)
+
+    def in_state(self, *states: ShardState) -> list[Shard]:
+        return [s for s in self.shards if s.state in states]

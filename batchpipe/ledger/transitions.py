@@ -1,0 +1,21 @@
+"""The shard lifecycle as a table (DESIGN.md §3): anything not listed is illegal."""
+
+from __future__ import annotations
+
+from batchpipe.errors import IllegalTransition
+from batchpipe.ledger.model import Shard, ShardState
+
+S = ShardState
+ALLOWED: dict[ShardState, frozenset[ShardState]] = {
+    S.PREPARED: frozenset({S.UPLOADED}),
+    S.UPLOADED: frozenset({S.SUBMITTED}),
+    # back to UPLOADED: the batch failed with token_limit_exceeded and is resubmitted later.
+    S.SUBMITTED: frozenset({S.COMPLETED, S.UPLOADED}),
+    S.COMPLETED: frozenset({S.MERGED}),
+    S.MERGED: frozenset(),
+}
+
+
+def check(shard: Shard, dst: ShardState) -> None:
+    if dst not in ALLOWED[shard.state]:
+        raise IllegalTransition(shard.id, shard.state.value, dst.value)

@@ -1,0 +1,105 @@
+"""What several ops share: opening a run and its provider, and a run's progress figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchpipe.config import JobConfig, load_config
+from batchpipe.errors import UsageError
+from batchpipe.ledger.model import ShardState
+from batchpipe.ledger.store import Ledger
+from batchpipe.paths import RunPaths
+from batchpipe.providers import Provider, open_provider
+
+
+def run_paths(runs_dir: Path, run_id: str) -> RunPaths:
+    return RunPaths.existing(Path(runs_dir), run_id)
+
+
+def run_config(paths: RunPaths) -> JobConfig:
+    """The config snapshot taken at create (never the original file, which may have changed)."""
+    return load_config(paths.config)
+
+
+def provider_for(paths: RunPaths, *, api_key: str | None = None, base_url: str | None = None) -> Provider:
+    cfg = run_config(paths)
+    return open_provider(cfg.provider.name, base_url=base_url or cfg.provider.base_url, api_key=api_key)
+
+
+def bind_provider(ledger: Ledger, provider: Provider) -> None:
+    """Record where this run's files and batches live; refuse to look for them anywhere else.
+
+    Pointing a run with remote objects at another service would make every lookup come back
+    empty and every shard be submitted again: paid twice.
+    """
+    recorded = ledger.run.base_url
+    if recorded is None:
+        ledger.run.base_url = provider.base_url
+        ledger.commit({"event": "provider", "base_url": provider.base_url})
+    elif recorded.rstrip("/") != provider.base_url.rstrip("/"):
+        raise UsageError(
+            f"run {ledger.run.id} was submitted to {recorded}, but this command would use {provider.base_url}",
+            hint=f"set OPENAI_BASE_URL={recorded} (or provider.base_url in the config) and try again",
+        )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a run is, from the ledger alone."""
+
+    requests: int
+    finished: int  # requests with a final remote outcome (completed or failed at the service)
+    failed: int
+    shards: dict[str, int]  # shard state -> count
+    done: bool  # every shard merged and the output written
+
+    @classmethod
+    def of(cls, ledger: Ledger) -> Progress:
+        finished = failed = 0
+        states = {s.value: 0 for s in ShardState}
+        for shard in ledger.shards:
+            states[shard.state.value] += 1
+            if shard.state == ShardState.MERGED and shard.merged is not None:
+                finished += shard.requests
+                failed += shard.merged.get("failed", 0)
+            elif shard.batch is not None:
+                counts = shard.batch.request_counts
+                finished += min(shard.requests, counts.get("completed", 0) + counts.get("failed", 0))
+                failed += counts.get("failed", 0)
+        done = states[ShardState.MERGED.value] == len(ledger.shards) and ledger.run.output is not None
+        return cls(ledger.run.requests, finished, failed, states, done)
+
+
+def describe(ledger: Ledger) -> dict:
+    """The run as plain data: what `status --json` prints and what the status table shows."""
+    progress = Progress.of(ledger)
+    run = ledger.run
+    return {
+        "run": run.id,
+        "model": run.model,
+        "endpoint": run.endpoint,
+        "created_at": run.created_at,
+        "requests": run.requests,
+        "finished": progress.finished,
+        "failed": progress.failed,
+        "done": progress.done,
+        "shard_states": progress.shards,
+        "output": str(ledger.paths.output) if run.output else None,
+        "result_counts": run.result_counts,
+        "shards": [
+            {
+                "shard": s.id,
+                "state": s.state.value,
+                "requests": s.requests,
+                "bytes": s.file.bytes,
+                "file_id": s.upload.file_id if s.upload else None,
+                "batch_id": s.batch.id if s.batch else None,
+                "remote_status": s.batch.status if s.batch else None,
+                "request_counts": s.batch.request_counts if s.batch else None,
+                "errors": s.batch.errors if s.batch else [],
+                "merged": s.merged,
+            }
+            for s in ledger.shards
+        ],
+    }

@@ -1,0 +1,188 @@
+"""`create`: validate config and input, render requests, split them into shards, write the run.
+
+The run is built in a hidden temp directory and published with one rename, so an error or a
+crash never leaves a half-made run dir. The default run id is derived from the config and the
+input's content, so creating the same job twice finds the first run instead of making another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from batchpipe import __version__, fsio
+from batchpipe.config import JobConfig, load_config, snapshot_yaml
+from batchpipe.errors import InputError, RunExists
+from batchpipe.ledger.index import DuplicateId, Index
+from batchpipe.ledger.model import FileRef, Run, RunState, Shard, ShardState
+from batchpipe.ledger.store import Ledger, encode
+from batchpipe.paths import RunPaths, check_run_id
+from batchpipe.pipeline.requests import Request, render_requests
+from batchpipe.pipeline.shards import assign_shards, estimate_tokens, shard_id
+
+
+@dataclass(frozen=True)
+class Created:
+    run_id: str
+    root: Path
+    created: bool  # False when the run already existed (the second create is a no-op)
+    shards: int
+    requests: int
+
+
+def default_run_id(config_path: Path, digest: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", config_path.stem).strip("-._") or "run"
+    return f"{stem[:50]}-{digest[:8]}"
+
+
+def create(config_path: Path, *, runs_dir: Path, run_id: str | None = None) -> Created:
+    cfg = load_config(Path(config_path))
+    snapshot = snapshot_yaml(cfg).encode()
+    input_size, input_sha = fsio.sha256_file(cfg.input.path)
+    config_sha = hashlib.sha256(snapshot).hexdigest()
+    run_id = check_run_id(run_id) if run_id else default_run_id(cfg.source, hashlib.sha256(snapshot + input_sha.encode()).hexdigest())
+    paths = RunPaths.of(runs_dir, run_id)
+
+    if paths.root.exists():
+        return _existing(paths, config_sha, input_sha)
+
+    tmp = fsio.make_temp_dir(Path(runs_dir), run_id)
+    try:
+        state = _build(RunPaths(tmp), cfg, snapshot, run_id, config_sha, (input_size, input_sha))
+        try:
+            fsio.publish_dir(tmp, paths.root)
+        except OSError:
+            raise RunExists(f"{paths.root} appeared while this run was being created", hint="run create again") from None
+    except BaseException:
+        fsio.remove_tree(tmp)
+        raise
+    return Created(run_id, paths.root, True, len(state.shards), state.run.requests)
+
+
+def _existing(paths: RunPaths, config_sha: str, input_sha: str) -> Created:
+    if not paths.state.is_file():
+        raise RunExists(
+            f"{paths.root} exists but is not a batchpipe run", hint="choose another --run id or remove that directory"
+        )
+    ledger = Ledger.load(paths)
+    if ledger.run.config_sha256 != config_sha or ledger.run.input["sha256"] != input_sha:
+        raise RunExists(
+            f"run {paths.run_id!r} already exists with a different config or input",
+            hint="choose another --run id, or leave --run out to get an id derived from the config and input",
+        )
+    return Created(paths.run_id, paths.root, False, len(ledger.shards), ledger.run.requests)
+
+
+def _checked(cfg: JobConfig) -> Iterator[tuple[Request, int]]:
+    """The rendered requests with their sizes; a single request over the byte limit is an input error."""
+    limit = cfg.limits.max_bytes_per_shard
+    for req in render_requests(cfg):
+        if len(req.line) > limit:
+            raise InputError(
+                f"{cfg.input.path.name} line {req.line_no} (row id {req.custom_id}): the request is "
+                f"{len(req.line)} bytes, more than limits.max_bytes_per_shard ({limit})",
+                hint=f"shorten the row or raise limits.max_bytes_per_shard in {cfg.source}",
+            )
+        yield req, len(req.line)
+
+
+class _ShardFiles:
+    """Writes shard files one after another, each atomically, recording what the ledger needs."""
+
+    def __init__(self, paths: RunPaths) -> None:
+        self.paths = paths
+        self.shards: list[Shard] = []
+        self._stack = ExitStack()
+        self._file: BinaryIO | None = None
+
+    def start(self, index: int) -> str:
+        self.finish()
+        sid = shard_id(index, 1)
+        self._file = self._stack.enter_context(fsio.atomic_writer(self.paths.shard_file(sid)))
+        self._sid, self._hash, self._bytes, self._count = sid, hashlib.sha256(), 0, 0
+        return sid
+
+    def write(self, line: bytes) -> int:
+        assert self._file is not None
+        self._file.write(line)
+        self._hash.update(line)
+        self._bytes += len(line)
+        self._count += 1
+        return self._count
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def finish(self) -> None:
+        if self._file is None:
+            return
+        self._stack.close()  # fsync + rename: the data is on disk before the ledger names it
+        self._file = None
+        self.shards.append(
+            Shard(
+                id=self._sid,
+                index=len(self.shards) + 1,
+                attempt=1,
+                state=ShardState.PREPARED,
+                file=FileRef(f"shards/{self._sid}.jsonl", self._bytes, self._hash.hexdigest()),
+                requests=self._count,
+                est_tokens=estimate_tokens(self._bytes),
+            )
+        )
+
+
+def _build(
+    paths: RunPaths, cfg: JobConfig, snapshot: bytes, run_id: str, config_sha: str, input_stat: tuple[int, str]
+) -> RunState:
+    fsio.write_bytes_atomic(paths.config, snapshot)
+    paths.shards_dir.mkdir()
+    paths.results_dir.mkdir()
+    files = _ShardFiles(paths)
+    current = 0
+    rows = 0
+    with Index(paths.index) as index:
+        try:
+            for shard_index, req in assign_shards(
+                _checked(cfg), cfg.limits.max_requests_per_shard, cfg.limits.max_bytes_per_shard
+            ):
+                if shard_index != current:
+                    sid, current = files.start(shard_index), shard_index
+                line_in_shard = files.write(req.line)
+                index.add_request(req.custom_id, req.row_no, req.line_no, sid, line_in_shard)
+                rows += 1
+            files.finish()
+        except DuplicateId as dup:
+            raise InputError(
+                f"{cfg.input.path.name}: id {dup.custom_id!r} (field '{cfg.input.id}') appears twice, "
+                f"first on line {dup.first_line}",
+                hint="ids must be unique: fix the data, or leave input.id out to number rows instead",
+            ) from None
+        finally:
+            files.close()  # on error the caller removes the whole temp run dir
+        if rows == 0:
+            raise InputError(f"{cfg.input.path}: no rows to process", hint="check input.path in the config")
+        index.commit()
+    size, sha = input_stat
+    state = RunState(
+        run=Run(
+            id=run_id,
+            created_at=time.time(),
+            batchpipe_version=__version__,
+            config_sha256=config_sha,
+            input={"path": str(cfg.input.path), "bytes": size, "sha256": sha, "rows": rows},
+            endpoint=cfg.endpoint,
+            model=cfg.model,
+            requests=rows,
+        ),
+        shards=files.shards,
+    )
+    fsio.write_bytes_atomic(paths.state, encode(state))
+    Ledger(paths, state).log({"event": "created", "shards": len(files.shards), "requests": rows})
+    return state
+

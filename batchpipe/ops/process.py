@@ -1,0 +1,146 @@
+"""`process`: parse downloaded results into the index, then write the merged output.
+
+Results are joined to rows by custom_id, never by position: the service returns lines in any
+order. A request without a result (error line, validation failure, missing from both files)
+keeps its row, with null under the output key and the error beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from batchpipe import fsio
+from batchpipe.errors import InputError
+from batchpipe.ledger.index import Index, Outcome
+from batchpipe.ledger.model import Shard, ShardState
+from batchpipe.ledger.store import Ledger
+from batchpipe.ops.common import Progress, run_config
+from batchpipe.paths import RunPaths
+from batchpipe.pipeline.inputs import iter_rows
+from batchpipe.pipeline.results import BadLine, Parsed, parse_lines
+
+MISSING = {"code": "missing_result", "message": "the service returned no result for this request"}
+
+
+@dataclass
+class Processed:
+    run_id: str
+    merged: list[str] = field(default_factory=list)
+    output_written: bool = False
+    done: bool = False
+    ok: int = 0
+    failed: int = 0
+    # Batches that failed validation, as {"shard", "code", "message", "line", "row_no", "custom_id"}:
+    # retrying cannot fix them, a person has to look.
+    batch_errors: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _lines(ledger: Ledger, shard: Shard) -> Iterator[tuple[str, bytes]]:
+    for kind, ref in (("output", shard.outputs), ("errors", shard.errors_file)):
+        if ref is not None:
+            with open(ledger.verify(ref), "rb") as f:
+                for line in f:
+                    yield kind, line
+
+
+def _validation_failure(shard: Shard, index: Index, result: Processed) -> Iterator[Outcome]:
+    """Every request of a batch that failed as a whole gets the batch's error (its own line's, if any)."""
+    by_line: dict[int, dict[str, Any]] = {}
+    for err in shard.batch.errors:
+        line = err.get("line")
+        where = index.request_at(shard.id, line) if isinstance(line, int) else None
+        custom_id, row_no, _ = where if where else (None, None, None)
+        result.batch_errors.append({"shard": shard.id, **err, "row_no": row_no, "custom_id": custom_id})
+        if isinstance(line, int):
+            by_line.setdefault(line, err)
+    first = shard.batch.errors[0] if shard.batch.errors else {"code": "batch_failed", "message": "the batch failed"}
+    for shard_line, custom_id, _, _ in index.shard_ids(shard.id):
+        err = by_line.get(shard_line, first)
+        yield Outcome(custom_id, False, None, {"code": err.get("code") or "batch_failed", "message": err.get("message")})
+
+
+def _outcomes(ledger: Ledger, shard: Shard, index: Index, result: Processed) -> Iterator[Outcome]:
+    if shard.batch.status == "failed":
+        yield from _validation_failure(shard, index, result)
+        return
+    # One shard holds at most 50,000 requests: a per-shard map is bounded, whatever the dataset size.
+    expected = {custom_id for _, custom_id, _, _ in index.shard_ids(shard.id)}
+    found: dict[str, Parsed] = {}
+    for n, parsed in enumerate(parse_lines(ledger.run.endpoint, (line for _, line in _lines(ledger, shard))), 1):
+        if isinstance(parsed, BadLine):
+            result.warnings.append(f"shard {shard.id}: result line {parsed.line_no} unreadable ({parsed.reason})")
+        elif parsed.custom_id not in expected:
+            result.warnings.append(f"shard {shard.id}: result for unknown custom_id {parsed.custom_id!r} ignored")
+        elif parsed.custom_id not in found or (parsed.ok and not found[parsed.custom_id].ok):
+            found[parsed.custom_id] = parsed
+    for custom_id in expected:
+        p = found.get(custom_id)
+        yield Outcome(custom_id, p.ok, p.value, p.error) if p else Outcome(custom_id, False, None, MISSING)
+
+
+def _merged_rows(ledger: Ledger, index: Index, key: str, result: Processed) -> Iterator[bytes]:
+    cfg = run_config(ledger.paths)
+    joined = index.joined()
+    for row in iter_rows(cfg.input):
+        row_no, _, outcome = next(joined, (None, None, None))
+        if row_no != row.row_no:  # the index and the input disagree: the input changed under us
+            raise InputError(f"{cfg.input.path}: row {row.row_no} does not match the run's index")
+        data = dict(row.data)
+        if outcome is not None and outcome.ok:
+            data[key] = outcome.value
+            result.ok += 1
+        else:
+            data[key] = None
+            data[f"{key}_error"] = outcome.error if outcome is not None else MISSING
+            result.failed += 1
+        yield orjson.dumps(data) + b"\n"
+
+
+def _write_output(ledger: Ledger, index: Index, result: Processed) -> None:
+    run = ledger.run
+    _, sha = fsio.sha256_file(Path(run.input["path"]))
+    if sha != run.input["sha256"]:
+        raise InputError(
+            f"{run.input['path']} has changed since the run was created: its rows can no longer be matched",
+            hint="restore the original input file (same content) and run `batchpipe process` again",
+        )
+    key = run_config(ledger.paths).output.key
+    out_size, out_sha = fsio.write_lines_atomic(ledger.paths.output, _merged_rows(ledger, index, key, result))
+    run.output = ledger.file_ref(ledger.paths.output, out_size, out_sha)
+    run.result_counts = {"ok": result.ok, "failed": result.failed}
+    ledger.commit({"event": "output", "rows": result.ok + result.failed, "ok": result.ok, "failed": result.failed})
+    result.output_written = True
+
+
+def process(paths: RunPaths) -> Processed:
+    result = Processed(paths.run_id)
+    with fsio.run_lock(paths.root):
+        ledger = Ledger.load(paths)
+        with Index(paths.index) as index:
+            for shard in ledger.shards:
+                if shard.state == ShardState.COMPLETED:
+                    counts = index.put_results(shard.id, _outcomes(ledger, shard, index, result))
+                    ledger.advance(shard, ShardState.MERGED, merged=counts)
+                    result.merged.append(shard.id)
+                elif shard.state == ShardState.MERGED and shard.batch.status == "failed" and shard.batch.errors:
+                    list(_validation_failure(shard, index, result))  # report them again: still unresolved
+            all_merged = all(s.state == ShardState.MERGED for s in ledger.shards)
+            if all_merged and (result.merged or ledger.run.output is None or not _output_intact(ledger)):
+                _write_output(ledger, index, result)
+        if ledger.run.result_counts:
+            result.ok, result.failed = ledger.run.result_counts["ok"], ledger.run.result_counts["failed"]
+        result.done = Progress.of(ledger).done
+    return result
+
+
+def _output_intact(ledger: Ledger) -> bool:
+    ref = ledger.run.output
+    if ref is None or not ledger.paths.output.is_file():
+        return False
+    return fsio.sha256_file(ledger.paths.output) == (ref.bytes, ref.sha256)

@@ -1,0 +1,65 @@
+"""`run`: every step that can be done now, and with `wait`, again until the run is done."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from batchpipe.ledger.store import Ledger
+from batchpipe.ops.common import Progress
+from batchpipe.ops.download import download
+from batchpipe.ops.process import Processed, process
+from batchpipe.ops.submit import submit
+from batchpipe.paths import RunPaths
+from batchpipe.providers import Provider
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    progress: Progress
+    processed: Processed
+    passes: int = 1
+    submitted: list[str] = field(default_factory=list)
+    downloaded: list[str] = field(default_factory=list)
+
+
+def step(paths: RunPaths, provider: Provider, *, sleep=time.sleep) -> RunReport:
+    """One pass: submit what is prepared, download what finished, process what was downloaded."""
+    submitted = submit(paths, provider, sleep=sleep)
+    downloaded = download(paths, provider)
+    processed = process(paths)
+    return RunReport(
+        paths.run_id,
+        Progress.of(Ledger.load(paths)),
+        processed,
+        submitted=submitted.submitted,
+        downloaded=downloaded.shards,
+    )
+
+
+def run(
+    paths: RunPaths,
+    provider: Provider,
+    *,
+    wait: bool = False,
+    poll_interval: float = 30.0,
+    on_progress: Callable[[Progress], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RunReport:
+    """Run every step now; with `wait`, repeat every `poll_interval` seconds until done.
+
+    The run lock is held during each pass only, not while sleeping, so `status` in another
+    terminal can still refresh between passes.
+    """
+    passes = 0
+    while True:
+        report = step(paths, provider, sleep=sleep)
+        passes += 1
+        report.passes = passes
+        if on_progress is not None:
+            on_progress(report.progress)
+        if report.progress.done or not wait or report.processed.batch_errors:
+            return report
+        sleep(poll_interval)

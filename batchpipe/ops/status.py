@@ -1,0 +1,51 @@
+"""`status`: refresh the remote status of submitted shards and report the run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from batchpipe import fsio
+from batchpipe.errors import RunLocked
+from batchpipe.ledger.model import ShardState
+from batchpipe.ledger.store import Ledger
+from batchpipe.ops.common import Progress, bind_provider
+from batchpipe.ops.remote import refresh
+from batchpipe.paths import RunPaths
+from batchpipe.providers import Provider
+
+
+@dataclass
+class Status:
+    ledger: Ledger
+    progress: Progress
+    refreshed: bool
+    note: str | None = None  # why the status was not refreshed, if it was not
+
+
+def refresh_submitted(ledger: Ledger, provider: Provider) -> int:
+    """Refresh every submitted shard; return how many changed."""
+    changed = 0
+    for shard in ledger.shards:
+        if shard.state == ShardState.SUBMITTED:
+            bind_provider(ledger, provider)
+            changed += refresh(ledger, shard, provider)
+    return changed
+
+
+def status(paths: RunPaths, provider: Provider | None) -> Status:
+    """The run as the ledger knows it, refreshed from the provider when possible.
+
+    Refreshing writes the ledger, so it needs the run lock; if another process holds it (a
+    `run --wait` in another terminal, say), the last recorded state is shown instead of waiting.
+    """
+    if provider is None:
+        ledger = Ledger.load(paths)
+        return Status(ledger, Progress.of(ledger), False, "not refreshed: no API key")
+    try:
+        with fsio.run_lock(paths.root, timeout=0):
+            ledger = Ledger.load(paths)
+            refresh_submitted(ledger, provider)
+    except RunLocked:
+        ledger = Ledger.load(paths)
+        return Status(ledger, Progress.of(ledger), False, "not refreshed: another batchpipe process is working on this run")
+    return Status(ledger, Progress.of(ledger), True)

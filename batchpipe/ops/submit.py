@@ -1,0 +1,42 @@
+"""`submit`: upload prepared shards and create their batches, each exactly once."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from batchpipe import fsio
+from batchpipe.ledger.model import ShardState
+from batchpipe.ledger.store import Ledger
+from batchpipe.ops.common import bind_provider
+from batchpipe.ops.remote import ensure_submitted, ensure_uploaded
+from batchpipe.paths import RunPaths
+from batchpipe.providers import Provider
+
+
+@dataclass
+class Submitted:
+    run_id: str
+    uploaded: list[str] = field(default_factory=list)
+    submitted: list[str] = field(default_factory=list)
+
+
+def submit(paths: RunPaths, provider: Provider, *, sleep=time.sleep) -> Submitted:
+    """Upload every prepared shard and create a batch for every uploaded one, in shard order.
+
+    Shard by shard, so the first batch starts while later shards are still uploading, and a
+    crash loses at most the step in flight.
+    """
+    result = Submitted(paths.run_id)
+    with fsio.run_lock(paths.root):
+        ledger = Ledger.load(paths)
+        for shard in ledger.shards:
+            if shard.state == ShardState.PREPARED:
+                bind_provider(ledger, provider)
+                ensure_uploaded(ledger, shard, provider, sleep=sleep)
+                result.uploaded.append(shard.id)
+            if shard.state == ShardState.UPLOADED:
+                bind_provider(ledger, provider)
+                ensure_submitted(ledger, shard, provider, sleep=sleep)
+                result.submitted.append(shard.id)
+    return result

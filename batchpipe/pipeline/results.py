@@ -1,0 +1,97 @@
+"""Parse the service's output and error files into per-request outcomes. Pure: no I/O.
+
+Lines come in any order and are joined by custom_id, never by position. One unreadable line
+never aborts a file: it is reported, and its request counts as missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True)
+class Parsed:
+    custom_id: str
+    ok: bool
+    value: Any
+    error: dict[str, Any] | None
+    usage: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class BadLine:
+    line_no: int
+    reason: str
+
+
+def answer(endpoint: str, body: dict[str, Any]) -> Any:
+    """The useful part of a response body: what goes under `output.key` in the merged row."""
+    if endpoint == "/v1/chat/completions":
+        return body["choices"][0]["message"].get("content")
+    if endpoint == "/v1/responses":
+        if isinstance(body.get("output_text"), str):
+            return body["output_text"]
+        texts = [
+            part.get("text", "")
+            for item in body.get("output", [])
+            if item.get("type", "message") == "message"
+            for part in item.get("content", [])
+            if part.get("type") in ("output_text", "text")
+        ]
+        return "".join(texts)
+    if endpoint == "/v1/embeddings":
+        return body["data"][0]["embedding"]
+    if endpoint == "/v1/completions":
+        return body["choices"][0]["text"]
+    if endpoint == "/v1/moderations":
+        return body["results"][0]
+    return body
+
+
+def _error_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The error of a failed line, in one shape: code, message, and status_code when there was one."""
+    response = record.get("response")
+    if isinstance(response, dict) and response.get("status_code") is not None:
+        err = (response.get("body") or {}).get("error") or {}
+        return {
+            "code": err.get("code") or err.get("type") or f"http_{response['status_code']}",
+            "message": err.get("message") or "request failed",
+            "status_code": response["status_code"],
+        }
+    err = record.get("error") or {}
+    return {"code": err.get("code") or "unknown_error", "message": err.get("message") or "request failed"}
+
+
+def parse_line(endpoint: str, raw: bytes) -> Parsed:
+    """One line of an output or error file. Raises ValueError if it cannot be understood."""
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("custom_id"), str):
+        raise ValueError("no custom_id")
+    cid = record["custom_id"]
+    response = record.get("response")
+    status = response.get("status_code") if isinstance(response, dict) else None
+    if record.get("error") is None and status is not None and 200 <= status < 300:
+        body = response.get("body") or {}
+        try:
+            value = answer(endpoint, body)
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return Parsed(cid, False, None, {"code": "unreadable_response", "message": "response body has no answer"})
+        return Parsed(cid, True, value, None, body.get("usage"))
+    return Parsed(cid, False, None, _error_of(record))
+
+
+def parse_lines(endpoint: str, lines: Iterable[bytes]) -> Iterator[Parsed | BadLine]:
+    for n, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            yield parse_line(endpoint, raw)
+        except ValueError as exc:
+            yield BadLine(n, str(exc))

@@ -1,0 +1,55 @@
+"""What batchpipe needs from a batch service, independent of any vendor's client.
+
+ops/ talks to this protocol only; providers/openai_batch.py implements it with the `openai`
+client. Mutating calls (upload, create_batch, cancel_batch) are made exactly once: they raise
+ProviderError(outcome_unknown=True) when the service may have acted without answering, and
+the caller then finds the object by its tag (find_file / find_batches) before trying again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    id: str
+    filename: str
+    bytes: int
+    created_at: int
+
+
+@dataclass(frozen=True)
+class RemoteBatch:
+    id: str
+    status: str
+    input_file_id: str
+    created_at: int
+    request_counts: dict[str, int] = field(default_factory=dict)  # total, completed, failed
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)  # code, message, param, line
+    metadata: dict[str, str] = field(default_factory=dict)
+    usage: dict[str, Any] | None = None
+
+
+class Provider(Protocol):
+    name: str
+    base_url: str
+
+    def upload(self, path: Path, filename: str) -> RemoteFile: ...
+
+    def find_file(self, filename: str, since: float) -> RemoteFile | None: ...
+
+    def create_batch(self, file_id: str, endpoint: str, metadata: dict[str, str]) -> RemoteBatch: ...
+
+    def find_batches(self, metadata: dict[str, str], since: float) -> list[RemoteBatch]: ...
+
+    def get_batch(self, batch_id: str) -> RemoteBatch: ...
+
+    def cancel_batch(self, batch_id: str) -> RemoteBatch: ...
+
+    def iter_file_content(self, file_id: str) -> Iterator[bytes]: ...

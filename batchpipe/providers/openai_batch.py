@@ -1,0 +1,150 @@
+"""The OpenAI Batch API through the official `openai` client: the only module importing it.
+
+Reads (retrieve, list, download) use the client's own retries. Mutating calls use a client
+with retries off: the API has no idempotency keys, so a retried create after a lost answer
+would be a second, billed batch (reference/openai-batch-api.md §5.3-5.4). Instead, errors are
+classified here and the caller looks the tag up before it tries again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from batchpipe.errors import ProviderError
+from batchpipe.providers.base import RemoteBatch, RemoteFile
+
+# Objects created this long before an intent was recorded are still looked at: the local and
+# the remote clock may disagree.
+CLOCK_SLACK_SECONDS = 600
+
+
+def _error(exc: Exception, action: str) -> ProviderError:
+    """Turn an `openai` exception into a ProviderError that says whether the call may have acted."""
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderError(f"{action}: the service did not answer in time", retryable=True, outcome_unknown=True)
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderError(f"{action}: connection to the service failed ({exc})", retryable=True, outcome_unknown=True)
+    if isinstance(exc, openai.AuthenticationError):
+        return ProviderError(
+            f"{action}: the service refused the API key (401)",
+            hint="check OPENAI_API_KEY (environment or .env)",
+            status_code=401,
+        )
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        body = exc.body if isinstance(exc.body, dict) else {}
+        message = body.get("message") or str(exc)
+        return ProviderError(
+            f"{action}: HTTP {status}: {message}",
+            status_code=status,
+            code=exc.code,
+            param=exc.param,
+            retryable=status in (408, 409, 429) or status >= 500,
+            # A 5xx or 408 may come after the server already acted; a 4xx means it did not.
+            outcome_unknown=status >= 500 or status == 408,
+        )
+    return ProviderError(f"{action}: {exc}", retryable=False)
+
+
+def _batch(b: Any) -> RemoteBatch:
+    counts = b.request_counts
+    errors = []
+    if b.errors is not None and b.errors.data:
+        errors = [{"code": e.code, "message": e.message, "param": e.param, "line": e.line} for e in b.errors.data]
+    usage = getattr(b, "usage", None)
+    return RemoteBatch(
+        id=b.id,
+        status=b.status,
+        input_file_id=b.input_file_id,
+        created_at=int(b.created_at or 0),
+        request_counts=(
+            {"total": counts.total or 0, "completed": counts.completed or 0, "failed": counts.failed or 0}
+            if counts is not None
+            else {}
+        ),
+        output_file_id=b.output_file_id or None,  # some services send "" for "none"
+        error_file_id=b.error_file_id or None,
+        errors=errors,
+        metadata=dict(b.metadata or {}),
+        usage=usage.model_dump() if usage is not None else None,
+    )
+
+
+def _file(f: Any) -> RemoteFile:
+    return RemoteFile(id=f.id, filename=f.filename, bytes=int(f.bytes or 0), created_at=int(f.created_at or 0))
+
+
+class OpenAIBatchProvider:
+    name = "openai"
+
+    def __init__(self, *, api_key: str, base_url: str | None = None, timeout: float = 600.0) -> None:
+        self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=2, timeout=timeout)
+        self._once = self._client.with_options(max_retries=0)
+        self.base_url = str(self._client.base_url)
+
+    # -- mutating calls: exactly once -------------------------------------------------------
+    def upload(self, path: Path, filename: str) -> RemoteFile:
+        try:
+            with open(path, "rb") as f:
+                return _file(self._once.files.create(file=(filename, f, "application/jsonl"), purpose="batch"))
+        except openai.OpenAIError as exc:
+            raise _error(exc, f"upload of {filename}") from None
+
+    def create_batch(self, file_id: str, endpoint: str, metadata: dict[str, str]) -> RemoteBatch:
+        try:
+            return _batch(
+                self._once.batches.create(
+                    input_file_id=file_id, endpoint=endpoint, completion_window="24h", metadata=metadata
+                )
+            )
+        except openai.OpenAIError as exc:
+            raise _error(exc, f"batch create for {file_id}") from None
+
+    def cancel_batch(self, batch_id: str) -> RemoteBatch:
+        try:
+            return _batch(self._once.batches.cancel(batch_id))
+        except openai.OpenAIError as exc:
+            raise _error(exc, f"cancel of {batch_id}") from None
+
+    # -- reads: the client's retries are safe here ---------------------------------------------
+    def get_batch(self, batch_id: str) -> RemoteBatch:
+        try:
+            return _batch(self._client.batches.retrieve(batch_id))
+        except openai.OpenAIError as exc:
+            raise _error(exc, f"status of {batch_id}") from None
+
+    def find_file(self, filename: str, since: float) -> RemoteFile | None:
+        """The newest batch file named `filename` created after `since` (minus clock slack)."""
+        try:
+            for f in self._client.files.list(purpose="batch", order="desc", limit=1000):
+                if f.created_at and f.created_at < since - CLOCK_SLACK_SECONDS:
+                    return None  # newest first: everything after this is older still
+                if f.filename == filename:
+                    return _file(f)
+        except openai.OpenAIError as exc:
+            raise _error(exc, f"looking up file {filename}") from None
+        return None
+
+    def find_batches(self, metadata: dict[str, str], since: float) -> list[RemoteBatch]:
+        """Batches whose metadata contains `metadata`, created after `since` (minus clock slack)."""
+        found = []
+        try:
+            for b in self._client.batches.list(limit=100):
+                if b.created_at and b.created_at < since - CLOCK_SLACK_SECONDS:
+                    break  # the list is newest first
+                if all((b.metadata or {}).get(k) == v for k, v in metadata.items()):
+                    found.append(_batch(b))
+        except openai.OpenAIError as exc:
+            raise _error(exc, "looking up batches") from None
+        return found
+
+    def iter_file_content(self, file_id: str) -> Iterator[bytes]:
+        try:
+            with self._client.files.with_streaming_response.content(file_id) as response:
+                yield from response.iter_bytes(1 << 20)
+        except openai.OpenAIError as exc:
+            raise _error(exc, f"download of {file_id}") from None

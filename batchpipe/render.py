@@ -1,0 +1,116 @@
+"""Everything batchpipe shows people and scripts: the only module that imports rich.
+
+Human output goes to stdout, progress bars and errors to stderr; with --json, stdout carries
+exactly one versioned envelope: {"batchpipe": 1, "command", "ok", "exit_code", "data" | "error"}.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from batchpipe.errors import BatchpipeError, ExitCode
+
+ENVELOPE_VERSION = 1
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def envelope(command: str, data: Any, exit_code: int = 0) -> None:
+    doc = {"batchpipe": ENVELOPE_VERSION, "command": command, "ok": exit_code == 0, "exit_code": exit_code, "data": data}
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
+
+
+def error(command: str, exc: BaseException, *, as_json: bool) -> int:
+    """Show an error (message + what to do) and return its exit code. No traceback."""
+    if isinstance(exc, BatchpipeError):
+        code, message, hint, kind = int(exc.exit_code), exc.message, exc.hint, type(exc).__name__
+    else:  # KeyboardInterrupt
+        code, message, hint, kind = int(ExitCode.INTERRUPTED), "interrupted", "run the same command again to resume", "Interrupted"
+    if as_json:
+        doc = {"batchpipe": ENVELOPE_VERSION, "command": command, "ok": False, "exit_code": code,
+               "error": {"type": kind, "message": message, "hint": hint}}
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        err.print(f"[bold red]error:[/] {escape(message)}")
+        if hint:
+            err.print(f"[dim]hint:[/] {escape(hint)}")
+    return code
+
+
+def escape(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+def line(text: str) -> None:
+    out.print(escape(text))
+
+
+def warn(text: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(text)}")
+
+
+def when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+STATE_STYLE = {"prepared": "dim", "uploaded": "cyan", "submitted": "blue", "completed": "magenta", "merged": "green"}
+
+
+def shard_table(title: str, shards: list[dict[str, Any]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for col, kw in (("shard", {}), ("state", {}), ("remote", {}), ("requests", {"justify": "right"}),
+                    ("done", {"justify": "right"}), ("failed", {"justify": "right"}), ("batch", {})):
+        table.add_column(col, **kw)
+    for s in shards:
+        counts = s["request_counts"] or {}
+        style = STATE_STYLE.get(s["state"], "")
+        table.add_row(
+            s["shard"], f"[{style}]{s['state']}[/]", s["remote_status"] or "-", str(s["requests"]),
+            str(counts.get("completed", "-")), str(counts.get("failed", "-")), s["batch_id"] or "-",
+        )
+    out.print(table)
+
+
+def runs_table(runs: list[dict[str, Any]]) -> None:
+    if not runs:
+        line("no runs yet: start one with `batchpipe run CONFIG --wait`")
+        return
+    table = Table()
+    for col in ("run", "created", "model", "shards", "requests", "finished", "state"):
+        table.add_column(col, justify="right" if col in ("shards", "requests", "finished") else "left")
+    for r in runs:
+        if r.get("problem"):
+            table.add_row(r["run"], "-", "-", "-", "-", "-", f"[red]{escape(r['problem'])}[/]")
+            continue
+        table.add_row(r["run"], when(r["created_at"]), r["model"], str(r["shards"]), str(r["requests"]),
+                      str(r["finished"]), "[green]done[/]" if r["done"] else "in progress")
+    out.print(table)
+
+
+@contextmanager
+def progress_bar(total: int, *, enabled: bool = True) -> Iterator[Callable[[int, str], None]]:
+    """A bar over requests finished; yields update(finished, description)."""
+    if not enabled:
+        yield lambda finished, description: None
+        return
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=err, transient=False)
+    with bar:
+        task = bar.add_task("starting", total=total)
+        yield lambda finished, description: bar.update(task, completed=finished, description=description)
+
+
+def elapsed(start: float) -> str:
+    s = int(time.monotonic() - start)
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

@@ -1,0 +1,113 @@
+"""Shared fixtures: an isolated runs dir, a live emulator on loopback, a job factory, the CLI.
+
+Tests drive the real `openai` client over HTTP against the emulator: nothing of ours is
+mocked and the client is not patched. The emulator's timeline is set to zero seconds, so a
+batch is finished the first time it is looked at after its create: no sleeping in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from batchpipe.cli import app
+from batchpipe.emulator import Emulator, EmulatorOptions
+
+INSTANT = EmulatorOptions(validating_seconds=0.0, in_progress_seconds=0.0, finalizing_seconds=0.0, shuffle_seed=7)
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own cwd and runs dir, and no key or base URL from the developer's shell."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "BATCHPIPE_DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("BATCHPIPE_RUNS_DIR", str(runs))
+    monkeypatch.setenv("BATCHPIPE_LOCK_TIMEOUT", "1")
+    return runs
+
+
+@pytest.fixture
+def runs_dir(isolated: Path) -> Path:
+    return isolated
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
+    """A live emulator; OPENAI_BASE_URL and OPENAI_API_KEY point the CLI at it."""
+    with Emulator(options=INSTANT, host="127.0.0.1", port=0) as emu:
+        monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-do-not-store")
+        yield emu
+
+
+def review_rows(n: int) -> list[dict[str, Any]]:
+    return [{"review_id": f"r{i:04d}", "stars": i % 5 + 1, "text": f"review number {i}"} for i in range(1, n + 1)]
+
+
+def write_job(
+    directory: Path,
+    rows: list[dict[str, Any]] | None = None,
+    *,
+    name: str = "job",
+    **overrides: Any,
+) -> Path:
+    """A config + JSONL input in `directory`; keyword overrides replace top-level config sections."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = review_rows(12) if rows is None else rows
+    data = directory / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config: dict[str, Any] = {
+        "model": "gpt-4o-mini",
+        "input": {"path": data.name, "id": "review_id"},
+        "prompt": {"system": "You judge film reviews.", "user": "Review ({stars} stars): {text}"},
+        "params": {"temperature": 0, "max_tokens": 20},
+        "output": {"key": "verdict"},
+        "limits": {"max_requests_per_shard": 5},
+    }
+    config.update(overrides)
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def expected_answer(row: dict[str, Any]) -> str:
+    """The emulator's answer for a review row: it echoes the user message."""
+    return f"echo: Review ({row['stars']} stars): {row['text']}"
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class Cli:
+    """The real `batchpipe` app, invoked in-process as a user would call it."""
+
+    def __init__(self) -> None:
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, code: int | None = 0):
+        result = self.runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        if code is not None:
+            assert result.exit_code == code, f"exit {result.exit_code}, wanted {code}\n{result.output}"
+        return result
+
+    def json(self, *args: str, code: int | None = 0) -> dict[str, Any]:
+        result = self(*args, "--json", code=code)
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+def cli() -> Cli:
+    return Cli()
+
+
+PYTHON = sys.executable

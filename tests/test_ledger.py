@@ -1,0 +1,107 @@
+"""The ledger: its transition table, its refusal of damaged or newer files, durable writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import review_rows, write_job
+
+from batchpipe import fsio
+from batchpipe.errors import ExitCode, IllegalTransition
+from batchpipe.ledger.model import ShardState
+from batchpipe.ledger.store import Ledger
+from batchpipe.ledger.transitions import ALLOWED, check
+from batchpipe.paths import RunPaths
+
+S = ShardState
+
+
+def test_the_lifecycle_table_is_exactly_the_design():
+    assert ALLOWED == {
+        S.PREPARED: {S.UPLOADED},
+        S.UPLOADED: {S.SUBMITTED},
+        S.SUBMITTED: {S.COMPLETED, S.UPLOADED},
+        S.COMPLETED: {S.MERGED},
+        S.MERGED: set(),
+    }
+
+
+def make_run(cli, tmp_path: Path, run_id: str = "led") -> RunPaths:
+    cli("create", write_job(tmp_path / "job", review_rows(6)), "--run", run_id)
+    return RunPaths(Path(os.environ["BATCHPIPE_RUNS_DIR"]) / run_id)
+
+
+@pytest.mark.parametrize("src", list(S))
+@pytest.mark.parametrize("dst", list(S))
+def test_every_transition_outside_the_table_is_refused(cli, tmp_path, src, dst):
+    paths = make_run(cli, tmp_path)
+    ledger = Ledger.load(paths)
+    shard = ledger.shards[0]
+    shard.state = src
+    if dst in ALLOWED[src]:
+        check(shard, dst)
+    else:
+        with pytest.raises(IllegalTransition, match=f"{src.value} -> {dst.value}"):
+            ledger.advance(shard, dst)
+        assert Ledger.load(paths).shards[0].state == S.PREPARED  # nothing was committed
+
+
+def test_state_json_has_schema_version_and_checksum(cli, tmp_path):
+    paths = make_run(cli, tmp_path)
+    doc = json.loads(paths.state.read_text())
+    assert doc["schema_version"] == 1
+    assert doc["checksum"].startswith("sha256:")
+    assert [s["state"] for s in doc["shards"]] == ["prepared", "prepared"]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda raw: raw[: len(raw) // 2], "not valid JSON"),
+        (lambda raw: raw.replace(b'"requests": 6', b'"requests": 7'), "wrong checksum"),
+        (lambda raw: raw.replace(b'"schema_version": 1', b'"schema_version": 99'), "newer batchpipe"),
+    ],
+    ids=["truncated", "edited", "newer-schema"],
+)
+def test_a_damaged_or_newer_ledger_is_refused_not_rewritten(cli, tmp_path, damage, message):
+    paths = make_run(cli, tmp_path)
+    damaged = damage(paths.state.read_bytes())
+    paths.state.write_bytes(damaged)
+    result = cli("status", "led", code=int(ExitCode.ERROR))
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert paths.state.read_bytes() == damaged  # left exactly as found
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path):
+    target = tmp_path / "state.json"
+    target.write_bytes(b"old")
+
+    def boom():
+        yield b"partial"
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        fsio.write_lines_atomic(target, boom())
+    assert target.read_bytes() == b"old"
+    assert list(tmp_path.iterdir()) == [target]  # no temp file left behind
+
+
+def test_atomic_write_replaces_and_reports_size_and_hash(tmp_path):
+    target = tmp_path / "f.jsonl"
+    size, sha = fsio.write_lines_atomic(target, [b"a\n", b"b\n"])
+    assert target.read_bytes() == b"a\nb\n"
+    assert (size, sha) == fsio.sha256_file(target)
+    assert oct(target.stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_changed_shard_file_is_caught_before_upload(cli, emulator, tmp_path):
+    paths = make_run(cli, tmp_path)
+    shard_file = paths.shard_file("00001.a1")
+    shard_file.write_bytes(shard_file.read_bytes().replace(b"review", b"REVIEW"))
+    result = cli("submit", "led", code=int(ExitCode.ERROR))
+    assert "has changed since batchpipe wrote it" in result.stderr
+    assert emulator.counts["uploads"] == 0
