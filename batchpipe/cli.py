@@ -141,7 +141,7 @@ def status(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
     """
     paths = ops.run_paths(_runs_dir(ctx), run)
     st = ops.status(paths, _provider(paths, optional=True))
-    data = ops.common.describe(st.ledger) | {"refreshed": st.refreshed, "note": st.note}
+    data = ops.describe(st.ledger) | {"refreshed": st.refreshed, "note": st.note}
     if as_json:
         return render.envelope("status", data)
     p = st.progress
@@ -219,7 +219,7 @@ def run_(
     paths = ops.run_paths(runs_dir, target)
     provider = _provider(paths)
     start = time.monotonic()
-    total = ops.common.Progress.of(ops.common.Ledger.load(paths)).requests
+    total = ops.describe_run(paths)["requests"]
     with render.progress_bar(total, enabled=wait and not as_json) as update:
         report = ops.run(
             paths, provider, wait=wait, poll_interval=poll_interval,
@@ -228,7 +228,7 @@ def run_(
     p = report.processed
     code = ExitCode.ATTENTION if p.batch_errors else (ExitCode.OK if p.done else ExitCode.PENDING)
     if as_json:
-        data = ops.common.describe(ops.common.Ledger.load(paths))
+        data = ops.describe_run(paths)
         render.envelope("run", data | {"batch_errors": p.batch_errors, "warnings": p.warnings}, int(code))
     else:
         _processed(p, paths)

@@ -47,9 +47,10 @@ class Outcome:
 
 
 class DuplicateId(Exception):
-    def __init__(self, custom_id: str, first_line: int) -> None:
+    def __init__(self, custom_id: str, line: int, first_line: int) -> None:
         super().__init__(custom_id)
         self.custom_id = custom_id
+        self.line = line
         self.first_line = first_line
 
 
@@ -77,7 +78,7 @@ class Index:
             )
         except sqlite3.IntegrityError:
             (first,) = self.db.execute("SELECT line_no FROM requests WHERE custom_id = ?", (custom_id,)).fetchone()
-            raise DuplicateId(custom_id, first) from None
+            raise DuplicateId(custom_id, line_no, first) from None
 
     def commit(self) -> None:
         self.db.commit()

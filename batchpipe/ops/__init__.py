@@ -1,6 +1,6 @@
 """The library API: one idempotent function per step. The CLI is a thin shell over these."""
 
-from batchpipe.ops.common import Progress, bind_provider, provider_for, run_config, run_paths
+from batchpipe.ops.common import Progress, bind_provider, describe, describe_run, provider_for, run_config, run_paths
 from batchpipe.ops.create import Created, create
 from batchpipe.ops.download import Downloaded, download
 from batchpipe.ops.listing import RunSummary, list_runs
@@ -11,6 +11,6 @@ from batchpipe.ops.submit import Submitted, submit
 
 __all__ = [
     "Created", "Downloaded", "Processed", "Progress", "RunReport", "RunSummary", "Status", "Submitted",
-    "bind_provider", "create", "download", "list_runs", "process", "provider_for", "run", "run_config",
+    "bind_provider", "create", "describe", "describe_run", "download", "list_runs", "process", "provider_for", "run", "run_config",
     "run_paths", "status", "step", "submit",
 ]

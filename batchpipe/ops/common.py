@@ -71,6 +71,11 @@ class Progress:
         return cls(ledger.run.requests, finished, failed, states, done)
 
 
+def describe_run(paths: RunPaths) -> dict:
+    """describe() of the run as it is on disk now (no network, no lock)."""
+    return describe(Ledger.load(paths))
+
+
 def describe(ledger: Ledger) -> dict:
     """The run as plain data: what `status --json` prints and what the status table shows."""
     progress = Progress.of(ledger)

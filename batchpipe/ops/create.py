@@ -159,8 +159,8 @@ def _build(
             files.finish()
         except DuplicateId as dup:
             raise InputError(
-                f"{cfg.input.path.name}: id {dup.custom_id!r} (field '{cfg.input.id}') appears twice, "
-                f"first on line {dup.first_line}",
+                f"{cfg.input.path.name} line {dup.line}: id {dup.custom_id!r} (field '{cfg.input.id}') "
+                f"appears twice, first on line {dup.first_line}",
                 hint="ids must be unique: fix the data, or leave input.id out to number rows instead",
             ) from None
         finally:

@@ -60,6 +60,6 @@ def run(
         report.passes = passes
         if on_progress is not None:
             on_progress(report.progress)
-        if report.progress.done or not wait or report.processed.batch_errors:
+        if report.progress.done or not wait:
             return report
         sleep(poll_interval)

@@ -1,0 +1,232 @@
+"""Read the input dataset one row at a time, in memory that does not grow with its size.
+
+Formats
+-------
+- **jsonl** (also `.ndjson`): one JSON object per line, UTF-8. A byte order mark at the
+  start is ignored; blank (or whitespace-only) lines are skipped but still counted, so
+  line numbers match what an editor shows. A line that is not valid JSON, or is JSON but
+  not an object (`[...]`, `"text"`, `3`), stops the read with an InputError that names the
+  file and the line.
+- **csv**: UTF-8 (a BOM is ignored), comma-separated, first row is the header. Every value
+  is text; an empty cell is the empty string (not missing). Blank lines are skipped. A row
+  with more or fewer fields than the header, an empty or repeated header name, or a
+  malformed quote stops the read with an InputError naming the file and the line.
+  A quoted field may span lines; its row's `line_no` is the line where the row starts.
+
+Duplicate ids are not detected here (that needs an index on disk; see requests.py).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from batchpipe.errors import InputError
+
+if TYPE_CHECKING:
+    from batchpipe.config import InputConfig
+
+__all__ = ["Row", "display_path", "iter_rows"]
+
+_BOM = b"\xef\xbb\xbf"
+# csv refuses fields over 128 KiB by default; long documents in one cell are normal input.
+# 256 MiB is beyond the 200 MB a whole batch file may hold, so nothing useful is refused.
+_CSV_FIELD_LIMIT = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Row:
+    """One data row.
+
+    `row_no` is its 1-based position among data rows (blank lines and the CSV header do not
+    count); `line_no` the 1-based line of the file where it starts; `data` the parsed record.
+    """
+
+    row_no: int
+    line_no: int
+    data: dict[str, Any]
+
+
+def display_path(path: Path) -> str:
+    """`path` as a user would type it: relative to the working directory when inside it."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def iter_rows(cfg: InputConfig) -> Iterator[Row]:
+    """Yield the rows of `cfg.path` in file order; raises InputError naming file and line.
+
+    A file with no data rows at all is an InputError too: a run with nothing in it is
+    almost always a wrong path or an export that failed.
+    """
+    if cfg.format == "jsonl":
+        rows = _iter_jsonl(Path(cfg.path))
+    elif cfg.format == "csv":
+        rows = _iter_csv(Path(cfg.path))
+    else:
+        raise InputError(
+            f"{display_path(cfg.path)}: unknown input format {cfg.format!r}",
+            hint="set input.format to jsonl or csv in the job config",
+        )
+    count = 0
+    for row in rows:
+        count += 1
+        yield row
+    if count == 0:
+        raise InputError(
+            f"{display_path(cfg.path)}: the file has no data rows",
+            hint="check input.path in the job config, or fill the file",
+        )
+
+
+def _open_error(path: Path, exc: OSError) -> InputError:
+    name = display_path(path)
+    if isinstance(exc, FileNotFoundError):
+        return InputError(f"{name}: input file not found", hint="check input.path in the job config")
+    if isinstance(exc, IsADirectoryError):
+        return InputError(f"{name}: is a directory, not a file", hint="point input.path at a .jsonl or .csv file")
+    if isinstance(exc, PermissionError):
+        return InputError(f"{name}: permission denied", hint="make the file readable, or copy it somewhere readable")
+    return InputError(f"{name}: cannot read the file ({exc.strerror or exc})")
+
+
+def _iter_jsonl(path: Path) -> Iterator[Row]:
+    name = display_path(path)
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed by the with below; open errors are reported apart
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    row_no = 0
+    with f:
+        for line_no, raw in enumerate(f, start=1):
+            if line_no == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+            if not raw.strip():
+                continue
+            try:
+                data = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise _bad_json(name, line_no, raw, exc) from None
+            if not isinstance(data, dict):
+                raise InputError(
+                    f"{name} line {line_no}: expected a JSON object ({{...}}), got {_json_kind(data)}",
+                    hint=f'each line must be one JSON object such as {{"text": "..."}}; fix or delete line {line_no}',
+                )
+            row_no += 1
+            yield Row(row_no, line_no, data)
+
+
+def _bad_json(name: str, line_no: int, raw: bytes, exc: orjson.JSONDecodeError) -> InputError:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as uexc:
+        return InputError(
+            f"{name} line {line_no}: not valid UTF-8 (byte {uexc.start + 1} of the line)",
+            hint="save the file as UTF-8 (for example with iconv -f latin1 -t utf-8)",
+        )
+    # orjson says "...: line 1 column 7 (char 6)"; the line is always 1 (one JSON line at a
+    # time), so keep the reason and the column only.
+    msg = str(exc)
+    reason, _, where = msg.partition(": line 1 column ")
+    column = where.split(" ", 1)[0] if where else ""
+    detail = f"{reason} at column {column}" if column else reason
+    return InputError(
+        f"{name} line {line_no}: not valid JSON ({detail})",
+        hint=f"each line must be one complete JSON object; fix or delete line {line_no}",
+    )
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"
+
+
+def _iter_csv(path: Path) -> Iterator[Row]:
+    name = display_path(path)
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
+    try:
+        f = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    with f:
+        reader = csv.reader(f)
+        header: list[str] | None = None
+        header_line = 0
+        row_no = 0
+        last_line = 0  # physical line where the previous record ended
+        while True:
+            start = last_line + 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"{name} line {_line_of_decode_error(path, exc)}: not valid UTF-8",
+                    hint="save the file as UTF-8 (for example with iconv -f latin1 -t utf-8)",
+                ) from None
+            except csv.Error as exc:
+                raise InputError(
+                    f"{name} line {start}: not valid CSV ({exc})",
+                    hint='quote fields that contain commas, quotes or line breaks ("a ""quoted"" word")',
+                ) from None
+            last_line = reader.line_num
+            if not fields:
+                continue  # blank line
+            if header is None:
+                header, header_line = fields, start
+                _check_header(name, start, header)
+                continue
+            if len(fields) != len(header):
+                more = "more" if len(fields) > len(header) else "fewer"
+                raise InputError(
+                    f"{name} line {start}: {len(fields)} fields, {more} than the {len(header)} columns "
+                    f"of the header (line {header_line})",
+                    hint='quote fields that contain commas ("a, b"), and give every row one value per column',
+                )
+            row_no += 1
+            yield Row(row_no, start, dict(zip(header, fields)))
+
+
+def _check_header(name: str, line: int, header: list[str]) -> None:
+    seen: set[str] = set()
+    for i, col in enumerate(header, start=1):
+        if col == "":
+            raise InputError(
+                f"{name} line {line}: column {i} of the header has no name",
+                hint="give every column a name in the first row (a trailing comma adds an empty column)",
+            )
+        if col in seen:
+            raise InputError(
+                f"{name} line {line}: column name {col!r} appears twice in the header",
+                hint="rename one of the columns so that every name is unique",
+            )
+        seen.add(col)
+
+
+def _line_of_decode_error(path: Path, exc: UnicodeDecodeError) -> int:
+    """Find the line of the first invalid UTF-8 byte (rescans the file; error path only)."""
+    line = 1
+    with open(path, "rb") as f:
+        for line, raw in enumerate(f, start=1):  # noqa: B007 - line is used after the loop
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return line
+    return line
+

@@ -1,0 +1,183 @@
+"""Rows -> Batch API request lines, one at a time (memory does not grow with the dataset).
+
+Each request line is
+
+    {"custom_id": <id>, "method": "POST", "url": <endpoint>, "body": <body>}\\n
+
+serialized with orjson (compact, UTF-8, keys in insertion order), so the same config and
+input always give the same bytes.
+
+custom_id: with `input.id`, the value at that (dotted) path of the row, which must be a
+non-empty string or a whole number; without it, the 1-based row number. Duplicate ids are
+**not** checked here: that needs an index on disk to keep memory flat, and the caller that
+writes the shards does it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from batchpipe.config import NO_SYSTEM_ENDPOINTS, RESERVED_PARAMS, JobConfig
+from batchpipe.errors import ConfigError, InputError
+from batchpipe.pipeline.inputs import Row, display_path, iter_rows
+from batchpipe.pipeline.template import (
+    MissingField,
+    Template,
+    TemplateSyntaxError,
+    check_field,
+    compile_template,
+    lookup,
+)
+
+__all__ = ["Request", "build_body", "custom_id_for", "render_requests"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One rendered request: its id, where its row is in the input, and the JSONL line
+    (trailing b"\\n" included) exactly as it goes into a shard file."""
+
+    custom_id: str
+    row_no: int
+    line_no: int
+    line: bytes
+
+
+def build_body(cfg: JobConfig, system: str | None, user: str) -> dict[str, Any]:
+    """The request body for `cfg.endpoint` from the rendered system and user texts.
+
+    chat completions: model, messages (system first if given, then user), params.
+    responses: model, input (user), instructions (system, if given), params.
+    embeddings and moderations: model, input (user), params. completions: model, prompt
+    (user), params. Nested param values are shared with `cfg`, not copied: serialize the
+    body, don't mutate it.
+    """
+    endpoint = cfg.endpoint
+    body: dict[str, Any] = {"model": cfg.model}
+    if endpoint == "/v1/chat/completions":
+        messages = [{"role": "system", "content": system}] if system is not None else []
+        messages.append({"role": "user", "content": user})
+        body["messages"] = messages
+    elif endpoint == "/v1/responses":
+        body["input"] = user
+        if system is not None:
+            body["instructions"] = system
+    elif endpoint in ("/v1/embeddings", "/v1/moderations"):
+        body["input"] = user
+    elif endpoint == "/v1/completions":
+        body["prompt"] = user
+    else:
+        raise ConfigError(f"{display_path(cfg.source)}: endpoint {endpoint!r} is not supported")
+    if system is not None and endpoint in NO_SYSTEM_ENDPOINTS:
+        raise ConfigError(
+            f"{display_path(cfg.source)}: prompt.system cannot be used with endpoint {endpoint}",
+            hint="remove prompt.system, or move its text into prompt.user",
+        )
+    body.update(cfg.params)
+    return body
+
+
+def custom_id_for(cfg: JobConfig, row: Row) -> str:
+    """The row's custom_id (see the module docstring); raises InputError naming the id field."""
+    return _custom_id(cfg, row, None)
+
+
+def _custom_id(cfg: JobConfig, row: Row, segments: tuple[str, ...] | None) -> str:
+    id_field = cfg.input.id
+    if id_field is None:
+        return str(row.row_no)
+    try:
+        value = lookup(row.data, id_field, segments)
+    except MissingField as exc:
+        raise InputError(
+            f"{display_path(cfg.input.path)} line {row.line_no}: id field '{id_field}' (input.id) {exc.reason}",
+            hint=f"give every row a '{id_field}', or remove input.id from {display_path(cfg.source)} "
+            "to number the rows instead",
+        ) from None
+    if isinstance(value, str):
+        if value.strip():
+            return value
+        problem = "is empty"
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    else:
+        problem = f"must be a non-empty string or a whole number (got {_json(value)})"
+    raise InputError(
+        f"{display_path(cfg.input.path)} line {row.line_no}: id field '{id_field}' (input.id) {problem}",
+        hint=f"give every row a unique text or number in '{id_field}', or remove input.id from "
+        f"{display_path(cfg.source)}",
+    )
+
+
+def _json(value: Any) -> str:
+    text = orjson.dumps(value).decode("utf-8")
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _compile(cfg: JobConfig, key: str, text: str) -> Template:
+    try:
+        return compile_template(text)
+    except TemplateSyntaxError as exc:
+        raise ConfigError(
+            f"{display_path(cfg.source)}: prompt.{key} has a template error at column {exc.column}: {exc.message}",
+            hint="placeholders look like {field} or {a.b}; write {{ and }} for literal braces",
+        ) from None
+
+
+def render_requests(cfg: JobConfig) -> Iterator[Request]:
+    """Yield one Request per input row, in file order.
+
+    Raises InputError for a bad row (file, line, row id, field) and ConfigError for a
+    config that load_config would have refused (when a JobConfig is built by hand).
+    """
+    reserved = sorted(k for k in cfg.params if k in RESERVED_PARAMS)
+    if reserved:
+        raise ConfigError(
+            f"{display_path(cfg.source)}: params.{reserved[0]} cannot be set: {RESERVED_PARAMS[reserved[0]]}",
+            hint=f"remove params.{reserved[0]}",
+        )
+    system_t = _compile(cfg, "system", cfg.prompt.system) if cfg.prompt.system is not None else None
+    user_t = _compile(cfg, "user", cfg.prompt.user)
+    # Catch an endpoint/system mismatch before reading a single row.
+    build_body(cfg, "" if system_t is not None else None, "")
+    endpoint = cfg.endpoint
+    id_segments = _id_segments(cfg)
+    for row in iter_rows(cfg.input):
+        cid = _custom_id(cfg, row, id_segments)
+        system = _render(cfg, system_t, "prompt.system", row, cid) if system_t is not None else None
+        user = _render(cfg, user_t, "prompt.user", row, cid)
+        line = orjson.dumps(
+            {"custom_id": cid, "method": "POST", "url": endpoint, "body": build_body(cfg, system, user)},
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
+        yield Request(custom_id=cid, row_no=row.row_no, line_no=row.line_no, line=line)
+
+
+def _id_segments(cfg: JobConfig) -> tuple[str, ...] | None:
+    if cfg.input.id is None:
+        return None
+    try:
+        check_field(cfg.input.id)
+    except TemplateSyntaxError as exc:
+        raise ConfigError(
+            f"{display_path(cfg.source)}: input.id is not a valid field path: {exc.message}",
+            hint="name the field that holds each row's id, as in id: review_id or id: meta.id",
+        ) from None
+    return tuple(cfg.input.id.split("."))
+
+
+def _render(cfg: JobConfig, template: Template, what: str, row: Row, cid: str) -> str:
+    try:
+        return template.render(row.data)
+    except MissingField as exc:
+        label = f"row id {cid}" if cfg.input.id is not None else f"row {row.row_no}"
+        raise InputError(
+            f"{display_path(cfg.input.path)} line {row.line_no} ({label}): field '{exc.field}' used by {what} "
+            f"{exc.reason}",
+            hint=f"add the field to the row, or change the placeholder in {display_path(cfg.source)}",
+        ) from None
+
