@@ -1,0 +1,7 @@
+"""`python -m batchpipe.emulator --port 8089`: run the emulator in the foreground."""
+
+import sys
+
+from .server import main
+
+sys.exit(main())

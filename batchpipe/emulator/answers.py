@@ -1,0 +1,216 @@
+"""Deterministic answers: what the emulated model "says" to one request.
+
+Every answer is a pure function of the request, so a test can recompute it and prove that each
+result landed on its own row:
+
+* `/v1/chat/completions`: the assistant message is exactly ``"echo: " + <text of the last user
+  message>``. A content given as a list of parts contributes its text parts joined by one space.
+* `/v1/responses`: ``output[0].content[0].text`` is the same echo of the last user input (a plain
+  string `input` counts as the user text).
+* `/v1/completions`: ``choices[0].text`` is ``"echo: " + prompt`` (a list prompt: its strings
+  joined by a space).
+* `/v1/embeddings`: one vector per input, derived from sha256(model, input); length
+  ``body["dimensions"]`` if given, else 8.
+* `/v1/moderations`, `/v1/images/*`, `/v1/videos`: minimal well-formed bodies.
+
+Token counts are estimates, ``ceil(chars / 4)`` (at least 1) of the prompt text and of the answer,
+so usage is deterministic too. Only `created` / `created_at` is not derived from the request:
+pass it in (the emulator passes the time the batch started running; the default is 0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from typing import Any
+
+ECHO_PREFIX = "echo: "
+DEFAULT_EMBEDDING_DIMENSIONS = 8
+
+
+def estimate_tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4))
+
+
+def answer_for(endpoint: str, body: dict[str, Any], *, created: int = 0) -> dict[str, Any]:
+    """The response body the emulator returns for `body` sent to `endpoint`."""
+    model = str(body.get("model", ""))
+    ident = _digest(endpoint, body)
+    if endpoint == "/v1/chat/completions":
+        return _chat(body, model, ident, created)
+    if endpoint == "/v1/responses":
+        return _responses(body, model, ident, created)
+    if endpoint == "/v1/completions":
+        return _completions(body, model, ident, created)
+    if endpoint == "/v1/embeddings":
+        return _embeddings(body, model)
+    if endpoint == "/v1/moderations":
+        return {
+            "id": f"modr-{ident}",
+            "model": model,
+            "results": [{"flagged": False, "categories": {}, "category_scores": {}}],
+        }
+    if endpoint.startswith("/v1/images/"):
+        return {"created": created, "data": [{"b64_json": "", "revised_prompt": str(body.get("prompt", ""))}]}
+    # /v1/videos and anything added to the allowed list later
+    return {"id": f"video_{ident}", "object": "video", "status": "completed", "model": model, "created_at": created}
+
+
+def usage_tokens(endpoint: str, answer: dict[str, Any]) -> tuple[int, int]:
+    """(input_tokens, output_tokens) of an answer, for the batch's aggregate `usage`."""
+    usage = answer.get("usage") or {}
+    if "input_tokens" in usage:  # /v1/responses shape
+        return int(usage["input_tokens"]), int(usage.get("output_tokens", 0))
+    return int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+
+
+# --- text extraction ---------------------------------------------------------------------------
+
+
+def _content_text(content: Any) -> str:
+    """A message content: a string, or a list of parts whose text parts are joined by a space."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        return " ".join(texts)
+    return ""
+
+
+def _last_user_text(messages: Any) -> str:
+    if isinstance(messages, str):  # /v1/responses accepts a bare string as the user input
+        return messages
+    if not isinstance(messages, list):
+        return ""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role", "user") == "user":
+            return _content_text(message.get("content"))
+    return ""
+
+
+def _all_text(messages: Any) -> str:
+    """Every text in the prompt, for the prompt-token estimate."""
+    if isinstance(messages, str):
+        return messages
+    if not isinstance(messages, list):
+        return ""
+    return "\n".join(_content_text(m.get("content")) for m in messages if isinstance(m, dict))
+
+
+# --- per-endpoint bodies -----------------------------------------------------------------------
+
+
+def _chat(body: dict[str, Any], model: str, ident: str, created: int) -> dict[str, Any]:
+    text = ECHO_PREFIX + _last_user_text(body.get("messages"))
+    prompt_tokens = estimate_tokens(_all_text(body.get("messages")))
+    completion_tokens = estimate_tokens(text)
+    return {
+        "id": f"chatcmpl-{ident}",
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+        },
+        "service_tier": "default",
+        "system_fingerprint": "fp_emulator",
+    }
+
+
+def _responses(body: dict[str, Any], model: str, ident: str, created: int) -> dict[str, Any]:
+    text = ECHO_PREFIX + _last_user_text(body.get("input"))
+    prompt_text = _all_text(body.get("input"))
+    if isinstance(body.get("instructions"), str):
+        prompt_text = body["instructions"] + "\n" + prompt_text
+    input_tokens = estimate_tokens(prompt_text)
+    output_tokens = estimate_tokens(text)
+    return {
+        "id": f"resp_{ident}",
+        "object": "response",
+        "created_at": created,
+        "status": "completed",
+        "error": None,
+        "incomplete_details": None,
+        "model": model,
+        "output": [
+            {
+                "type": "message",
+                "id": f"msg_{ident}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "usage": {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input_tokens + output_tokens,
+        },
+    }
+
+
+def _completions(body: dict[str, Any], model: str, ident: str, created: int) -> dict[str, Any]:
+    prompt = body.get("prompt", "")
+    prompt_text = " ".join(p for p in prompt if isinstance(p, str)) if isinstance(prompt, list) else str(prompt)
+    text = ECHO_PREFIX + prompt_text
+    prompt_tokens = estimate_tokens(prompt_text)
+    completion_tokens = estimate_tokens(text)
+    return {
+        "id": f"cmpl-{ident}",
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _embeddings(body: dict[str, Any], model: str) -> dict[str, Any]:
+    raw = body.get("input", "")
+    inputs = raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
+    dims = body.get("dimensions")
+    dims = dims if isinstance(dims, int) and 0 < dims <= 4096 else DEFAULT_EMBEDDING_DIMENSIONS
+    data = [
+        {"object": "embedding", "index": i, "embedding": _vector(model, item, dims)} for i, item in enumerate(inputs)
+    ]
+    tokens = sum(estimate_tokens(item if isinstance(item, str) else json.dumps(item)) for item in inputs)
+    return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def _vector(model: str, item: Any, dims: int) -> list[float]:
+    """A unit vector from a hash chain of (model, input): same input, same vector."""
+    seed = json.dumps([model, item], ensure_ascii=False).encode()
+    values: list[float] = []
+    block = hashlib.sha256(seed).digest()
+    while len(values) < dims:
+        for (word,) in struct.iter_unpack(">I", block):
+            values.append(word / 0xFFFFFFFF * 2.0 - 1.0)
+        block = hashlib.sha256(block).digest()
+    values = values[:dims]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [round(v / norm, 6) for v in values]
+
+
+def _digest(endpoint: str, body: dict[str, Any]) -> str:
+    canonical = json.dumps([endpoint, body], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:24]

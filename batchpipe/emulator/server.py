@@ -1,0 +1,361 @@
+"""The HTTP face of the emulator: OpenAI Files + Batches under /v1 on a loopback port.
+
+`_Handler` only parses requests and serialises answers; the rules live in `store.Store`. It
+speaks HTTP/1.1 with keep-alive (the SDK pools connections), always sends Content-Length and an
+`x-request-id`, ignores `X-Stainless-*` headers, and answers every error with the OpenAI envelope
+`{"error": {message, type, param, code}}` so the SDK raises the same exception classes as against
+the real service. `GET /_emulator/counts` (no auth) exposes the counters to other processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, TextIO
+from urllib.parse import parse_qs, urlsplit
+
+from .apierror import APIError
+from .multipart import nested, parse_form
+from .options import EmulatorOptions
+from .store import Clock, Store
+
+_NO_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header using "
+    "Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "batchpipe-emulator"
+    # Headers and body go out in separate writes; without TCP_NODELAY, Nagle + delayed ACK add
+    # ~40 ms to every response on loopback.
+    disable_nagle_algorithm = True
+    server: _Server
+
+    # (method, path pattern, handler name); path groups are passed as arguments
+    ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+        ("POST", re.compile(r"/v1/files"), "_upload"),
+        ("GET", re.compile(r"/v1/files"), "_list_files"),
+        ("GET", re.compile(r"/v1/files/([^/]+)"), "_get_file"),
+        ("DELETE", re.compile(r"/v1/files/([^/]+)"), "_delete_file"),
+        ("GET", re.compile(r"/v1/files/([^/]+)/content"), "_file_content"),
+        ("POST", re.compile(r"/v1/batches"), "_create_batch"),
+        ("GET", re.compile(r"/v1/batches"), "_list_batches"),
+        ("GET", re.compile(r"/v1/batches/([^/]+)"), "_get_batch"),
+        ("POST", re.compile(r"/v1/batches/([^/]+)/cancel"), "_cancel_batch"),
+    ]
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_POST = do_DELETE = do_PUT = do_PATCH = do_GET
+
+    @property
+    def store(self) -> Store:
+        return self.server.store
+
+    def _dispatch(self) -> None:
+        self._request_id = f"req_{uuid.uuid4().hex}"
+        try:
+            body = self._read_body()  # always drain the body so the kept-alive connection stays in sync
+            url = urlsplit(self.path)
+            path = url.path.rstrip("/") or "/"
+            if path == "/_emulator/counts" and self.command == "GET":
+                self._send_json(200, self.store.counts())
+                return
+            self.store.note_request()
+            self._authenticate()
+            self._inject_fault(path)
+            for method, pattern, name in self.ROUTES:
+                match = pattern.fullmatch(path)
+                if match and method == self.command:
+                    handler: Callable[..., None] = getattr(self, name)
+                    handler(*match.groups(), query=parse_qs(url.query), body=body)
+                    return
+            raise APIError(404, f"Invalid URL ({self.command} {url.path})")
+        except APIError as error:
+            self._send_json(error.status, error.body())
+        except Exception:  # a bug in the emulator: answer like the real service's 500, keep serving
+            traceback.print_exc()
+            self._send_json(500, APIError(500, "The server had an error while processing your request.",
+                                          type="server_error").body())
+
+    # --- hooks ---------------------------------------------------------------------------------
+
+    def _authenticate(self) -> None:
+        header = self.headers.get("Authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise APIError(401, _NO_KEY)
+
+    def _inject_fault(self, path: str) -> None:
+        """Where HTTP-level fault switches of EmulatorOptions go (transient 5xx/429, lost answers).
+
+        Raise an APIError to answer with an error instead of the real handler; none exist yet.
+        """
+
+    # --- files ---------------------------------------------------------------------------------
+
+    def _upload(self, *, query: dict[str, list[str]], body: bytes) -> None:
+        form = parse_form(self.headers.get("Content-Type", ""), body)
+        filename, content = form.files.get("file", (None, None))
+        expires = nested(form.fields, "expires_after")
+        self._send_json(200, self.store.upload(filename, form.fields.get("purpose"), content, expires))
+
+    def _list_files(self, *, query: dict[str, list[str]], body: bytes) -> None:
+        page = self.store.list_files(
+            purpose=_one(query, "purpose"),
+            limit=_int(query, "limit", 10_000),
+            order=_one(query, "order") or "desc",
+            after=_one(query, "after"),
+        )
+        self._send_json(200, page)
+
+    def _get_file(self, file_id: str, *, query: dict[str, list[str]], body: bytes) -> None:
+        self._send_json(200, self.store.get_file(file_id))
+
+    def _delete_file(self, file_id: str, *, query: dict[str, list[str]], body: bytes) -> None:
+        self._send_json(200, self.store.delete_file(file_id))
+
+    def _file_content(self, file_id: str, *, query: dict[str, list[str]], body: bytes) -> None:
+        self._send(200, self.store.file_content(file_id), "application/octet-stream")
+
+    # --- batches -------------------------------------------------------------------------------
+
+    def _create_batch(self, *, query: dict[str, list[str]], body: bytes) -> None:
+        try:
+            payload = json.loads(body or b"null")
+        except ValueError:
+            raise APIError(
+                400,
+                "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
+                "HTTP library correctly. The OpenAI API expects a JSON payload.)",
+            ) from None
+        self._send_json(200, self.store.create_batch(payload))
+
+    def _list_batches(self, *, query: dict[str, list[str]], body: bytes) -> None:
+        self._send_json(200, self.store.list_batches(limit=_int(query, "limit", 20), after=_one(query, "after")))
+
+    def _get_batch(self, batch_id: str, *, query: dict[str, list[str]], body: bytes) -> None:
+        self._send_json(200, self.store.get_batch(batch_id))
+
+    def _cancel_batch(self, batch_id: str, *, query: dict[str, list[str]], body: bytes) -> None:
+        self._send_json(200, self.store.cancel_batch(batch_id))
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send_json(self, status: int, payload: Any) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json")
+
+    def _send(self, status: int, data: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("x-request-id", self._request_id)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.store.options.log_requests:
+            super().log_message(format, *args)
+
+
+def _one(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[-1] if values else None
+
+
+def _int(query: dict[str, list[str]], name: str, default: int) -> int:
+    value = _one(query, name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        message = f"Invalid type for '{name}': expected an integer."
+        raise APIError(400, message, param=name, code="invalid_type") from None
+
+
+class _Server(ThreadingHTTPServer):
+    """Tracks open connections so `stop()` can cut kept-alive ones: a stopped emulator must not answer."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], store: Store) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.store = store
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class Emulator:
+    """An OpenAI Files + Batches server on a background thread.
+
+    `emu.base_url` is what `OpenAI(base_url=...)` / `OPENAI_BASE_URL` gets. `emu.counts`,
+    `emu.files` and `emu.batches` are snapshots (plain dicts shaped like the API's JSON; files and
+    batches oldest first, deleted/expired files left out); `emu.file_content(id)` returns raw bytes.
+    Pass `clock=ManualClock()` to move the batch timeline by hand.
+    """
+
+    def __init__(
+        self,
+        options: EmulatorOptions | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.options = options or EmulatorOptions()
+        self.host = host
+        self.store = Store(self.options, clock or time.time)
+        self._requested_port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Emulator:
+        """Bind and serve in a daemon thread; returns once the socket is listening."""
+        if self._server is not None:
+            raise RuntimeError("emulator already started")
+        self._server = _Server((self.host, self._requested_port), self.store)
+        # A restart after stop() comes back on the same port, so base_url stays valid (server-down tests).
+        self._requested_port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="batchpipe-emulator", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("emulator not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        return self.store.counts()
+
+    @property
+    def files(self) -> list[dict[str, Any]]:
+        return self.store.all_files()
+
+    @property
+    def batches(self) -> list[dict[str, Any]]:
+        return self.store.all_batches()
+
+    def file_content(self, file_id: str) -> bytes:
+        return self.store.file_content(file_id)
+
+
+def serve_forever(
+    host: str = "127.0.0.1", port: int = 8089, options: EmulatorOptions | None = None, *, out: TextIO | None = None
+) -> None:
+    """Run an emulator in the foreground until Ctrl-C (what `batchpipe emulator` calls)."""
+    out = out or sys.stdout
+    with Emulator(options, host, port) as emu:
+        print(f"batchpipe emulator listening on {emu.base_url}", file=out, flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = EmulatorOptions()
+    parser = argparse.ArgumentParser(
+        prog="python -m batchpipe.emulator",
+        description="Serve an OpenAI-compatible Files + Batches API on loopback for offline runs and tests.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8089, help="0 picks a free port")
+    parser.add_argument("--validating-seconds", type=float, default=defaults.validating_seconds)
+    parser.add_argument("--in-progress-seconds", type=float, default=defaults.in_progress_seconds)
+    parser.add_argument("--finalizing-seconds", type=float, default=defaults.finalizing_seconds)
+    parser.add_argument("--cancelling-seconds", type=float, default=defaults.cancelling_seconds)
+    parser.add_argument("--shuffle-seed", type=int, default=None, help="make the output order reproducible")
+    parser.add_argument("--max-requests", type=int, default=defaults.max_requests_per_batch,
+                        help="requests per batch before `too_many_tasks`")
+    parser.add_argument("--log-requests", action="store_true", help="print an access-log line per request")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    options = EmulatorOptions(
+        validating_seconds=args.validating_seconds,
+        in_progress_seconds=args.in_progress_seconds,
+        finalizing_seconds=args.finalizing_seconds,
+        cancelling_seconds=args.cancelling_seconds,
+        shuffle_seed=args.shuffle_seed,
+        max_requests_per_batch=args.max_requests,
+        log_requests=args.log_requests,
+    )
+    serve_forever(args.host, args.port, options)
+    return 0
