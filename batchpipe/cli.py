@@ -126,7 +126,9 @@ def submit(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
     paths = ops.run_paths(_runs_dir(ctx), run)
     s = ops.submit(paths, _provider(paths))
     if as_json:
-        return render.envelope("submit", {"run": run, "uploaded": s.uploaded, "submitted": s.submitted})
+        return render.envelope("submit", {"run": run, "uploaded": s.uploaded, "submitted": s.submitted, "notes": s.notes})
+    for note in s.notes:
+        render.warn(note)
     if s.submitted:
         render.line(f"submitted {len(s.submitted)} batch(es) for run {run}: {', '.join(s.submitted)}")
     else:
@@ -194,6 +196,32 @@ def process(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
         _processed(p, paths)
         if not p.done:
             render.line(f"not done yet: see `batchpipe status {run}`")
+    raise typer.Exit(int(code))
+
+
+@command()
+def recover(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
+    """Reconcile a run with the provider and the disk after a crash, a kill or Ctrl-C.
+
+    Removes temp files left by an interrupted write, checks every file the ledger names,
+    adopts uploads and batches whose answer was lost, and cancels a second batch for one
+    shard. It never creates anything remote. Exits 5 if something needs a person.
+
+    Example: `batchpipe recover reviews-nov`
+    """
+    paths = ops.run_paths(_runs_dir(ctx), run)
+    r = ops.recover(paths, _provider(paths, optional=True))
+    code = ExitCode.OK if r.ok else ExitCode.ATTENTION
+    if as_json:
+        render.envelope("recover", {"run": run, "actions": r.actions, "problems": r.problems}, int(code))
+    else:
+        for action in r.actions:
+            render.line(action)
+        for problem in r.problems:
+            render.warn(problem)
+        if r.ok:
+            render.line(f"run {run} is consistent{'' if r.actions else ': nothing to do'}; "
+                        f"continue with `batchpipe run {run}`")
     raise typer.Exit(int(code))
 
 

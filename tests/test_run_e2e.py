@@ -131,6 +131,8 @@ def test_failed_requests_keep_their_row_with_the_error(cli, emulator, runs_dir, 
             assert row["verdict_error"]["message"]
         else:
             assert row["verdict"] == expected_answer(rows[i]) and "verdict_error" not in row
+    # A 400 is permanent: one attempt. A 500 may be transient: retried up to max_attempts (3).
+    assert [row["verdict_attempts"] for row in out] == [1, 1, 1, 1, 1, 1, 3, 1]
     # the raw error file is kept, untouched, beside the output
     assert (runs_dir / "fails" / "results" / "00001.a1.errors.jsonl").exists()
 

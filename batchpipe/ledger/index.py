@@ -18,22 +18,27 @@ from typing import Any
 import orjson
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
+CREATE TABLE IF NOT EXISTS requests (      -- one per input row, written at create
     custom_id TEXT PRIMARY KEY,
     row_no    INTEGER NOT NULL UNIQUE,
-    line_no   INTEGER NOT NULL,
-    shard     TEXT NOT NULL,
-    shard_line INTEGER NOT NULL
+    line_no   INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS requests_by_shard ON requests (shard, shard_line);
-CREATE TABLE IF NOT EXISTS results (
+CREATE TABLE IF NOT EXISTS shard_lines (   -- which request is on which line of which shard attempt
+    shard     TEXT NOT NULL,
+    line      INTEGER NOT NULL,
+    custom_id TEXT NOT NULL,
+    PRIMARY KEY (shard, line)
+);
+CREATE TABLE IF NOT EXISTS results (       -- the latest outcome of each request
     custom_id TEXT PRIMARY KEY,
     shard     TEXT NOT NULL,
+    attempt   INTEGER NOT NULL,
     ok        INTEGER NOT NULL,
+    retryable INTEGER NOT NULL,
     value     BLOB,
-    error     BLOB,
-    attempts  INTEGER NOT NULL DEFAULT 1
+    error     BLOB
 );
+CREATE INDEX IF NOT EXISTS results_by_shard ON results (shard);
 """
 
 
@@ -43,7 +48,8 @@ class Outcome:
     ok: bool
     value: Any  # the answer (for chat: the assistant's content string)
     error: dict[str, Any] | None
-    attempts: int = 1
+    retryable: bool = False  # a failure another attempt may fix (5xx, expired, cancelled, missing)
+    attempt: int = 1  # the shard attempt this outcome came from
 
 
 class DuplicateId(Exception):
@@ -73,45 +79,65 @@ class Index:
     # -- requests (written once, at create) -----------------------------------------------
     def add_request(self, custom_id: str, row_no: int, line_no: int, shard: str, shard_line: int) -> None:
         try:
-            self.db.execute(
-                "INSERT INTO requests VALUES (?, ?, ?, ?, ?)", (custom_id, row_no, line_no, shard, shard_line)
-            )
+            self.db.execute("INSERT INTO requests VALUES (?, ?, ?)", (custom_id, row_no, line_no))
         except sqlite3.IntegrityError:
             (first,) = self.db.execute("SELECT line_no FROM requests WHERE custom_id = ?", (custom_id,)).fetchone()
             raise DuplicateId(custom_id, line_no, first) from None
+        self.db.execute("INSERT INTO shard_lines VALUES (?, ?, ?)", (shard, shard_line, custom_id))
+
+    def add_shard(self, shard: str, custom_ids: Iterable[str]) -> None:
+        """Record the requests of a retry attempt, line by line, and commit."""
+        with self.db:
+            self.db.execute("DELETE FROM shard_lines WHERE shard = ?", (shard,))
+            self.db.executemany(
+                "INSERT INTO shard_lines VALUES (?, ?, ?)", ((shard, n, cid) for n, cid in enumerate(custom_ids, 1))
+            )
 
     def commit(self) -> None:
         self.db.commit()
 
-    def shard_ids(self, shard: str) -> Iterator[tuple[int, str, int, int]]:
-        """(shard_line, custom_id, row_no, line_no) of a shard's requests, in file order."""
+    def shard_ids(self, shard: str) -> Iterator[tuple[int, str]]:
+        """(line, custom_id) of a shard's requests, in file order."""
         yield from self.db.execute(
-            "SELECT shard_line, custom_id, row_no, line_no FROM requests WHERE shard = ? ORDER BY shard_line",
+            "SELECT line, custom_id FROM shard_lines WHERE shard = ? ORDER BY line", (shard,)
+        )
+
+    def request_at(self, shard: str, line: int) -> tuple[str, int, int] | None:
+        """(custom_id, row_no, line_no) of the request on a 1-based line of a shard file."""
+        return self.db.execute(
+            "SELECT r.custom_id, r.row_no, r.line_no FROM shard_lines s JOIN requests r USING (custom_id) "
+            "WHERE s.shard = ? AND s.line = ?",
+            (shard, line),
+        ).fetchone()
+
+    def retryable(self, shard: str) -> Iterator[tuple[int, str]]:
+        """(line, custom_id) of the requests whose latest outcome came from `shard` and may be retried."""
+        yield from self.db.execute(
+            "SELECT l.line, l.custom_id FROM shard_lines l JOIN results s ON s.custom_id = l.custom_id "
+            "AND s.shard = l.shard WHERE l.shard = ? AND s.ok = 0 AND s.retryable = 1 ORDER BY l.line",
             (shard,),
         )
 
-    def request_at(self, shard: str, shard_line: int) -> tuple[str, int, int] | None:
-        """(custom_id, row_no, line_no) of the request on a 1-based line of a shard file."""
-        return self.db.execute(
-            "SELECT custom_id, row_no, line_no FROM requests WHERE shard = ? AND shard_line = ?", (shard, shard_line)
-        ).fetchone()
-
     # -- results (written at process) -----------------------------------------------------
     def put_results(self, shard: str, outcomes: Iterable[Outcome]) -> dict[str, int]:
-        """Replace the outcomes of one shard in one transaction; return {"ok": n, "failed": n}."""
+        """Record the outcomes of one shard attempt in one transaction; return {"ok": n, "failed": n}.
+
+        An attempt's outcome replaces the request's earlier one: a retry only holds requests
+        whose earlier attempt failed, so the newest outcome is the one that counts.
+        """
         counts = {"ok": 0, "failed": 0}
         with self.db:  # one transaction: all of the shard or none of it
-            self.db.execute("DELETE FROM results WHERE shard = ?", (shard,))
             for o in outcomes:
                 self.db.execute(
-                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (
                         o.custom_id,
                         shard,
+                        o.attempt,
                         int(o.ok),
+                        int(o.retryable),
                         orjson.dumps(o.value),
                         None if o.error is None else orjson.dumps(o.error),
-                        o.attempts,
                     ),
                 )
                 counts["ok" if o.ok else "failed"] += 1
@@ -120,10 +146,10 @@ class Index:
     def joined(self) -> Iterator[tuple[int, str, Outcome | None]]:
         """Every request in row order with its outcome (None if it has none yet)."""
         rows = self.db.execute(
-            "SELECT r.row_no, r.custom_id, s.ok, s.value, s.error, s.attempts "
+            "SELECT r.row_no, r.custom_id, s.ok, s.value, s.error, s.retryable, s.attempt "
             "FROM requests r LEFT JOIN results s ON s.custom_id = r.custom_id ORDER BY r.row_no"
         )
-        for row_no, custom_id, ok, value, error, attempts in rows:
+        for row_no, custom_id, ok, value, error, retryable, attempt in rows:
             if ok is None:
                 yield row_no, custom_id, None
             else:
@@ -132,5 +158,6 @@ class Index:
                     bool(ok),
                     orjson.loads(value) if value is not None else None,
                     orjson.loads(error) if error is not None else None,
-                    attempts,
+                    bool(retryable),
+                    attempt,
                 )

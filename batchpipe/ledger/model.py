@@ -67,7 +67,8 @@ class Shard:
     batch: Batch | None = None
     outputs: FileRef | None = None  # downloaded output file (None if the batch had none)
     errors_file: FileRef | None = None  # downloaded error file (None if the batch had none)
-    merged: dict[str, int] | None = None  # {"ok": n, "failed": n}
+    merged: dict[str, int] | None = None  # {"ok": n, "failed": n, "retried": n}
+    retry: str | None = None  # id of the next attempt, which holds this attempt's retryable failures
     history: list[dict[str, Any]] = field(default_factory=list)  # earlier batches of this attempt
 
     @classmethod

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from batchpipe import fsio
+from batchpipe import crash, fsio
 from batchpipe.errors import LedgerError
 from batchpipe.ledger import transitions
 from batchpipe.ledger.migrations import SCHEMA_VERSION, migrate
@@ -77,7 +77,10 @@ class Ledger:
 
     def commit(self, event: dict[str, Any] | None = None) -> None:
         """Write the ledger durably; then log `event` (the log follows the ledger, never leads it)."""
-        fsio.write_bytes_atomic(self.paths.state, encode(self.state))
+        data = encode(self.state)
+        crash.point("ledger:before_commit")
+        fsio.write_bytes_atomic(self.paths.state, data)
+        crash.point("ledger:after_commit")
         if event is not None:
             self.log(event)
 

@@ -5,12 +5,13 @@ from batchpipe.ops.create import Created, create
 from batchpipe.ops.download import Downloaded, download
 from batchpipe.ops.listing import RunSummary, list_runs
 from batchpipe.ops.process import Processed, process
+from batchpipe.ops.recover import Recovered, recover
 from batchpipe.ops.run import RunReport, run, step
 from batchpipe.ops.status import Status, status
 from batchpipe.ops.submit import Submitted, submit
 
 __all__ = [
-    "Created", "Downloaded", "Processed", "Progress", "RunReport", "RunSummary", "Status", "Submitted",
-    "bind_provider", "create", "describe", "describe_run", "download", "list_runs", "process", "provider_for", "run", "run_config",
+    "Created", "Downloaded", "Processed", "Progress", "Recovered", "RunReport", "RunSummary", "Status", "Submitted",
+    "bind_provider", "create", "describe", "describe_run", "download", "list_runs", "process", "provider_for", "recover", "run", "run_config",
     "run_paths", "status", "step", "submit",
 ]

@@ -61,8 +61,10 @@ class Progress:
         for shard in ledger.shards:
             states[shard.state.value] += 1
             if shard.state == ShardState.MERGED and shard.merged is not None:
-                finished += shard.requests
-                failed += shard.merged.get("failed", 0)
+                # requests handed on to a retry attempt are counted there, not here
+                retried = shard.merged.get("retried", 0)
+                finished += shard.requests - retried
+                failed += shard.merged.get("failed", 0) - retried
             elif shard.batch is not None:
                 counts = shard.batch.request_counts
                 finished += min(shard.requests, counts.get("completed", 0) + counts.get("failed", 0))

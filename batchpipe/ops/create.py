@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from batchpipe import __version__, fsio
+from batchpipe import __version__, crash, fsio
 from batchpipe.config import JobConfig, load_config, snapshot_yaml
 from batchpipe.errors import InputError, RunExists
 from batchpipe.ledger.index import DuplicateId, Index
@@ -55,6 +55,7 @@ def create(config_path: Path, *, runs_dir: Path, run_id: str | None = None) -> C
     tmp = fsio.make_temp_dir(Path(runs_dir), run_id)
     try:
         state = _build(RunPaths(tmp), cfg, snapshot, run_id, config_sha, (input_size, input_sha))
+        crash.point("run_create:before_publish")
         try:
             fsio.publish_dir(tmp, paths.root)
         except OSError:

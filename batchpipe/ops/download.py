@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from batchpipe import fsio
+from batchpipe import crash, fsio
 from batchpipe.ledger.model import TERMINAL_BATCH_STATUSES, FileRef, Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.status import refresh_submitted
@@ -25,6 +25,7 @@ def _fetch(ledger: Ledger, shard: Shard, provider: Provider, file_id: str | None
     path = ledger.paths.result_file(shard.id, kind)
     # Streamed to a temp file, fsynced and renamed: the file is whole before the ledger names it.
     size, sha = fsio.write_lines_atomic(path, provider.iter_file_content(file_id))
+    crash.point("download:after_file")
     ledger.log({"event": "remote", "call": "download", "shard": shard.id, "file_id": file_id, "bytes": size})
     return ledger.file_ref(path, size, sha)
 

@@ -26,6 +26,8 @@ def list_runs(runs_dir: Path) -> list[RunSummary]:
         return []
     summaries = []
     for state in sorted(runs_dir.glob("*/state.json")):
+        if state.parent.name.startswith("."):
+            continue  # the temp dir of a create that was interrupted before it published the run
         paths = RunPaths(state.parent)
         try:
             ledger = Ledger.load(paths)

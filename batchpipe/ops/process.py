@@ -1,28 +1,31 @@
-"""`process`: parse downloaded results into the index, then write the merged output.
+"""`process`: parse downloaded results into the index, plan retries, write the merged output.
 
 Results are joined to rows by custom_id, never by position: the service returns lines in any
-order. A request without a result (error line, validation failure, missing from both files)
-keeps its row, with null under the output key and the error beside it.
+order. Whatever a batch returned is kept, even from an expired, cancelled or partly failed
+batch. Requests that failed in a way another attempt may fix (5xx, expired, cancelled, missing
+from both files) go into a new attempt of their shard, up to `limits.max_attempts`; the rest
+keep their row in the output, with null under the output key and the error beside it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
 
-from batchpipe import fsio
+from batchpipe import crash, fsio
 from batchpipe.errors import InputError
 from batchpipe.ledger.index import Index, Outcome
-from batchpipe.ledger.model import Shard, ShardState
+from batchpipe.ledger.model import FileRef, Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress, run_config
 from batchpipe.paths import RunPaths
 from batchpipe.pipeline.inputs import iter_rows
-from batchpipe.pipeline.results import BadLine, Parsed, parse_lines
+from batchpipe.pipeline.results import BadLine, Parsed, is_retryable, parse_lines
+from batchpipe.pipeline.shards import estimate_tokens, shard_id
 
 MISSING = {"code": "missing_result", "message": "the service returned no result for this request"}
 
@@ -31,6 +34,7 @@ MISSING = {"code": "missing_result", "message": "the service returned no result 
 class Processed:
     run_id: str
     merged: list[str] = field(default_factory=list)
+    retries: list[str] = field(default_factory=list)  # new shard attempts planned by this call
     output_written: bool = False
     done: bool = False
     ok: int = 0
@@ -41,12 +45,11 @@ class Processed:
     warnings: list[str] = field(default_factory=list)
 
 
-def _lines(ledger: Ledger, shard: Shard) -> Iterator[tuple[str, bytes]]:
-    for kind, ref in (("output", shard.outputs), ("errors", shard.errors_file)):
+def _lines(ledger: Ledger, shard: Shard) -> Iterator[bytes]:
+    for ref in (shard.outputs, shard.errors_file):
         if ref is not None:
             with open(ledger.verify(ref), "rb") as f:
-                for line in f:
-                    yield kind, line
+                yield from f
 
 
 def _validation_failure(shard: Shard, index: Index, result: Processed) -> Iterator[Outcome]:
@@ -60,9 +63,10 @@ def _validation_failure(shard: Shard, index: Index, result: Processed) -> Iterat
         if isinstance(line, int):
             by_line.setdefault(line, err)
     first = shard.batch.errors[0] if shard.batch.errors else {"code": "batch_failed", "message": "the batch failed"}
-    for shard_line, custom_id, _, _ in index.shard_ids(shard.id):
-        err = by_line.get(shard_line, first)
-        yield Outcome(custom_id, False, None, {"code": err.get("code") or "batch_failed", "message": err.get("message")})
+    for line, custom_id in index.shard_ids(shard.id):
+        err = by_line.get(line, first)
+        error = {"code": err.get("code") or "batch_failed", "message": err.get("message")}
+        yield Outcome(custom_id, False, None, error, retryable=False, attempt=shard.attempt)
 
 
 def _outcomes(ledger: Ledger, shard: Shard, index: Index, result: Processed) -> Iterator[Outcome]:
@@ -70,18 +74,54 @@ def _outcomes(ledger: Ledger, shard: Shard, index: Index, result: Processed) -> 
         yield from _validation_failure(shard, index, result)
         return
     # One shard holds at most 50,000 requests: a per-shard map is bounded, whatever the dataset size.
-    expected = {custom_id for _, custom_id, _, _ in index.shard_ids(shard.id)}
+    expected = {custom_id for _, custom_id in index.shard_ids(shard.id)}
     found: dict[str, Parsed] = {}
-    for n, parsed in enumerate(parse_lines(ledger.run.endpoint, (line for _, line in _lines(ledger, shard))), 1):
+    for parsed in parse_lines(ledger.run.endpoint, _lines(ledger, shard)):
         if isinstance(parsed, BadLine):
-            result.warnings.append(f"shard {shard.id}: result line {parsed.line_no} unreadable ({parsed.reason})")
+            result.warnings.append(f"shard {shard.id}: a result line is unreadable ({parsed.reason})")
         elif parsed.custom_id not in expected:
             result.warnings.append(f"shard {shard.id}: result for unknown custom_id {parsed.custom_id!r} ignored")
         elif parsed.custom_id not in found or (parsed.ok and not found[parsed.custom_id].ok):
             found[parsed.custom_id] = parsed
     for custom_id in expected:
         p = found.get(custom_id)
-        yield Outcome(custom_id, p.ok, p.value, p.error) if p else Outcome(custom_id, False, None, MISSING)
+        if p is not None and p.ok:
+            yield Outcome(custom_id, True, p.value, None, attempt=shard.attempt)
+        else:
+            error = p.error if p is not None else MISSING
+            yield Outcome(custom_id, False, None, error, retryable=is_retryable(error), attempt=shard.attempt)
+
+
+def _plan_retry(ledger: Ledger, shard: Shard, index: Index, max_attempts: int, result: Processed) -> None:
+    """Put this attempt's retryable failures into a new attempt of the shard (data before pointer)."""
+    if shard.retry is not None or shard.attempt >= max_attempts or shard.batch.status == "failed":
+        return
+    wanted = dict(index.retryable(shard.id))  # line in this attempt's file -> custom_id
+    if not wanted:
+        return
+    new_id = shard_id(shard.index, shard.attempt + 1)
+    path = ledger.paths.shard_file(new_id)
+    with open(ledger.verify(shard.file), "rb") as src:
+        lines = (line for n, line in enumerate(src, 1) if n in wanted)
+        size, sha = fsio.write_lines_atomic(path, lines)
+    crash.point("retry:after_shard_file")
+    index.add_shard(new_id, wanted.values())
+    crash.point("retry:after_index")
+    ledger.state.shards.append(
+        Shard(
+            id=new_id,
+            index=shard.index,
+            attempt=shard.attempt + 1,
+            state=ShardState.PREPARED,
+            file=FileRef(str(path.relative_to(ledger.paths.root)), size, sha),
+            requests=len(wanted),
+            est_tokens=estimate_tokens(size),
+        )
+    )
+    shard.retry = new_id
+    shard.merged = {**(shard.merged or {}), "retried": len(wanted)}
+    ledger.commit({"event": "retry_planned", "shard": shard.id, "attempt": new_id, "requests": len(wanted)})
+    result.retries.append(new_id)
 
 
 def _merged_rows(ledger: Ledger, index: Index, key: str, result: Processed) -> Iterator[bytes]:
@@ -99,6 +139,7 @@ def _merged_rows(ledger: Ledger, index: Index, key: str, result: Processed) -> I
             data[key] = None
             data[f"{key}_error"] = outcome.error if outcome is not None else MISSING
             result.failed += 1
+        data[f"{key}_attempts"] = outcome.attempt if outcome is not None else 0
         yield orjson.dumps(data) + b"\n"
 
 
@@ -112,6 +153,7 @@ def _write_output(ledger: Ledger, index: Index, result: Processed) -> None:
         )
     key = run_config(ledger.paths).output.key
     out_size, out_sha = fsio.write_lines_atomic(ledger.paths.output, _merged_rows(ledger, index, key, result))
+    crash.point("output:after_file")
     run.output = ledger.file_ref(ledger.paths.output, out_size, out_sha)
     run.result_counts = {"ok": result.ok, "failed": result.failed}
     ledger.commit({"event": "output", "rows": result.ok + result.failed, "ok": result.ok, "failed": result.failed})
@@ -122,14 +164,18 @@ def process(paths: RunPaths) -> Processed:
     result = Processed(paths.run_id)
     with fsio.run_lock(paths.root):
         ledger = Ledger.load(paths)
+        max_attempts = run_config(paths).limits.max_attempts
         with Index(paths.index) as index:
-            for shard in ledger.shards:
+            for shard in list(ledger.shards):
                 if shard.state == ShardState.COMPLETED:
                     counts = index.put_results(shard.id, _outcomes(ledger, shard, index, result))
+                    crash.point("process:after_index")
                     ledger.advance(shard, ShardState.MERGED, merged=counts)
                     result.merged.append(shard.id)
                 elif shard.state == ShardState.MERGED and shard.batch.status == "failed" and shard.batch.errors:
                     list(_validation_failure(shard, index, result))  # report them again: still unresolved
+                if shard.state == ShardState.MERGED:
+                    _plan_retry(ledger, shard, index, max_attempts, result)
             all_merged = all(s.state == ShardState.MERGED for s in ledger.shards)
             if all_merged and (result.merged or ledger.run.output is None or not _output_intact(ledger)):
                 _write_output(ledger, index, result)
@@ -144,3 +190,4 @@ def _output_intact(ledger: Ledger) -> bool:
     if ref is None or not ledger.paths.output.is_file():
         return False
     return fsio.sha256_file(ledger.paths.output) == (ref.bytes, ref.sha256)
+

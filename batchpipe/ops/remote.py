@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import TypeVar
 
+from batchpipe import crash
 from batchpipe.errors import ProviderError
 from batchpipe.ledger.model import Batch, Shard, ShardState, Upload
 from batchpipe.ledger.store import Ledger
@@ -23,7 +24,7 @@ T = TypeVar("T")
 
 TRIES = 5
 TOKEN_LIMIT_CODE = "token_limit_exceeded"
-LIVE_STATUSES = frozenset({"validating", "in_progress", "finalizing", "completed", "cancelling"})
+RUNNING_STATUSES = frozenset({"validating", "in_progress", "finalizing"})
 
 
 def upload_tag(run_id: str, shard: Shard) -> str:
@@ -67,20 +68,51 @@ def ensure_uploaded(ledger: Ledger, shard: Shard, provider: Provider, *, sleep=t
         found = provider.find_file(shard.upload.filename, shard.upload.intent_at)
     upload = shard.upload
     if found is None:
+        crash.point("upload:before")
         found = _once(
             lambda: provider.upload(path, upload.filename),
             lambda: provider.find_file(upload.filename, upload.intent_at),
             sleep=sleep,
         )
+        crash.point("upload:after")
     ledger.log({"event": "remote", "call": "upload", "shard": shard.id, "file_id": found.id})
     ledger.advance(shard, ShardState.UPLOADED, upload=Upload(upload.filename, upload.intent_at, found.id))
 
 
-def _adopt(shard: Shard, found: list[RemoteBatch]) -> RemoteBatch | None:
-    """The batch of this shard attempt among those carrying its tag (earlier, failed ones excluded)."""
+def tagged_batches(shard: Shard, found: list[RemoteBatch]) -> list[RemoteBatch]:
+    """This attempt's batches among those carrying its tag, oldest first.
+
+    Batches in the shard's history (an earlier create that failed on the enqueued-token limit)
+    are not this attempt's. Any other one is, whatever its status: it was paid for, or failed
+    for a reason a second create would meet too.
+    """
     earlier = {h.get("id") for h in shard.history}
-    live = [b for b in found if b.id not in earlier and b.status in LIVE_STATUSES]
-    return min(live, key=lambda b: (b.created_at, b.id)) if live else None
+    return sorted((b for b in found if b.id not in earlier), key=lambda b: (b.created_at, b.id))
+
+
+def _adopt(shard: Shard, found: list[RemoteBatch]) -> RemoteBatch | None:
+    mine = tagged_batches(shard, found)
+    return mine[0] if mine else None
+
+
+def cancel_duplicate(ledger: Ledger, shard: Shard, provider: Provider, batch: RemoteBatch) -> str:
+    """Cancel a second batch of one shard while it runs; report one that already finished."""
+    if batch.status in ("completed", "expired"):
+        message = f"shard {shard.id}: duplicate batch {batch.id} had already {batch.status} (it was billed); its results are not used"
+    elif batch.status not in RUNNING_STATUSES:
+        message = f"shard {shard.id}: duplicate batch {batch.id} is {batch.status}; nothing to cancel"
+    else:
+        ledger.log({"event": "intent", "call": "cancel", "shard": shard.id, "batch_id": batch.id})
+        crash.point("cancel:before")
+        try:
+            provider.cancel_batch(batch.id)
+        except ProviderError as exc:
+            if exc.status_code != 409:  # 409: it finished meanwhile; nothing left to cancel
+                raise
+        crash.point("cancel:after")
+        message = f"shard {shard.id}: cancelled duplicate batch {batch.id} (kept {shard.batch.id if shard.batch else '?'})"
+    ledger.log({"event": "duplicate", "shard": shard.id, "batch_id": batch.id, "status": batch.status})
+    return message
 
 
 def _file_not_visible(exc: ProviderError) -> bool:
@@ -89,27 +121,41 @@ def _file_not_visible(exc: ProviderError) -> bool:
     return exc.status_code in (400, 404) and exc.param in ("file_id", "input_file_id")
 
 
-def ensure_submitted(ledger: Ledger, shard: Shard, provider: Provider, *, sleep=time.sleep) -> None:
-    """UPLOADED -> SUBMITTED: create the shard's batch once, or adopt the one a crash left behind."""
+def ensure_submitted(ledger: Ledger, shard: Shard, provider: Provider, *, sleep=time.sleep) -> list[str]:
+    """UPLOADED -> SUBMITTED: create the shard's batch once, or adopt the one a crash left behind.
+
+    Returns what had to be reported: if a lookup ever finds two batches for this shard, the
+    oldest is kept and the other cancelled.
+    """
     assert shard.upload is not None and shard.upload.file_id is not None
     tag = batch_tag(ledger.run.id, shard)
+    seen: list[RemoteBatch] = []
+
+    def lookup() -> RemoteBatch | None:
+        seen[:] = tagged_batches(shard, provider.find_batches(tag, intent_at))
+        return seen[0] if seen else None
+
     if shard.batch is None:
         shard.batch = Batch(metadata=tag, intent_at=time.time())
         ledger.commit({"event": "intent", "shard": shard.id, "call": "batch_create", "metadata": tag})
+        intent_at = shard.batch.intent_at
         found = None
-    else:
-        found = _adopt(shard, provider.find_batches(tag, shard.batch.intent_at))
-    intent_at = shard.batch.intent_at
+    else:  # an intent left open by an earlier process: the create may have happened
+        intent_at = shard.batch.intent_at
+        found = lookup()
     if found is None:
         file_id = shard.upload.file_id
+        crash.point("batch_create:before")
         found = _once(
             lambda: provider.create_batch(file_id, ledger.run.endpoint, tag),
-            lambda: _adopt(shard, provider.find_batches(tag, intent_at)),
+            lookup,
             sleep=sleep,
             also_retry=_file_not_visible,
         )
+        crash.point("batch_create:after")
     ledger.log({"event": "remote", "call": "batch_create", "shard": shard.id, "batch_id": found.id})
     ledger.advance(shard, ShardState.SUBMITTED, batch=batch_record(tag, intent_at, found))
+    return [cancel_duplicate(ledger, shard, provider, dup) for dup in seen if dup.id != found.id]
 
 
 def batch_record(tag: dict[str, str], intent_at: float, b: RemoteBatch) -> Batch:

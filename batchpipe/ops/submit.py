@@ -19,6 +19,7 @@ class Submitted:
     run_id: str
     uploaded: list[str] = field(default_factory=list)
     submitted: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # duplicates found and cancelled
 
 
 def submit(paths: RunPaths, provider: Provider, *, sleep=time.sleep) -> Submitted:
@@ -37,6 +38,6 @@ def submit(paths: RunPaths, provider: Provider, *, sleep=time.sleep) -> Submitte
                 result.uploaded.append(shard.id)
             if shard.state == ShardState.UPLOADED:
                 bind_provider(ledger, provider)
-                ensure_submitted(ledger, shard, provider, sleep=sleep)
+                result.notes += ensure_submitted(ledger, shard, provider, sleep=sleep)
                 result.submitted.append(shard.id)
     return result

@@ -95,3 +95,15 @@ def parse_lines(endpoint: str, lines: Iterable[bytes]) -> Iterator[Parsed | BadL
             yield parse_line(endpoint, raw)
         except ValueError as exc:
             yield BadLine(n, str(exc))
+
+
+# Errors of requests that never ran or that the service failed on its side: another attempt
+# may succeed. A 4xx answer (bad request, content policy...) will fail the same way again.
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+
+def is_retryable(error: dict[str, Any]) -> bool:
+    status = error.get("status_code")
+    if status is not None:
+        return status >= 500 or status in RETRYABLE_STATUS
+    return error.get("code") != "unreadable_response"  # batch_expired, batch_cancelled, missing_result, ...

@@ -1,0 +1,123 @@
+"""Kill batchpipe at every named crash point, resume, and get exactly a fault-free run's output
+with not one duplicate batch at the server (DESIGN.md §4: the measure is a test, not an argument).
+
+The crashing run is a real subprocess that dies by os._exit at the point (as after kill -9: no
+cleanup, no finally). The resume is the ordinary CLI: `recover`, then `run --wait`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import pytest
+from conftest import read_jsonl, review_rows, write_job
+
+from batchpipe import crash
+
+CRASH_CASES = [
+    *(f"{p}:1" for p in sorted(crash.POINTS - {"cancel:before", "cancel:after"})),
+    # later hits of the busiest points: mid-run, between other steps
+    "ledger:before_commit:4", "ledger:after_commit:7", "ledger:before_commit:12", "ledger:after_commit:18",
+    "upload:after:2", "batch_create:after:3", "download:after_file:2", "process:after_index:3",
+]
+
+
+def job_rows() -> list[dict]:
+    rows = review_rows(10)
+    rows[4]["text"] += " [[fail:500]]"  # a transient-looking failure: retried, so the retry points are met
+    rows[7]["text"] += " [[fail:400]]"  # a permanent one: kept as it is
+    return rows
+
+
+def batchpipe(*args: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BATCHPIPE_CRASH_AT": crash_at or ""}
+    return subprocess.run([sys.executable, "-m", "batchpipe", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def reference_output(cli, tmp_path: Path, runs_dir: Path) -> list[dict]:
+    config = write_job(tmp_path / "ref", job_rows(), limits={"max_requests_per_shard": 4})
+    cli("run", config, "--run", "reference", "--wait", "--poll-interval", "0")
+    return read_jsonl(runs_dir / "reference" / "output.jsonl")
+
+
+@pytest.mark.parametrize("crash_at", CRASH_CASES)
+def test_kill_at_a_crash_point_then_resume(cli, emulator, runs_dir, tmp_path, crash_at):
+    expected = reference_output(cli, tmp_path, runs_dir)
+    config = write_job(tmp_path / "job", job_rows(), limits={"max_requests_per_shard": 4})
+
+    killed = batchpipe("run", str(config), "--run", "crashy", "--wait", "--poll-interval", "0", crash_at=crash_at)
+    assert killed.returncode == crash.EXIT_CODE, f"{crash_at} was never reached:\n{killed.stdout}{killed.stderr}"
+
+    if (runs_dir / "crashy").exists():
+        cli("recover", "crashy")
+        cli("run", "crashy", "--wait", "--poll-interval", "0")
+    else:  # killed before create published the run: creating again is the resume
+        cli("run", config, "--run", "crashy", "--wait", "--poll-interval", "0")
+        assert [p.name for p in runs_dir.iterdir() if p.name.startswith(".crashy.")] != []  # the stray temp dir
+        cli("recover", "crashy")
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["crashy", "reference"]  # no stray temp dir left
+
+    assert read_jsonl(runs_dir / "crashy" / "output.jsonl") == expected
+    assert emulator.counts["duplicate_creates"] == 0
+    # Every shard attempt of both runs made exactly one batch: 3 shards + 2 retries of the 500 each.
+    creates = emulator.counts["creates_by_tag"]
+    assert sorted(creates.values()) == [1] * len(creates)
+    assert sum(1 for tag in creates if tag.startswith("crashy/")) == 5
+    # and nothing is left mid-write
+    assert not list((runs_dir / "crashy").rglob("*.tmp"))
+
+
+def test_a_duplicate_batch_is_cancelled_and_reported(cli, emulator, runs_dir, tmp_path):
+    config = write_job(tmp_path / "job", review_rows(4), limits={"max_requests_per_shard": 4})
+    cli("create", config, "--run", "dup")
+    cli("submit", "dup")
+    status = cli.json("status", "dup")["data"]["shards"][0]
+    # Someone (a retrying client, another tool) made a second batch for the same shard.
+    client = openai.OpenAI(base_url=emulator.base_url, api_key="k", max_retries=0)
+    emulator.options.validating_seconds = 3600  # keep the duplicate running, so there is something to cancel
+    twin = client.batches.create(input_file_id=status["file_id"], endpoint="/v1/chat/completions",
+                                 completion_window="24h", metadata={"batchpipe_run": "dup", "batchpipe_shard": "00001.a1",
+                                                                    "batchpipe_sha": "x"})
+    killed = batchpipe("recover", "dup", crash_at="cancel:before:1")
+    assert killed.returncode == crash.EXIT_CODE
+    result = cli("recover", "dup")
+    assert f"cancelled duplicate batch {twin.id} (kept {status['batch_id']})" in result.stdout
+    assert client.batches.retrieve(twin.id).status in ("cancelling", "cancelled")
+    assert client.batches.retrieve(status["batch_id"]).status == "completed"
+    emulator.options.validating_seconds = 0
+    cli("run", "dup", "--wait", "--poll-interval", "0")
+    assert len(read_jsonl(runs_dir / "dup" / "output.jsonl")) == 4
+
+
+def test_ctrl_c_during_run_wait_exits_130_and_resumes(cli, runs_dir, tmp_path, monkeypatch):
+    import signal
+    import time
+
+    from batchpipe.emulator import Emulator, EmulatorOptions, ManualClock
+
+    clock = ManualClock()  # the batches stay running until the test moves the clock on
+    options = EmulatorOptions(validating_seconds=1, in_progress_seconds=1, finalizing_seconds=1)
+    with Emulator(options=options, port=0, clock=clock) as emu:
+        monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        config = write_job(tmp_path / "job", review_rows(6), limits={"max_requests_per_shard": 3})
+        proc = subprocess.Popen([sys.executable, "-m", "batchpipe", "run", str(config), "--run", "intr", "--wait",
+                                 "--poll-interval", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while emu.counts["batch_creates"] < 2:  # wait (bounded) until both batches exist
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 130, stderr
+        assert "interrupted" in stderr and "Traceback" not in stderr
+
+        clock.advance(10)
+        cli("recover", "intr")
+        cli("run", "intr", "--wait", "--poll-interval", "0")
+        assert len(read_jsonl(runs_dir / "intr" / "output.jsonl")) == 6
+        assert emu.counts["batch_creates"] == 2 and emu.counts["duplicate_creates"] == 0
