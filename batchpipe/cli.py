@@ -252,6 +252,7 @@ def run_(
         report = ops.run(
             paths, provider, wait=wait, poll_interval=poll_interval,
             on_progress=lambda p: update(p.finished, _describe_progress(p)),
+            on_problem=lambda exc: render.warn(f"{exc.message}; trying again"),
         )
     p = report.processed
     code = ExitCode.ATTENTION if p.batch_errors else (ExitCode.OK if p.done else ExitCode.PENDING)

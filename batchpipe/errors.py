@@ -100,8 +100,10 @@ class ProviderError(BatchpipeError):
         param: str | None = None,
         retryable: bool = False,
         outcome_unknown: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, hint=hint)
+        self.retry_after = retry_after  # seconds the service asked us to wait, if it said
         self.status_code = status_code
         self.code = code
         self.param = param

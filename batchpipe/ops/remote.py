@@ -35,6 +35,13 @@ def batch_tag(run_id: str, shard: Shard) -> dict[str, str]:
     return {"batchpipe_run": run_id, "batchpipe_shard": shard.id, "batchpipe_sha": shard.file.sha256[:12]}
 
 
+def backoff(attempt: int, exc: ProviderError | None = None) -> float:
+    """Seconds to wait before try `attempt + 1`: what the service asked for, else exponential."""
+    if exc is not None and exc.retry_after is not None and exc.retry_after <= 120:
+        return exc.retry_after
+    return min(2.0**attempt, 30.0)
+
+
 def _once(
     send: Callable[[], T],
     lookup: Callable[[], T | None],
@@ -53,7 +60,7 @@ def _once(
                     return found
             if attempt == TRIES - 1 or not (exc.retryable or also_retry(exc)):
                 raise
-            sleep(min(2.0**attempt, 30.0))
+            sleep(backoff(attempt, exc))
     raise AssertionError("unreachable")
 
 

@@ -6,10 +6,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from batchpipe.errors import ProviderError
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress
 from batchpipe.ops.download import download
 from batchpipe.ops.process import Processed, process
+from batchpipe.ops.remote import backoff
 from batchpipe.ops.submit import submit
 from batchpipe.paths import RunPaths
 from batchpipe.providers import Provider
@@ -23,6 +25,9 @@ class RunReport:
     passes: int = 1
     submitted: list[str] = field(default_factory=list)
     downloaded: list[str] = field(default_factory=list)
+
+# Passes in a row that may fail on a retryable service error before `run --wait` gives up.
+MAX_FAILED_PASSES = 10
 
 
 def step(paths: RunPaths, provider: Provider, *, sleep=time.sleep) -> RunReport:
@@ -46,6 +51,7 @@ def run(
     wait: bool = False,
     poll_interval: float = 30.0,
     on_progress: Callable[[Progress], None] | None = None,
+    on_problem: Callable[[ProviderError], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> RunReport:
     """Run every step now; with `wait`, repeat every `poll_interval` seconds until done.
@@ -53,9 +59,21 @@ def run(
     The run lock is held during each pass only, not while sleeping, so `status` in another
     terminal can still refresh between passes.
     """
-    passes = 0
+    passes = failures = 0
     while True:
-        report = step(paths, provider, sleep=sleep)
+        try:
+            report = step(paths, provider, sleep=sleep)
+        except ProviderError as exc:
+            # While waiting, a service hiccup is not the end of the run: the next pass starts by
+            # looking up whatever the failed one may have left open.
+            failures += 1
+            if not (wait and exc.retryable) or failures > MAX_FAILED_PASSES:
+                raise
+            if on_problem is not None:
+                on_problem(exc)
+            sleep(max(poll_interval, backoff(failures, exc)))
+            continue
+        failures = 0
         passes += 1
         report.passes = passes
         if on_progress is not None:

@@ -22,6 +22,17 @@ from batchpipe.providers.base import RemoteBatch, RemoteFile
 CLOCK_SLACK_SECONDS = 600
 
 
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    """The wait the service asked for (retry-after-ms, then retry-after in seconds), if any."""
+    headers = exc.response.headers
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            return max(0.0, float(headers[name]) * scale)
+        except (KeyError, ValueError):
+            continue
+    return None
+
+
 def _error(exc: Exception, action: str) -> ProviderError:
     """Turn an `openai` exception into a ProviderError that says whether the call may have acted."""
     if isinstance(exc, openai.APITimeoutError):
@@ -46,6 +57,7 @@ def _error(exc: Exception, action: str) -> ProviderError:
             retryable=status in (408, 409, 429) or status >= 500,
             # A 5xx or 408 may come after the server already acted; a 4xx means it did not.
             outcome_unknown=status >= 500 or status == 408,
+            retry_after=_retry_after(exc),
         )
     return ProviderError(f"{action}: {exc}", retryable=False)
 
