@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from batchpipe import __version__, ops, render
-from batchpipe.errors import BatchpipeError, ExitCode, MissingApiKey
+from batchpipe.errors import BatchpipeError, ExitCode, MissingApiKey, UsageError
 from batchpipe.paths import runs_dir_from_env
 
 app = typer.Typer(
@@ -136,22 +136,38 @@ def submit(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
 
 
 @command()
-def status(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
+def status(
+    ctx: typer.Context,
+    run: Annotated[str | None, typer.Argument(help="The run id (see `batchpipe list`).", show_default=False)] = None,
+    all_runs: Annotated[bool, typer.Option("--all", help="Every run in the runs dir.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Refresh the status of the run's batches and show them, shard by shard.
 
-    Example: `batchpipe status reviews-nov --json`
+    Examples: `batchpipe status reviews-nov --json` · `batchpipe status --all`
     """
-    paths = ops.run_paths(_runs_dir(ctx), run)
-    st = ops.status(paths, _provider(paths, optional=True))
-    data = ops.describe(st.ledger) | {"refreshed": st.refreshed, "note": st.note}
+    if all_runs == (run is not None):
+        raise UsageError("give a run id or --all (not both)")
+    runs = [run] if run else [s.run_id for s in ops.list_runs(_runs_dir(ctx)) if s.problem is None]
+    reports = []
+    for run_id in runs:
+        paths = ops.run_paths(_runs_dir(ctx), run_id)
+        st = ops.status(paths, _provider(paths, optional=True))
+        reports.append((st, ops.describe(st.ledger) | {"refreshed": st.refreshed, "note": st.note}))
     if as_json:
-        return render.envelope("status", data)
-    p = st.progress
-    render.shard_table(f"run {run}: {p.finished}/{p.requests} requests finished, {p.failed} failed", data["shards"])
-    if st.note:
-        render.warn(st.note)
-    if p.done:
-        render.line(f"done: output at {data['output']}")
+        return render.envelope("status", reports[0][1] if run else {"runs": [d for _, d in reports]})
+    for st, data in reports:
+        p = st.progress
+        render.shard_table(f"run {data['run']}: {p.finished}/{p.requests} requests finished, {p.failed} failed",
+                           data["shards"])
+        if st.note:
+            render.warn(st.note)
+        if data.get("hold"):
+            render.warn(f"held ({data['hold']}): resume with `batchpipe run {data['run']}`")
+        if p.done:
+            render.line(f"done: output at {data['output']}")
+    if not reports:
+        render.line("no runs yet: start one with `batchpipe run CONFIG --wait`")
 
 
 @command()
@@ -256,6 +272,8 @@ def run_(
         )
     p = report.processed
     code = ExitCode.ATTENTION if p.batch_errors else (ExitCode.OK if p.done else ExitCode.PENDING)
+    for note in report.notes:
+        render.warn(note)
     if as_json:
         data = ops.describe_run(paths)
         render.envelope("run", data | {"batch_errors": p.batch_errors, "warnings": p.warnings}, int(code))
@@ -332,6 +350,59 @@ def demo(ctx: typer.Context) -> None:
         first = f.readline().strip()
     render.line(f"first row: {first}")
     render.line(f"look around: batchpipe status {paths.run_id}   (or: batchpipe list)")
+
+
+@command()
+def tick(
+    ctx: typer.Context,
+    run: Annotated[str | None, typer.Argument(help="The run id.", show_default=False)] = None,
+    all_runs: Annotated[bool, typer.Option("--all", help="Every run in the runs dir.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """One non-blocking pass for cron: every step that can be done now, then exit.
+
+    A run another process holds is skipped, not waited on; a cancelled run is not submitted.
+    Exit codes: 0 all done, 3 still pending, 5 needs attention, 1 error (4 for a single busy run).
+
+    Example: `*/10 * * * * cd /data/jobs && batchpipe tick --all`
+    """
+    if all_runs == (run is not None):
+        raise UsageError("give a run id or --all (not both)")
+    runs_dir = _runs_dir(ctx)
+    if run:
+        results = [ops.tick(ops.run_paths(runs_dir, run), _provider)]
+    else:
+        results = ops.tick_all(runs_dir, _provider)
+    code = ops.tick_exit_code(results)
+    if run and results[0].outcome == "busy":
+        code = ExitCode.LOCKED
+    if as_json:
+        render.envelope("tick", {"runs": [{"run": r.run_id, "outcome": r.outcome, "message": r.message}
+                                          for r in results]}, int(code))
+    else:
+        for r in results:
+            render.line(f"{r.run_id}: {r.outcome}: {r.message}")
+        if not results:
+            render.line("no runs to tick")
+    raise typer.Exit(int(code))
+
+
+@command()
+def cancel(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
+    """Cancel the run's running batches and hold it; what they finished is still merged.
+
+    `tick` will not submit a held run; `batchpipe run RUN` resumes it (the requests the
+    cancelled batches did not run become new attempts).
+
+    Example: `batchpipe cancel reviews-nov`
+    """
+    paths = ops.run_paths(_runs_dir(ctx), run)
+    c = ops.cancel(paths, _provider(paths))
+    if as_json:
+        return render.envelope("cancel", {"run": run, "cancelled": c.cancelled})
+    render.line(f"cancelled {len(c.cancelled)} running batch(es) of run {run}; it is held." if c.cancelled
+                else f"no running batches in run {run}; it is held.")
+    render.line(f"finished work is kept: `batchpipe run {run}` downloads and merges it and resumes the run")
 
 
 def main() -> None:

@@ -159,13 +159,15 @@ def lock_timeout() -> float:
 def run_lock(run_dir: Path, timeout: float | None = None) -> Iterator[None]:
     """Hold the run's sidecar lock (never state.json itself) for a mutating command.
 
+    One lock object per run per process (filelock's singleton), so an op that already holds
+    the lock (`tick`, say) can call others that take it again without waiting on itself.
     A Unix lock file left behind is harmless and is never deleted. Correctness does not
     depend on the lock: every write above is atomic on its own.
     """
     timeout = lock_timeout() if timeout is None else timeout
-    lock = FileLock(run_dir / LOCK_NAME, timeout=timeout)
+    lock = FileLock(run_dir / LOCK_NAME, is_singleton=True)
     try:
-        lock.acquire()
+        lock.acquire(timeout=timeout)
     except Timeout:
         raise RunLocked(
             f"run {run_dir.name} is busy: another batchpipe process holds {run_dir / LOCK_NAME}",

@@ -95,6 +95,7 @@ class Run:
     base_url: str | None = None  # the service the batches live at, recorded at the first remote call
     output: FileRef | None = None
     result_counts: dict[str, int] | None = None  # {"ok": n, "failed": n} of the written output
+    hold: str | None = None  # why `tick` must not submit (e.g. "cancelled at ..."); a person's submit/run clears it
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Run:

@@ -94,6 +94,7 @@ def describe(ledger: Ledger) -> dict:
         "shard_states": progress.shards,
         "output": str(ledger.paths.output) if run.output else None,
         "result_counts": run.result_counts,
+        "hold": run.hold,
         "shards": [
             {
                 "shard": s.id,

@@ -25,14 +25,16 @@ class RunReport:
     passes: int = 1
     submitted: list[str] = field(default_factory=list)
     downloaded: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    held: str | None = None
 
 # Passes in a row that may fail on a retryable service error before `run --wait` gives up.
 MAX_FAILED_PASSES = 10
 
 
-def step(paths: RunPaths, provider: Provider, *, sleep=time.sleep) -> RunReport:
+def step(paths: RunPaths, provider: Provider, *, sleep=time.sleep, respect_hold: bool = False) -> RunReport:
     """One pass: submit what is prepared, download what finished, process what was downloaded."""
-    submitted = submit(paths, provider, sleep=sleep)
+    submitted = submit(paths, provider, sleep=sleep, respect_hold=respect_hold)
     downloaded = download(paths, provider)
     processed = process(paths)
     return RunReport(
@@ -41,6 +43,8 @@ def step(paths: RunPaths, provider: Provider, *, sleep=time.sleep) -> RunReport:
         processed,
         submitted=submitted.submitted,
         downloaded=downloaded.shards,
+        notes=submitted.notes,
+        held=submitted.held,
     )
 
 
@@ -60,6 +64,7 @@ def run(
     terminal can still refresh between passes.
     """
     passes = failures = 0
+    notes: list[str] = []
     while True:
         try:
             report = step(paths, provider, sleep=sleep)
@@ -75,7 +80,8 @@ def run(
             continue
         failures = 0
         passes += 1
-        report.passes = passes
+        notes += report.notes
+        report.passes, report.notes = passes, notes
         if on_progress is not None:
             on_progress(report.progress)
         if report.progress.done or not wait:

@@ -1,0 +1,60 @@
+"""`tick`: one non-blocking pass over one run or every run, for cron.
+
+It does every step that can be done now and returns at once: a run another process holds is
+skipped, not waited on, and a held (cancelled) run is not submitted. Each run ends in one
+outcome, and the outcomes map to the stable exit codes of the README.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchpipe import fsio
+from batchpipe.errors import BatchpipeError, ExitCode, RunLocked
+from batchpipe.ops.run import RunReport, step
+from batchpipe.paths import RunPaths
+from batchpipe.providers import Provider
+
+# outcome -> exit code; for several runs the most urgent wins, in this order
+EXIT_CODES = {"error": ExitCode.ERROR, "attention": ExitCode.ATTENTION, "pending": ExitCode.PENDING,
+              "busy": ExitCode.PENDING, "done": ExitCode.OK}
+
+
+@dataclass
+class Ticked:
+    run_id: str
+    outcome: str  # done | pending | attention | busy | error
+    message: str
+    report: RunReport | None = None
+
+
+def tick(paths: RunPaths, provider_for: Callable[[RunPaths], Provider]) -> Ticked:
+    try:
+        with fsio.run_lock(paths.root, timeout=0):
+            report = step(paths, provider_for(paths), respect_hold=True)
+    except RunLocked:
+        return Ticked(paths.run_id, "busy", "skipped: another batchpipe process is working on it")
+    except BatchpipeError as exc:
+        return Ticked(paths.run_id, "error", exc.message + (f" ({exc.hint})" if exc.hint else ""))
+    p = report.progress
+    if report.processed.batch_errors:
+        return Ticked(paths.run_id, "attention", "a batch failed validation: see `batchpipe process`", report)
+    if p.done:
+        return Ticked(paths.run_id, "done", f"done: {p.requests} requests, {p.failed} failed", report)
+    if report.held:
+        return Ticked(paths.run_id, "attention", f"held ({report.held}): resume with `batchpipe run {paths.run_id}`", report)
+    return Ticked(paths.run_id, "pending", f"{p.finished}/{p.requests} requests finished", report)
+
+
+def tick_all(runs_dir: Path, provider_for: Callable[[RunPaths], Provider]) -> list[Ticked]:
+    runs = sorted(p.parent for p in Path(runs_dir).glob("*/state.json") if not p.parent.name.startswith("."))
+    return [tick(RunPaths(root), provider_for) for root in runs]
+
+
+def exit_code(results: list[Ticked]) -> ExitCode:
+    for outcome in EXIT_CODES:
+        if any(r.outcome == outcome for r in results):
+            return EXIT_CODES[outcome]
+    return ExitCode.OK
