@@ -405,5 +405,29 @@ def cancel(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
     render.line(f"finished work is kept: `batchpipe run {run}` downloads and merges it and resumes the run")
 
 
+@command()
+def doctor(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Argument(help="A job config to check too.", show_default=False)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the API key (without showing it), the service, a config and the runs dir.
+
+    Exits 0 when every check passes, 1 otherwise, saying what to fix.
+
+    Example: `batchpipe doctor configs/reviews.yaml`
+    """
+    from batchpipe.ops.doctor import doctor as run_doctor
+
+    checks = run_doctor(_runs_dir(ctx), config)
+    code = ExitCode.OK if all(c.ok for c in checks) else ExitCode.ERROR
+    if as_json:
+        render.envelope("doctor", {"checks": [c.__dict__ for c in checks]}, int(code))
+    else:
+        for c in checks:
+            render.check(c.name, c.ok, c.detail, c.fix)
+    raise typer.Exit(int(code))
+
+
 def main() -> None:
     app()

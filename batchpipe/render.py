@@ -60,6 +60,15 @@ def warn(text: str) -> None:
     err.print(f"[yellow]warning:[/] {escape(text)}")
 
 
+def check(name: str, ok: bool, detail: str, fix: str | None) -> None:
+    mark = "[green]ok[/]  " if ok else "[red]FAIL[/]"
+    out.print(f"{mark} {name:<10} {escape(detail)}")
+    if fix and not ok:
+        out.print(f"      [dim]fix:[/] {escape(fix)}")
+    elif fix:
+        out.print(f"      [dim]tip:[/] {escape(fix)}")
+
+
 def when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from batchpipe.errors import MissingApiKey
 from batchpipe.providers.base import Provider, RemoteBatch, RemoteFile
 
-__all__ = ["Provider", "RemoteBatch", "RemoteFile", "api_key_from_env", "open_provider"]
+__all__ = ["Provider", "RemoteBatch", "RemoteFile", "api_key_from_env", "base_url_from_env", "key_source", "open_provider"]
 
 
 def _dotenv(path: Path) -> dict[str, str]:
@@ -32,7 +32,16 @@ def _dotenv(path: Path) -> dict[str, str]:
 
 def api_key_from_env(name: str = "OPENAI_API_KEY") -> str | None:
     """The key from the environment, else from ./.env; never from a run directory."""
-    return os.environ.get(name) or _dotenv(Path.cwd() / ".env").get(name) or None
+    return key_source(name)[0]
+
+
+def key_source(name: str = "OPENAI_API_KEY") -> tuple[str | None, str | None]:
+    """(the key, where it came from: "environment" or the .env path), or (None, None)."""
+    if os.environ.get(name):
+        return os.environ[name], "environment"
+    dotenv = Path.cwd() / ".env"
+    value = _dotenv(dotenv).get(name)
+    return (value, str(dotenv)) if value else (None, None)
 
 
 def base_url_from_env() -> str | None:

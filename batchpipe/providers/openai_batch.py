@@ -154,6 +154,12 @@ class OpenAIBatchProvider:
             raise _error(exc, "looking up batches") from None
         return found
 
+    def ping(self) -> None:
+        try:
+            self._client.with_options(max_retries=0, timeout=20).batches.list(limit=1)
+        except openai.OpenAIError as exc:
+            raise _error(exc, f"reaching {self.base_url}") from None
+
     def iter_file_content(self, file_id: str) -> Iterator[bytes]:
         try:
             with self._client.files.with_streaming_response.content(file_id) as response:

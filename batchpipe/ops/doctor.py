@@ -1,0 +1,82 @@
+"""`doctor`: check that everything a run needs is in place, and say what to fix.
+
+The API key is checked for presence and accepted by the service, never shown.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+
+from batchpipe.config import load_config
+from batchpipe.errors import BatchpipeError
+from batchpipe.providers import base_url_from_env, key_source, open_provider
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+
+
+def _key() -> tuple[Check, str | None]:
+    key, source = key_source()
+    if key is None:
+        return Check("api key", False, "OPENAI_API_KEY is not set",
+                     "export OPENAI_API_KEY=... or put OPENAI_API_KEY=... in ./.env"), None
+    return Check("api key", True, f"set ({source}, {len(key)} characters)"), key
+
+
+def _service(key: str | None, base_url: str | None) -> Check:
+    if key is None:
+        return Check("service", False, "not checked: no API key", "set the key first")
+    try:
+        provider = open_provider(base_url=base_url, api_key=key)
+        provider.ping()
+    except BatchpipeError as exc:
+        return Check("service", False, exc.message, exc.hint or "check OPENAI_BASE_URL and the network")
+    return Check("service", True, f"{provider.base_url} answers and accepts the key")
+
+
+def _config(config: Path | None) -> tuple[Check | None, str | None]:
+    if config is None:
+        return None, None
+    try:
+        cfg = load_config(config)
+    except BatchpipeError as exc:
+        return Check("config", False, exc.message, exc.hint or "fix the config"), None
+    return Check("config", True, f"{config}: valid ({cfg.model}, {cfg.endpoint}, input {cfg.input.path})"), cfg.provider.base_url
+
+
+def _runs_dir(runs_dir: Path) -> Check:
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=runs_dir, prefix=".doctor.", suffix=".tmp") as f:
+            f.write(b"ok")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        return Check("runs dir", False, f"{runs_dir} is not writable ({exc.strerror})",
+                     "choose another with --runs-dir or BATCHPIPE_RUNS_DIR")
+    return Check("runs dir", True, f"{runs_dir.resolve()} is writable")
+
+
+def _tokenizer() -> Check:
+    if find_spec("bpe_openai") is not None:
+        return Check("tokenizer", True, "bpe-openai is installed: estimates count real tokens")
+    return Check("tokenizer", True, "not installed: estimates use bytes/4",
+                 "pip install 'batchpipe[tokens]' for exact token counts")
+
+
+def doctor(runs_dir: Path, config: Path | None = None) -> list[Check]:
+    key_check, key = _key()
+    config_check, config_base_url = _config(config)
+    checks = [key_check, _service(key, config_base_url or base_url_from_env()), _runs_dir(Path(runs_dir)), _tokenizer()]
+    if config_check is not None:
+        checks.insert(2, config_check)
+    return checks
