@@ -59,13 +59,6 @@ def command(name: str | None = None) -> Callable:
     return decorate
 
 
-def _describe_progress(p: ops.Progress) -> str:
-    if p.done:
-        return "done"
-    running = p.shards["submitted"] + p.shards["completed"]
-    return f"{p.shards['merged']}/{sum(p.shards.values())} shards merged, {running} running"
-
-
 def _provider(paths, optional: bool = False):
     try:
         return ops.provider_for(paths)
@@ -160,6 +153,8 @@ def status(
         p = st.progress
         render.shard_table(f"run {data['run']}: {p.finished}/{p.requests} requests finished, {p.failed} failed",
                            data["shards"])
+        if p.started_at is not None and not p.done:
+            render.line(f"running for {render.duration(time.time() - p.started_at)}: {render.describe_progress(p)}")
         if st.note:
             render.warn(st.note)
         if data.get("hold"):
@@ -267,7 +262,7 @@ def run_(
     with render.progress_bar(total, enabled=wait and not as_json) as update:
         report = ops.run(
             paths, provider, wait=wait, poll_interval=poll_interval,
-            on_progress=lambda p: update(p.finished, _describe_progress(p)),
+            on_progress=lambda p: update(p.finished, render.describe_progress(p)),
             on_problem=lambda exc: render.warn(f"{exc.message}; trying again"),
         )
     p = report.processed
@@ -342,7 +337,7 @@ def demo(ctx: typer.Context) -> None:
                 "running them on a local emulator")
     paths = ops.run_paths(_runs_dir(ctx), created.run_id)
     with render.progress_bar(created.requests) as update:
-        report = run_demo(paths, on_progress=lambda p: update(p.finished, _describe_progress(p)))
+        report = run_demo(paths, on_progress=lambda p: update(p.finished, render.describe_progress(p)))
     p = report.processed
     render.line(f"done: {p.ok} rows answered, {p.failed} failed")
     render.line(f"output: {paths.output}")
@@ -427,6 +422,46 @@ def doctor(
         for c in checks:
             render.check(c.name, c.ok, c.detail, c.fix)
     raise typer.Exit(int(code))
+
+
+@command()
+def estimate(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="A job config (YAML) or the id of an existing run.", show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Count a job's tokens and estimate what it will cost, before paying. Nothing is written or sent.
+
+    Input tokens are counted with OpenAI's tokenizer when bpe-openai is installed
+    (`pip install "batchpipe[tokens]"`), else estimated as bytes/4. Prices are Batch API prices
+    from the dated table shipped with batchpipe (check them), or `pricing:` in the config.
+    The worst case is every request using its whole output limit (`params.max_tokens`); the
+    expected cost counts half of it.
+
+    Examples: `batchpipe estimate configs/reviews.yaml` · `batchpipe estimate reviews-nov --json`
+    """
+    from batchpipe.ops.estimate import estimate as estimate_job
+    from batchpipe.pricing import format_usd
+
+    is_config = Path(target).is_file() or Path(target).suffix.lower() in (".yaml", ".yml") or os.sep in target
+    e = estimate_job(Path(target) if is_config else ops.run_paths(_runs_dir(ctx), target))
+    if as_json:
+        return render.envelope("estimate", e.to_dict())
+    p = e.price
+    render.line(f"estimate for {e.source}: {e.model}, {e.endpoint}")
+    render.line(f"  requests       {e.requests:,} in {e.shards} shard(s)")
+    render.line(f"  input tokens   {e.input_tokens:,} ({e.token_method})")
+    render.line(f"  output tokens  at most {e.max_output_tokens:,}, expected {e.expected_output_tokens:,} (half of that)")
+    render.line(f"  price          ${p.input_per_million:g} in, ${p.output_per_million:g} out "
+                f"per 1M tokens ({p.source})")
+    render.line(f"  cost           input {format_usd(e.cost_usd_input)} · expected {format_usd(e.cost_usd_expected)} · "
+                f"worst case {format_usd(e.cost_usd_worst_case)}"
+                + (f" · budget {format_usd(e.budget_usd)}" if e.budget_usd is not None else ""))
+    if p.as_of:
+        render.line(f"prices as of {p.as_of} (Batch API, half the standard price): check them at "
+                    "https://openai.com/api/pricing, or set pricing: in the config")
+    for w in e.warnings:
+        render.warn(w)
 
 
 def main() -> None:

@@ -120,6 +120,28 @@ def progress_bar(total: int, *, enabled: bool = True) -> Iterator[Callable[[int,
         yield lambda finished, description: bar.update(task, completed=finished, description=description)
 
 
+def duration(seconds: float) -> str:
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def describe_progress(p: Any) -> str:
+    """One line for a progress bar: shards merged, batches by phase (finalizing shown as such), ETA."""
+    if p.done:
+        return "done"
+    parts = [f"{p.shards['merged']}/{sum(p.shards.values())} shards merged"]
+    if p.phases:
+        parts.append(", ".join(f"{n} {phase}" for phase, n in sorted(p.phases.items())))
+    waiting = p.shards["prepared"] + p.shards["uploaded"]
+    if waiting:
+        parts.append(f"{waiting} waiting")
+    if p.eta_seconds is not None:
+        parts.append(f"ETA {duration(p.eta_seconds)}")
+    return " · ".join(parts)
+
+
 def elapsed(start: float) -> str:
     s = int(time.monotonic() - start)
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

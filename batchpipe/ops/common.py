@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,13 +54,19 @@ class Progress:
     failed: int
     shards: dict[str, int]  # shard state -> count
     done: bool  # every shard merged and the output written
+    phases: dict[str, int]  # remote status of running batches -> count (validating, in_progress, finalizing, ...)
+    started_at: float | None  # when the first batch was created
+    eta_seconds: float | None  # None until there is enough evidence (see estimate_eta)
 
     @classmethod
-    def of(cls, ledger: Ledger) -> Progress:
+    def of(cls, ledger: Ledger, now: float | None = None) -> Progress:
         finished = failed = 0
         states = {s.value: 0 for s in ShardState}
+        phases: dict[str, int] = {}
         for shard in ledger.shards:
             states[shard.state.value] += 1
+            if shard.state == ShardState.SUBMITTED and shard.batch.status:
+                phases[shard.batch.status] = phases.get(shard.batch.status, 0) + 1
             if shard.state == ShardState.MERGED and shard.merged is not None:
                 # requests handed on to a retry attempt are counted there, not here
                 retried = shard.merged.get("retried", 0)
@@ -70,7 +77,25 @@ class Progress:
                 finished += min(shard.requests, counts.get("completed", 0) + counts.get("failed", 0))
                 failed += counts.get("failed", 0)
         done = states[ShardState.MERGED.value] == len(ledger.shards) and ledger.run.output is not None
-        return cls(ledger.run.requests, finished, failed, states, done)
+        starts = [s.batch.intent_at for s in ledger.shards if s.batch is not None]
+        starts += [h["intent_at"] for s in ledger.shards for h in s.history if "intent_at" in h]
+        started = min(starts) if starts else None
+        eta = estimate_eta(ledger.run.requests, finished, started, time.time() if now is None else now)
+        return cls(ledger.run.requests, finished, failed, states, done, phases, started, None if done else eta)
+
+
+def estimate_eta(total: int, finished: int, started: float | None, now: float) -> float | None:
+    """Seconds left at the rate so far; None until 5% of the requests and a minute have gone by.
+
+    Batches often sit in `validating` and then finish in bursts: an ETA from the first few
+    minutes would lie, so none is given until there is some evidence.
+    """
+    if started is None or finished <= 0 or finished >= total:
+        return None
+    elapsed = now - started
+    if elapsed < 60 or finished < 0.05 * total:
+        return None
+    return elapsed / finished * (total - finished)
 
 
 def describe_run(paths: RunPaths) -> dict:
@@ -92,6 +117,9 @@ def describe(ledger: Ledger) -> dict:
         "failed": progress.failed,
         "done": progress.done,
         "shard_states": progress.shards,
+        "phases": progress.phases,
+        "started_at": progress.started_at,
+        "eta_seconds": progress.eta_seconds,
         "output": str(ledger.paths.output) if run.output else None,
         "result_counts": run.result_counts,
         "hold": run.hold,

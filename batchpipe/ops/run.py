@@ -30,6 +30,8 @@ class RunReport:
 
 # Passes in a row that may fail on a retryable service error before `run --wait` gives up.
 MAX_FAILED_PASSES = 10
+# While nothing changes, the wait between polls grows to at most this many poll intervals.
+MAX_BACKOFF = 8
 
 
 def step(paths: RunPaths, provider: Provider, *, sleep=time.sleep, respect_hold: bool = False) -> RunReport:
@@ -58,13 +60,16 @@ def run(
     on_problem: Callable[[ProviderError], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> RunReport:
-    """Run every step now; with `wait`, repeat every `poll_interval` seconds until done.
+    """Run every step now; with `wait`, repeat until done.
 
+    Polls every `poll_interval` seconds while things move, and backs off (up to
+    MAX_BACKOFF times the interval) while nothing changes: a batch can sit in a phase for hours.
     The run lock is held during each pass only, not while sleeping, so `status` in another
     terminal can still refresh between passes.
     """
     passes = failures = 0
     notes: list[str] = []
+    delay, last = poll_interval, None
     while True:
         try:
             report = step(paths, provider, sleep=sleep)
@@ -86,4 +91,7 @@ def run(
             on_progress(report.progress)
         if report.progress.done or not wait:
             return report
-        sleep(poll_interval)
+        moved = (report.progress.finished, report.progress.shards, report.progress.phases)
+        delay = poll_interval if moved != last else min(delay * 1.5, poll_interval * MAX_BACKOFF)
+        last = moved
+        sleep(delay)
