@@ -99,7 +99,10 @@ def test_ctrl_c_during_run_wait_exits_130_and_resumes(cli, runs_dir, tmp_path, m
 
     from batchpipe.emulator import Emulator, EmulatorOptions, ManualClock
 
-    clock = ManualClock()  # the batches stay running until the test moves the clock on
+    # The batches stay running until the test moves this clock on. It starts at the real time:
+    # lookups by tag page back to the intent's local time, so the two clocks must agree (as they
+    # do, within minutes, against a real service).
+    clock = ManualClock(start=time.time())
     options = EmulatorOptions(validating_seconds=1, in_progress_seconds=1, finalizing_seconds=1)
     with Emulator(options=options, port=0, clock=clock) as emu:
         monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from conftest import expected_answer, read_jsonl, review_rows, write_job
 from filelock import FileLock
@@ -12,7 +14,7 @@ from batchpipe.emulator import Emulator, EmulatorOptions, ManualClock
 @pytest.fixture
 def slow_emulator(monkeypatch):
     """An emulator whose clock only the test moves: batches run exactly as long as it says."""
-    clock = ManualClock()
+    clock = ManualClock(start=time.time())  # agrees with the local clock, as a real service does
     options = EmulatorOptions(validating_seconds=1, in_progress_seconds=1, finalizing_seconds=1)
     with Emulator(options=options, port=0, clock=clock) as emu:
         monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)

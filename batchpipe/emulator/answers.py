@@ -14,8 +14,10 @@ result landed on its own row:
 * `/v1/moderations`, `/v1/images/*`, `/v1/videos`: minimal well-formed bodies.
 
 Token counts are estimates, ``ceil(chars / 4)`` (at least 1) of the prompt text and of the answer,
-so usage is deterministic too. Only `created` / `created_at` is not derived from the request:
-pass it in (the emulator passes the time the batch started running; the default is 0).
+so usage is deterministic too. `estimate_batch_tokens` sums the prompt estimate over an input
+file: what a batch weighs against the emulator's enqueued-token limit. Only `created` /
+`created_at` is not derived from the request: pass it in (the emulator passes the time the batch
+started running; the default is 0).
 """
 
 from __future__ import annotations
@@ -64,6 +66,32 @@ def usage_tokens(endpoint: str, answer: dict[str, Any]) -> tuple[int, int]:
     if "input_tokens" in usage:  # /v1/responses shape
         return int(usage["input_tokens"]), int(usage.get("output_tokens", 0))
     return int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+
+
+def request_tokens(endpoint: str, body: dict[str, Any]) -> int:
+    """The prompt tokens a request is charged in its answer's usage (0 for endpoints without usage)."""
+    return usage_tokens(endpoint, answer_for(endpoint, body))[0]
+
+
+def estimate_batch_tokens(content: bytes, endpoint: str | None = None) -> int:
+    """Enqueued tokens of a batch input file: the sum of `request_tokens` over its lines.
+
+    What the emulator counts against `enqueued_token_limit`. Each line is estimated for its own
+    `url` unless `endpoint` is given; lines that are not request objects count 0.
+    """
+    total = 0
+    lines = content.split(b"\n")
+    for raw in lines:
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("body"), dict):
+            continue
+        url = endpoint or obj.get("url")
+        if isinstance(url, str):
+            total += request_tokens(url, obj["body"])
+    return total
 
 
 # --- text extraction ---------------------------------------------------------------------------

@@ -19,8 +19,10 @@ class APIError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
+        self.headers = dict(headers or {})  # extra response headers, e.g. retry-after on a 429
         self.status = status
         self.message = message
         self.type = type

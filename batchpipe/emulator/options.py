@@ -3,7 +3,8 @@
 Every behaviour a test may want to switch lives here as a plain dataclass field with a default
 that matches the real service, so a scenario is just `EmulatorOptions(...)`. Options are read
 when a batch is created (timeline, limits) or when a request arrives (faults), never cached
-elsewhere.
+elsewhere. `Emulator` keeps its own copy of the options it is given, so changing
+`emu.options.<field>` on a live emulator affects only that emulator.
 """
 
 from __future__ import annotations
@@ -40,9 +41,35 @@ class EmulatorOptions:
     # --- server --------------------------------------------------------------------------------
     log_requests: bool = False  # print one access-log line per request to stderr
 
-    # --- fault switches ------------------------------------------------------------------------
-    # Add new faults here (transient 5xx/429 with Retry-After, answers lost after a committed
-    # create/upload, per-request failure rate, enqueued-token limits, ...) and act on them in
-    # `server._Handler._inject_fault` (HTTP-level faults, called before every routed request) or in
-    # `store.Store.create_batch` (batch-level outcomes). Deterministic per-request failures need no
-    # switch: a request body containing `[[fail:<status>]]` fails with that status (see results.py).
+    # --- fault switches (all off by default) ----------------------------------------------------
+    # HTTP-level faults are decided in `server._Handler` through `faults.Faults`; batch-level ones
+    # in `store.Store.create_batch`. All are read at each request, so a test can flip them on a
+    # live emulator: `emu.options.transient_error_rate = 1.0`. Deterministic per-request failures
+    # need no switch: a request body containing `[[fail:<status>]]` fails with that status.
+    #
+    # Fraction of API calls (any routed /v1 call, never /_emulator/*) answered, without acting,
+    # with a transient error; the status cycles 503, 500, 429. Every such answer carries
+    # `retry-after-ms: <retry_after_ms>` and `retry-after: <ceil seconds>`.
+    transient_error_rate: float = 0.0
+    retry_after_ms: int = 20
+    # Fraction of mutating calls (upload, batch create, batch cancel) that take effect and then
+    # lose the answer; the kind alternates: an HTTP 500, then a dropped connection (no response).
+    lost_answer_rate: float = 0.0
+    # Seeds the one random.Random behind all the rate decisions above (None: unseeded), so a chaos
+    # run can be replayed. Changing it on a live emulator re-seeds at the next decision.
+    fault_seed: int | None = None
+    # Fraction of requests inside a batch that fail with a 500 error-file line, decided per request
+    # from (fault_seed, batch id, custom_id): the same request retried in a new batch may succeed.
+    request_failure_rate: float = 0.0
+    # A batch with more requests than this runs only the first N (input order) and then ends
+    # `expired`: output holds what ran, the error file the rest as `batch_expired` lines.
+    expire_after_requests: int | None = None
+    # Enqueued prompt tokens allowed per model (reference §5.1). A create that would push the
+    # model's non-terminal batches over it answers 200 (`validating`) and the batch is `failed`
+    # with `token_limit_exceeded` at its first read. Tokens: `answers.estimate_batch_tokens`.
+    enqueued_token_limit: int | None = None
+    # The first N batch creates naming a given input file answer 400 "Cannot find file ..."
+    # (reference §1.4) without creating anything; the (N+1)-th works.
+    file_visibility_delay: int = 0
+    # More batch creates than this within the last hour -> 429 with `retry-after`, nothing created.
+    creates_per_hour_limit: int | None = None

@@ -2,13 +2,16 @@
 
 A request "runs" by getting `answers.answer_for`, unless its body contains the marker
 `[[fail:<status>]]` (status 400-599): then it gets a non-2xx response with an OpenAI error body
-and lands in the error file, counted as failed. Requests that never ran (cancel, expiry) become
-error-file lines with `response: null` and `error.code` `batch_cancelled` / `batch_expired`.
-Lines of both files are always shuffled, never in input order.
+and lands in the error file, counted as failed. `request_failure_rate` fails a pseudo-random
+share of requests the same way with a 500 (`injected_failure`, keyed by batch id and custom_id).
+Requests that never ran (cancel, expiry) become error-file lines with `response: null` and
+`error.code` `batch_cancelled` / `batch_expired`. Lines of both files are always shuffled, never
+in input order.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -56,13 +59,35 @@ def planned_failure(body: dict[str, Any]) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def run_request(endpoint: str, request: Request, *, created: int) -> Outcome:
+def injected_failure(custom_id: str, batch_id: str, seed: int | None, rate: float) -> bool:
+    """Does `request_failure_rate` fail this request? A pure function of its arguments."""
+    if rate <= 0:
+        return False
+    if rate >= 1:
+        return True
+    digest = hashlib.sha256(json.dumps([seed, batch_id, custom_id]).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rate
+
+
+def run_request(endpoint: str, request: Request, *, created: int, inject_failure: bool = False) -> Outcome:
     status = planned_failure(request.body)
     if status is not None:
         return Outcome(request, status, error_body(status))
+    if inject_failure:
+        return Outcome(request, 500, INJECTED_FAILURE_BODY)
     answer = answer_for(endpoint, request.body, created=created)
     input_tokens, output_tokens = usage_tokens(endpoint, answer)
     return Outcome(request, 200, answer, input_tokens, output_tokens)
+
+
+INJECTED_FAILURE_BODY: dict[str, Any] = {
+    "error": {
+        "message": "The server had an error while processing your request. Sorry about that!",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
+}
 
 
 def error_body(status: int) -> dict[str, Any]:

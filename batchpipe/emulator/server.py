@@ -5,11 +5,17 @@ speaks HTTP/1.1 with keep-alive (the SDK pools connections), always sends Conten
 `x-request-id`, ignores `X-Stainless-*` headers, and answers every error with the OpenAI envelope
 `{"error": {message, type, param, code}}` so the SDK raises the same exception classes as against
 the real service. `GET /_emulator/counts` (no auth) exposes the counters to other processes.
+
+Fault switches of EmulatorOptions act here when they are about the HTTP exchange: a transient
+error replaces the answer to any routed /v1 call before it acts (`_inject_fault`), and a mutating
+call (upload, batch create, cancel) that took effect may lose its answer (`_answer_mutation`):
+an HTTP 500, or a connection closed without any response (the client sees EOF).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import socket
@@ -23,6 +29,7 @@ from typing import Any, Callable, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 from .apierror import APIError
+from .faults import lost_answer_error
 from .multipart import nested, parse_form
 from .options import EmulatorOptions
 from .store import Clock, Store
@@ -74,16 +81,16 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self.store.note_request()
             self._authenticate()
-            self._inject_fault(path)
             for method, pattern, name in self.ROUTES:
                 match = pattern.fullmatch(path)
                 if match and method == self.command:
+                    self._inject_fault(path)
                     handler: Callable[..., None] = getattr(self, name)
                     handler(*match.groups(), query=parse_qs(url.query), body=body)
                     return
             raise APIError(404, f"Invalid URL ({self.command} {url.path})")
         except APIError as error:
-            self._send_json(error.status, error.body())
+            self._send_json(error.status, error.body(), error.headers)
         except Exception:  # a bug in the emulator: answer like the real service's 500, keep serving
             traceback.print_exc()
             self._send_json(500, APIError(500, "The server had an error while processing your request.",
@@ -98,10 +105,32 @@ class _Handler(BaseHTTPRequestHandler):
             raise APIError(401, _NO_KEY)
 
     def _inject_fault(self, path: str) -> None:
-        """Where HTTP-level fault switches of EmulatorOptions go (transient 5xx/429, lost answers).
+        """`transient_error_rate`: answer a routed API call with 503/500/429 + retry-after, not acting on it."""
+        error = self.store.faults.transient(self.store.options)
+        if error is not None:
+            raise error
 
-        Raise an APIError to answer with an error instead of the real handler; none exist yet.
-        """
+    def _answer_mutation(self, op: str, payload: Any) -> None:
+        """Answer a mutating call that took effect, unless `lost_answer_rate` loses the answer."""
+        lost = self.store.faults.lost_answer(self.store.options, op)
+        if lost is None:
+            self._send_json(200, payload)
+        elif lost == "http_500":
+            error = lost_answer_error()
+            self._send_json(error.status, error.body())
+        else:
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        """Close the connection without a byte of response: httpx sees EOF (RemoteProtocolError)."""
+        self.close_connection = True
+        if self.server.store.options.log_requests:
+            self.log_message('"%s" answer dropped (lost_answer_rate)', self.requestline)
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     # --- files ---------------------------------------------------------------------------------
 
@@ -109,7 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
         form = parse_form(self.headers.get("Content-Type", ""), body)
         filename, content = form.files.get("file", (None, None))
         expires = nested(form.fields, "expires_after")
-        self._send_json(200, self.store.upload(filename, form.fields.get("purpose"), content, expires))
+        self._answer_mutation("upload", self.store.upload(filename, form.fields.get("purpose"), content, expires))
 
     def _list_files(self, *, query: dict[str, list[str]], body: bytes) -> None:
         page = self.store.list_files(
@@ -140,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
                 "HTTP library correctly. The OpenAI API expects a JSON payload.)",
             ) from None
-        self._send_json(200, self.store.create_batch(payload))
+        self._answer_mutation("create", self.store.create_batch(payload))
 
     def _list_batches(self, *, query: dict[str, list[str]], body: bytes) -> None:
         self._send_json(200, self.store.list_batches(limit=_int(query, "limit", 20), after=_one(query, "after")))
@@ -149,7 +178,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, self.store.get_batch(batch_id))
 
     def _cancel_batch(self, batch_id: str, *, query: dict[str, list[str]], body: bytes) -> None:
-        self._send_json(200, self.store.cancel_batch(batch_id))
+        self._answer_mutation("cancel", self.store.cancel_batch(batch_id))
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -167,14 +196,16 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length > 0 else b""
 
-    def _send_json(self, status: int, payload: Any) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json")
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json", headers)
 
-    def _send(self, status: int, data: bytes, content_type: str) -> None:
+    def _send(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("x-request-id", self._request_id)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
@@ -241,6 +272,9 @@ class Emulator:
     `emu.files` and `emu.batches` are snapshots (plain dicts shaped like the API's JSON; files and
     batches oldest first, deleted/expired files left out); `emu.file_content(id)` returns raw bytes.
     Pass `clock=ManualClock()` to move the batch timeline by hand.
+
+    `emu.options` is a copy of the options passed in (a shared EmulatorOptions is never changed);
+    assign its fields on a live emulator to flip switches: they are read at each request.
     """
 
     def __init__(
@@ -251,7 +285,7 @@ class Emulator:
         *,
         clock: Clock | None = None,
     ) -> None:
-        self.options = options or EmulatorOptions()
+        self.options = dataclasses.replace(options) if options is not None else EmulatorOptions()
         self.host = host
         self.store = Store(self.options, clock or time.time)
         self._requested_port = port
@@ -342,20 +376,54 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shuffle-seed", type=int, default=None, help="make the output order reproducible")
     parser.add_argument("--max-requests", type=int, default=defaults.max_requests_per_batch,
                         help="requests per batch before `too_many_tasks`")
+    parser.add_argument("--completion-window-seconds", type=float, default=defaults.completion_window_seconds,
+                        help="requests not run by created_at + this expire")
     parser.add_argument("--log-requests", action="store_true", help="print an access-log line per request")
+    faults = parser.add_argument_group("fault switches (all off by default)")
+    faults.add_argument("--transient-error-rate", type=float, default=defaults.transient_error_rate,
+                        help="fraction of API calls answered 503/500/429 without acting")
+    faults.add_argument("--retry-after-ms", type=int, default=defaults.retry_after_ms,
+                        help="retry-after-ms of transient errors (retry-after: rounded up to seconds)")
+    faults.add_argument("--lost-answer-rate", type=float, default=defaults.lost_answer_rate,
+                        help="fraction of uploads/creates/cancels that take effect, then answer 500 or drop the "
+                             "connection")
+    faults.add_argument("--fault-seed", type=int, default=defaults.fault_seed, help="make fault decisions reproducible")
+    faults.add_argument("--request-failure-rate", type=float, default=defaults.request_failure_rate,
+                        help="fraction of requests inside a batch that fail with a 500 error line")
+    faults.add_argument("--expire-after-requests", type=int, default=defaults.expire_after_requests,
+                        help="a bigger batch runs only its first N requests, then expires")
+    faults.add_argument("--enqueued-token-limit", type=int, default=defaults.enqueued_token_limit,
+                        help="enqueued prompt tokens per model before token_limit_exceeded")
+    faults.add_argument("--file-visibility-delay", type=int, default=defaults.file_visibility_delay,
+                        help="the first N creates naming a file answer 400 'Cannot find file'")
+    faults.add_argument("--creates-per-hour-limit", type=int, default=defaults.creates_per_hour_limit,
+                        help="batch creates per hour before 429")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    options = EmulatorOptions(
+def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
+    return EmulatorOptions(
         validating_seconds=args.validating_seconds,
         in_progress_seconds=args.in_progress_seconds,
         finalizing_seconds=args.finalizing_seconds,
         cancelling_seconds=args.cancelling_seconds,
         shuffle_seed=args.shuffle_seed,
         max_requests_per_batch=args.max_requests,
+        completion_window_seconds=args.completion_window_seconds,
         log_requests=args.log_requests,
+        transient_error_rate=args.transient_error_rate,
+        retry_after_ms=args.retry_after_ms,
+        lost_answer_rate=args.lost_answer_rate,
+        fault_seed=args.fault_seed,
+        request_failure_rate=args.request_failure_rate,
+        expire_after_requests=args.expire_after_requests,
+        enqueued_token_limit=args.enqueued_token_limit,
+        file_visibility_delay=args.file_visibility_delay,
+        creates_per_hour_limit=args.creates_per_hour_limit,
     )
-    serve_forever(args.host, args.port, options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    serve_forever(args.host, args.port, options_from_args(args))
     return 0

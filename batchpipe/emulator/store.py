@@ -7,6 +7,11 @@ Every public method takes the lock and first calls `_advance(now)`, which settle
 have reached a terminal status since the last call (writing their output and error files with
 the terminal time as `created_at`). Nothing runs between calls: time only matters when observed.
 
+Batch-level fault switches act in `create_batch`: the creates-per-hour 429, the file-visibility
+400, the enqueued-token queue (a batch that overflows it is created already doomed to `failed`
+with token_limit_exceeded), `request_failure_rate` and `expire_after_requests` (both fixed at
+create, like the rest of a batch's outcome).
+
 Records are never removed: deleting or expiring a file only marks it, so that a list cursor
 (`after=<id>`) pointing at it keeps working.
 """
@@ -16,18 +21,21 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+import math
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .answers import request_tokens
 from .apierror import APIError, not_found
 from .checks import after_cursor, check_create, invalid_value, page, parse_expiry
+from .faults import Faults, retry_headers
 from .options import DAY, EmulatorOptions
-from .results import Outcome, response_line, run_request, shuffled, to_jsonl, unrun_line
+from .results import Outcome, injected_failure, response_line, run_request, shuffled, to_jsonl, unrun_line
 from .timeline import CANCELLABLE, Phase, Timeline
-from .validation import Validation, validate_input
+from .validation import Validation, batch_error, validate_input
 
 Clock = Callable[[], float]
 
@@ -35,6 +43,8 @@ UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "e
 FILE_LIST_MAX = 10_000
 BATCH_LIST_MAX = 100
 ORG = "org-emulator"
+PROJECT = "proj_emulator"
+HOUR = 3600
 
 
 class ManualClock:
@@ -68,6 +78,8 @@ class FileRecord:
     seq: int
     expires_at: int | None
     deleted: bool = False
+    uploaded: bool = False  # sent by a client (not a result file the emulator wrote)
+    create_attempts: int = 0  # batch creates that named this file (for file_visibility_delay)
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -101,6 +113,9 @@ class BatchRecord:
     output_prefix: list[int]
     shuffle_salt: str
     tag: str | None
+    errors: list[dict[str, Any]]  # `errors.data` once failed: validation errors or token_limit_exceeded
+    tokens: int  # estimated prompt tokens (what the batch weighs in the enqueued-token queue)
+    enqueued: bool  # does it occupy the queue while not terminal (false if it failed at create)
     cancel_at: float | None = None
     settled: bool = False
     output_file_id: str | None = None
@@ -115,6 +130,11 @@ class _Counts:
     requests: int = 0
     creates_by_tag: dict[str, int] = field(default_factory=dict)
     duplicate_creates: int = 0
+    duplicate_uploads: int = 0
+    token_limit_failures: int = 0
+    file_not_visible: int = 0
+    create_rate_limited: int = 0
+    max_enqueued_tokens: dict[str, int] = field(default_factory=dict)
 
 
 class Store:
@@ -126,6 +146,7 @@ class Store:
         self._batches: dict[str, BatchRecord] = {}
         self._seq = itertools.count()
         self._counts = _Counts()
+        self.faults = Faults()  # HTTP-level fault decisions (the handler asks; counted in counts())
 
     # --- counters ------------------------------------------------------------------------------
 
@@ -134,8 +155,24 @@ class Store:
             self._counts.requests += 1
 
     def counts(self) -> dict[str, Any]:
+        """Counters since start (also served at GET /_emulator/counts).
+
+        uploads / batch_creates / cancels: calls that took effect (a lost answer still counts; a
+        transient error, a 400 or a 429 does not). requests: every authenticated /v1 request,
+        faulted or not. creates_by_tag: creates per "batchpipe_run/batchpipe_shard" metadata.
+        duplicate_creates: creates whose tag an earlier batch not `failed` already had.
+        duplicate_uploads: uploads whose filename a live (not deleted/expired) upload already had.
+        token_limit_failures: batches failed with token_limit_exceeded. file_not_visible: 400s from
+        file_visibility_delay. create_rate_limited: 429s from creates_per_hour_limit.
+        max_enqueued_tokens / enqueued_tokens: per model, the high-water mark / the current sum of
+        estimated prompt tokens of accepted non-terminal batches. transient_errors (+ _by_status
+        "503"/"500"/"429") and lost_answers (+ _by_kind "http_500"/"dropped", _by_op
+        "upload"/"create"/"cancel"): see faults.py.
+        """
         with self._lock:
             c = self._counts
+            now = self.clock()
+            models = sorted({b.validation.model for b in self._batches.values() if b.enqueued and b.validation.model})
             return {
                 "uploads": c.uploads,
                 "batch_creates": c.batch_creates,
@@ -143,6 +180,13 @@ class Store:
                 "requests": c.requests,
                 "creates_by_tag": dict(c.creates_by_tag),
                 "duplicate_creates": c.duplicate_creates,
+                "duplicate_uploads": c.duplicate_uploads,
+                "token_limit_failures": c.token_limit_failures,
+                "file_not_visible": c.file_not_visible,
+                "create_rate_limited": c.create_rate_limited,
+                "max_enqueued_tokens": dict(c.max_enqueued_tokens),
+                "enqueued_tokens": {m: self._enqueued_tokens(m, now) for m in models},
+                **self.faults.counts(),
             }
 
     # --- files ---------------------------------------------------------------------------------
@@ -176,7 +220,10 @@ class Store:
             self._advance(now)
             if expires_seconds is None and purpose == "batch":
                 expires_seconds = 30 * DAY  # batch input files default-expire after 30 days
+            if any(f.uploaded and not f.deleted and f.filename == filename for f in self._files.values()):
+                self._counts.duplicate_uploads += 1
             record = self._new_file(filename, purpose, content, now, expires_seconds)
+            record.uploaded = True
             self._counts.uploads += 1
             return record.to_api()
 
@@ -218,11 +265,20 @@ class Store:
         with self._lock:
             now = self.clock()
             self._advance(now)
+            self._check_create_rate(now)
             source = self._files.get(fields["input_file_id"])
             if source is None or source.deleted:
                 raise APIError(
                     400,
                     f"Cannot find file {fields['input_file_id']}, or organization {ORG} does not have access to it.",
+                    param="file_id",
+                )
+            source.create_attempts += 1
+            if source.create_attempts <= self.options.file_visibility_delay:
+                # Eventual consistency after upload (reference §1.4): nothing is created.
+                self._counts.file_not_visible += 1
+                raise APIError(
+                    400, f"Cannot find file {source.id}, or project {PROJECT} does not have access to it.",
                     param="file_id",
                 )
             if source.purpose != "batch":
@@ -334,24 +390,82 @@ class Store:
         self._files[record.id] = record
         return record
 
+    def _check_create_rate(self, now: float) -> None:
+        """`creates_per_hour_limit`: a 429 with retry-after when the last hour already holds that many creates."""
+        limit = self.options.creates_per_hour_limit
+        if limit is None:
+            return
+        recent = sorted(b.created for b in self._batches.values() if b.created > now - HOUR)
+        if len(recent) < limit:
+            return
+        # One more fits once the create `limit` places from the newest has left the window.
+        wait = HOUR if limit <= 0 else max(1, math.ceil(recent[len(recent) - limit] + HOUR - now))
+        self._counts.create_rate_limited += 1
+        raise APIError(
+            429,
+            f"Rate limit reached for batch creation in organization {ORG}: limit {limit} batches per hour. "
+            f"Please try again in {wait}s.",
+            type="requests",
+            code="rate_limit_exceeded",
+            headers=retry_headers(wait * 1000),
+        )
+
+    def _enqueued_tokens(self, model: str, now: float) -> int:
+        """Tokens of `model`'s batches that occupy the queue at `now` (accepted and not terminal)."""
+        return sum(
+            b.tokens
+            for b in self._batches.values()
+            if b.enqueued and b.validation.model == model and b.timeline.at(now, b.cancel_at).terminal_at is None
+        )
+
     def _new_batch(self, fields: dict[str, Any], source: FileRecord, now: float) -> BatchRecord:
         opts = self.options
+        batch_id = f"batch_{uuid.uuid4().hex}"
         endpoint = fields["endpoint"]
         validation = validate_input(source.content, endpoint, max_requests=opts.max_requests_per_batch)
+        requests = validation.requests
+        errors = validation.errors
+        model = validation.model
+        tokens = sum(request_tokens(endpoint, r.body) for r in requests)
+        enqueued = validation.ok and model is not None
+        refused = False  # by the enqueued-token limit
+        if enqueued:
+            assert model is not None
+            queued = self._enqueued_tokens(model, now)
+            limit = opts.enqueued_token_limit
+            if limit is not None and queued + tokens > limit:
+                # OpenAI answers the create with 200 and fails the batch (reference §5.1).
+                enqueued, refused, requests = False, True, []
+                errors = [batch_error(
+                    "token_limit_exceeded",
+                    f"Enqueued token limit reached for {model} in organization {ORG}. Limit: {limit} enqueued "
+                    "tokens. Please try again once some in_progress batches have been completed.",
+                )]
+                self._counts.token_limit_failures += 1
+            else:
+                high = self._counts.max_enqueued_tokens
+                high[model] = max(high.get(model, 0), queued + tokens)
         timeline = Timeline(
             created=now,
-            validating=opts.validating_seconds,
+            # a batch refused by the token limit is `failed` at its first read
+            validating=0.0 if refused else opts.validating_seconds,
             in_progress=opts.in_progress_seconds,
             finalizing=opts.finalizing_seconds,
             cancelling=opts.cancelling_seconds,
             window=opts.completion_window_seconds,
-            total=len(validation.requests),
-            valid=validation.ok,
+            total=len(requests),
+            valid=not errors,
+            run_limit=opts.expire_after_requests,
         )
         # Requests are "run" now, answers kept until the timeline reveals them; `created` in each
         # answer is the moment the batch starts running.
         started = int(now + opts.validating_seconds)
-        outcomes = [run_request(endpoint, r, created=started) for r in validation.requests]
+        seed, rate = opts.fault_seed, opts.request_failure_rate
+        outcomes = [
+            run_request(endpoint, r, created=started,
+                        inject_failure=injected_failure(r.custom_id, batch_id, seed, rate))
+            for r in requests
+        ]
         ok_prefix, input_prefix, output_prefix = [0], [0], [0]
         for o in outcomes:
             ok_prefix.append(ok_prefix[-1] + o.ok)
@@ -361,7 +475,7 @@ class Store:
         run, shard = (metadata or {}).get("batchpipe_run"), (metadata or {}).get("batchpipe_shard")
         tag = f"{run}/{shard}" if isinstance(run, str) and isinstance(shard, str) else None
         record = BatchRecord(
-            id=f"batch_{uuid.uuid4().hex}",
+            id=batch_id,
             endpoint=endpoint,
             input_file_id=source.id,
             completion_window=fields["completion_window"],
@@ -377,6 +491,9 @@ class Store:
             output_prefix=output_prefix,
             shuffle_salt=hashlib.sha256(source.content).hexdigest(),
             tag=tag,
+            errors=errors,
+            tokens=tokens,
+            enqueued=enqueued,
         )
         self._batches[record.id] = record
         return record
@@ -421,7 +538,7 @@ class Store:
         stamps = {name: int(t) for name, t in phase.timestamps.items()}
         errors = None
         if status == "failed":
-            errors = {"object": "list", "data": copy.deepcopy(b.validation.errors)}
+            errors = {"object": "list", "data": copy.deepcopy(b.errors)}
         return {
             "id": b.id,
             "object": "batch",

@@ -3,8 +3,9 @@
 No background thread moves batches along: every read asks `Timeline.at(now)`, so a test that
 injects a clock (see `store.ManualClock`) can step a batch through validating -> in_progress ->
 finalizing -> completed deterministically, and phase lengths of 0 make a batch finish by the
-first read after create. All times are float seconds on the store's clock; the store turns them
-into the API's integer unix timestamps.
+first read after create. `run_limit` (the `expire_after_requests` switch) stops a batch after
+its first N requests and makes it `expired` when in_progress ends. All times are float seconds
+on the store's clock; the store turns them into the API's integer unix timestamps.
 """
 
 from __future__ import annotations
@@ -36,14 +37,25 @@ class Timeline:
     window: float  # the completion window: requests not run by created + window expire
     total: int  # number of requests (0 if the file is invalid)
     valid: bool  # did validation pass
+    # Requests that get to run (`expire_after_requests`): with fewer than `total`, the batch stops
+    # after this many and is `expired` when in_progress ends. None: all of them.
+    run_limit: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.run_limit is not None and self.run_limit < self.total
 
     def processed_at(self, t: float) -> int:
         start = self.created + self.validating
         if t < start:
             return 0
         if self.in_progress <= 0 or t >= start + self.in_progress:
-            return self.total
-        return math.floor(self.total * (t - start) / self.in_progress)
+            done = self.total
+        else:
+            done = math.floor(self.total * (t - start) / self.in_progress)
+        if self.run_limit is not None:
+            done = min(done, self.run_limit)
+        return done
 
     def at(self, now: float, cancel_at: float | None = None) -> Phase:
         """The phase at `now`; `cancel_at` is when a cancel was accepted (the batch was not terminal then)."""
@@ -69,6 +81,11 @@ class Timeline:
             return Phase("expired", self.processed_at(deadline), {**stamps, "expired_at": deadline}, deadline)
         if now < t_ip:
             return Phase("validating", 0)
+        if self.limited:
+            if now < t_fin:
+                return Phase("in_progress", self.processed_at(now), {"in_progress_at": t_ip})
+            stamps = {"in_progress_at": t_ip, "expired_at": t_fin}
+            return Phase("expired", self.processed_at(t_fin), stamps, t_fin)
         if now < t_fin:
             return Phase("in_progress", self.processed_at(now), {"in_progress_at": t_ip})
         stamps = {"in_progress_at": t_ip, "finalizing_at": t_fin}

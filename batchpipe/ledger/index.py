@@ -23,11 +23,11 @@ CREATE TABLE IF NOT EXISTS requests (      -- one per input row, written at crea
     row_no    INTEGER NOT NULL UNIQUE,
     line_no   INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS shard_lines (   -- which request is on which line of which shard attempt
-    shard     TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS shard_lines (   -- which request is on which line of which shard file
+    file      TEXT NOT NULL,               -- the file's path in the run dir, as the ledger names it
     line      INTEGER NOT NULL,
     custom_id TEXT NOT NULL,
-    PRIMARY KEY (shard, line)
+    PRIMARY KEY (file, line)
 );
 CREATE TABLE IF NOT EXISTS results (       -- the latest outcome of each request
     custom_id TEXT PRIMARY KEY,
@@ -77,45 +77,47 @@ class Index:
         self.close()
 
     # -- requests (written once, at create) -----------------------------------------------
-    def add_request(self, custom_id: str, row_no: int, line_no: int, shard: str, shard_line: int) -> None:
+    def add_request(self, custom_id: str, row_no: int, line_no: int, file: str, shard_line: int) -> None:
         try:
             self.db.execute("INSERT INTO requests VALUES (?, ?, ?)", (custom_id, row_no, line_no))
         except sqlite3.IntegrityError:
             (first,) = self.db.execute("SELECT line_no FROM requests WHERE custom_id = ?", (custom_id,)).fetchone()
             raise DuplicateId(custom_id, line_no, first) from None
-        self.db.execute("INSERT INTO shard_lines VALUES (?, ?, ?)", (shard, shard_line, custom_id))
+        self.db.execute("INSERT INTO shard_lines VALUES (?, ?, ?)", (file, shard_line, custom_id))
 
-    def add_shard(self, shard: str, custom_ids: Iterable[str]) -> None:
-        """Record the requests of a retry attempt, line by line, and commit."""
+    def add_shard_file(self, file: str, custom_ids: Iterable[str]) -> None:
+        """Record which request is on each line of a new shard file, and commit.
+
+        Keyed by the file, not the shard: a crash before the ledger names the file leaves
+        entries nobody reads, never entries that contradict the file the ledger does name.
+        """
         with self.db:
-            self.db.execute("DELETE FROM shard_lines WHERE shard = ?", (shard,))
+            self.db.execute("DELETE FROM shard_lines WHERE file = ?", (file,))
             self.db.executemany(
-                "INSERT INTO shard_lines VALUES (?, ?, ?)", ((shard, n, cid) for n, cid in enumerate(custom_ids, 1))
+                "INSERT INTO shard_lines VALUES (?, ?, ?)", ((file, n, cid) for n, cid in enumerate(custom_ids, 1))
             )
 
     def commit(self) -> None:
         self.db.commit()
 
-    def shard_ids(self, shard: str) -> Iterator[tuple[int, str]]:
-        """(line, custom_id) of a shard's requests, in file order."""
-        yield from self.db.execute(
-            "SELECT line, custom_id FROM shard_lines WHERE shard = ? ORDER BY line", (shard,)
-        )
+    def shard_ids(self, file: str) -> Iterator[tuple[int, str]]:
+        """(line, custom_id) of the requests in a shard file, in file order."""
+        yield from self.db.execute("SELECT line, custom_id FROM shard_lines WHERE file = ? ORDER BY line", (file,))
 
-    def request_at(self, shard: str, line: int) -> tuple[str, int, int] | None:
+    def request_at(self, file: str, line: int) -> tuple[str, int, int] | None:
         """(custom_id, row_no, line_no) of the request on a 1-based line of a shard file."""
         return self.db.execute(
             "SELECT r.custom_id, r.row_no, r.line_no FROM shard_lines s JOIN requests r USING (custom_id) "
-            "WHERE s.shard = ? AND s.line = ?",
-            (shard, line),
+            "WHERE s.file = ? AND s.line = ?",
+            (file, line),
         ).fetchone()
 
-    def retryable(self, shard: str) -> Iterator[tuple[int, str]]:
-        """(line, custom_id) of the requests whose latest outcome came from `shard` and may be retried."""
+    def retryable(self, shard: str, file: str) -> Iterator[tuple[int, str]]:
+        """(line, custom_id) of the requests of `shard` (in `file`) whose latest outcome may be retried."""
         yield from self.db.execute(
             "SELECT l.line, l.custom_id FROM shard_lines l JOIN results s ON s.custom_id = l.custom_id "
-            "AND s.shard = l.shard WHERE l.shard = ? AND s.ok = 0 AND s.retryable = 1 ORDER BY l.line",
-            (shard,),
+            "WHERE l.file = ? AND s.shard = ? AND s.ok = 0 AND s.retryable = 1 ORDER BY l.line",
+            (file, shard),
         )
 
     # -- results (written at process) -----------------------------------------------------

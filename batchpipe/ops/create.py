@@ -155,7 +155,7 @@ def _build(
                 if shard_index != current:
                     sid, current = files.start(shard_index), shard_index
                 line_in_shard = files.write(req.line)
-                index.add_request(req.custom_id, req.row_no, req.line_no, sid, line_in_shard)
+                index.add_request(req.custom_id, req.row_no, req.line_no, f"shards/{sid}.jsonl", line_in_shard)
                 rows += 1
             files.finish()
         except DuplicateId as dup:

@@ -57,13 +57,13 @@ def _validation_failure(shard: Shard, index: Index, result: Processed) -> Iterat
     by_line: dict[int, dict[str, Any]] = {}
     for err in shard.batch.errors:
         line = err.get("line")
-        where = index.request_at(shard.id, line) if isinstance(line, int) else None
+        where = index.request_at(shard.file.path, line) if isinstance(line, int) else None
         custom_id, row_no, _ = where if where else (None, None, None)
         result.batch_errors.append({"shard": shard.id, **err, "row_no": row_no, "custom_id": custom_id})
         if isinstance(line, int):
             by_line.setdefault(line, err)
     first = shard.batch.errors[0] if shard.batch.errors else {"code": "batch_failed", "message": "the batch failed"}
-    for line, custom_id in index.shard_ids(shard.id):
+    for line, custom_id in index.shard_ids(shard.file.path):
         err = by_line.get(line, first)
         error = {"code": err.get("code") or "batch_failed", "message": err.get("message")}
         yield Outcome(custom_id, False, None, error, retryable=False, attempt=shard.attempt)
@@ -74,7 +74,7 @@ def _outcomes(ledger: Ledger, shard: Shard, index: Index, result: Processed) -> 
         yield from _validation_failure(shard, index, result)
         return
     # One shard holds at most 50,000 requests: a per-shard map is bounded, whatever the dataset size.
-    expected = {custom_id for _, custom_id in index.shard_ids(shard.id)}
+    expected = {custom_id for _, custom_id in index.shard_ids(shard.file.path)}
     found: dict[str, Parsed] = {}
     for parsed in parse_lines(ledger.run.endpoint, _lines(ledger, shard)):
         if isinstance(parsed, BadLine):
@@ -96,7 +96,7 @@ def _plan_retry(ledger: Ledger, shard: Shard, index: Index, max_attempts: int, r
     """Put this attempt's retryable failures into a new attempt of the shard (data before pointer)."""
     if shard.retry is not None or shard.attempt >= max_attempts or shard.batch.status == "failed":
         return
-    wanted = dict(index.retryable(shard.id))  # line in this attempt's file -> custom_id
+    wanted = dict(index.retryable(shard.id, shard.file.path))  # line in this attempt's file -> custom_id
     if not wanted:
         return
     new_id = shard_id(shard.index, shard.attempt + 1)
@@ -105,7 +105,8 @@ def _plan_retry(ledger: Ledger, shard: Shard, index: Index, max_attempts: int, r
         lines = (line for n, line in enumerate(src, 1) if n in wanted)
         size, sha = fsio.write_lines_atomic(path, lines)
     crash.point("retry:after_shard_file")
-    index.add_shard(new_id, wanted.values())
+    file = str(path.relative_to(ledger.paths.root))
+    index.add_shard_file(file, wanted.values())
     crash.point("retry:after_index")
     ledger.state.shards.append(
         Shard(
@@ -113,7 +114,7 @@ def _plan_retry(ledger: Ledger, shard: Shard, index: Index, max_attempts: int, r
             index=shard.index,
             attempt=shard.attempt + 1,
             state=ShardState.PREPARED,
-            file=FileRef(str(path.relative_to(ledger.paths.root)), size, sha),
+            file=FileRef(file, size, sha),
             requests=len(wanted),
             est_tokens=estimate_tokens(size),
         )

@@ -39,7 +39,7 @@ def backoff(attempt: int, exc: ProviderError | None = None) -> float:
     """Seconds to wait before try `attempt + 1`: what the service asked for, else exponential."""
     if exc is not None and exc.retry_after is not None and exc.retry_after <= 120:
         return exc.retry_after
-    return min(2.0**attempt, 30.0)
+    return min(0.5 * 2.0**attempt, 30.0)
 
 
 def _once(
