@@ -306,19 +306,32 @@ def emulator(
     in_progress_seconds: Annotated[float, typer.Option(help="How long a batch stays in_progress.")] = 5.0,
     finalizing_seconds: Annotated[float, typer.Option(help="How long a batch stays finalizing.")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Seed for the order of output lines.")] = None,
+    transient_error_rate: Annotated[float, typer.Option(help="Share of calls answered 500/503/429 without acting.", rich_help_panel="Faults")] = 0.0,
+    lost_answer_rate: Annotated[float, typer.Option(help="Share of uploads, creates and cancels that act, then answer 500 or drop the connection.", rich_help_panel="Faults")] = 0.0,
+    request_failure_rate: Annotated[float, typer.Option(help="Share of requests in a batch that fail with a 500 line.", rich_help_panel="Faults")] = 0.0,
+    expire_after_requests: Annotated[int | None, typer.Option(help="Batches expire after running this many requests.", rich_help_panel="Faults")] = None,
+    enqueued_token_limit: Annotated[int | None, typer.Option(help="Per-model queue limit; over it, batches fail with token_limit_exceeded.", rich_help_panel="Faults")] = None,
+    file_visibility_delay: Annotated[int, typer.Option(help="Creates that answer 400 'file not found' before a new file is seen.", rich_help_panel="Faults")] = 0,
+    fault_seed: Annotated[int | None, typer.Option(help="Seed for the fault dice, to replay a run.", rich_help_panel="Faults")] = None,
 ) -> None:
     """Start a local OpenAI-compatible Files + Batches server, to rehearse a job for free.
 
     Any non-empty API key is accepted. Answers are derived from the request: a chat
-    completion's answer is `echo: <the user message>`.
+    completion's answer is `echo: <the user message>`. The fault switches make it misbehave
+    the way the real service sometimes does, to see a job survive it.
 
     Example: `batchpipe emulator --port 8089` then, in another terminal,
     `OPENAI_BASE_URL=http://127.0.0.1:8089/v1 OPENAI_API_KEY=test batchpipe run configs/reviews.yaml --wait`
     """
     from batchpipe.emulator import EmulatorOptions, serve_forever
 
-    options = EmulatorOptions(validating_seconds=validating_seconds, in_progress_seconds=in_progress_seconds,
-                              finalizing_seconds=finalizing_seconds, shuffle_seed=seed)
+    options = EmulatorOptions(
+        validating_seconds=validating_seconds, in_progress_seconds=in_progress_seconds,
+        finalizing_seconds=finalizing_seconds, shuffle_seed=seed, transient_error_rate=transient_error_rate,
+        lost_answer_rate=lost_answer_rate, request_failure_rate=request_failure_rate,
+        expire_after_requests=expire_after_requests, enqueued_token_limit=enqueued_token_limit,
+        file_visibility_delay=file_visibility_delay, fault_seed=fault_seed,
+    )
     serve_forever(host, port, options)
 
 

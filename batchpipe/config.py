@@ -23,6 +23,11 @@ limits:
   max_requests_per_shard: 50000         # optional, default 50000
   max_bytes_per_shard: 200000000        # optional, default 200000000
   max_attempts: 3                       # optional, default 3
+  budget_usd: null                      # optional, default null (no budget)
+  enqueued_tokens: null                 # optional, default null (no limit)
+pricing:                                # optional, default: the shipped price table
+  input_per_million: 0.075              # USD per 1M input tokens, Batch API price
+  output_per_million: 0.30              # USD per 1M output tokens, Batch API price
 provider:
   name: openai                          # optional, default openai
   base_url: null                        # optional
@@ -85,6 +90,24 @@ Fields
 `limits.max_attempts` (default 3, at least 1)
     How many times a request is sent in total before its failure is final (1 = never retry).
 
+`limits.budget_usd` (optional, a number greater than 0, in US dollars)
+    The most this job may cost. Not set (the default): no budget. `batchpipe estimate`
+    shows the expected and worst-case cost of a job against it.
+
+`limits.enqueued_tokens` (optional, a whole number of at least 1)
+    The most input tokens this job may have waiting at the service at once (the Batch
+    API's enqueued-token limit of your organisation for the model). Not set (the
+    default): no limit.
+
+`pricing` (optional mapping: `input_per_million` and `output_per_million`, both required)
+    The price of this job's model in US dollars per 1 million tokens, at **Batch API**
+    prices (half the synchronous price), each a number of at least 0. It replaces the
+    price table shipped with batchpipe (batchpipe/prices.json) for this job: use it for a
+    model the table does not know (a fine-tuned model, a new model) or when prices have
+    changed. Embeddings have no output price: write `output_per_million: 0`. The figures
+    are written into the run's config snapshot, so a run keeps the prices it was created
+    with. Not set (the default): the shipped table's price for `model`.
+
 `provider.name` (default `openai`)
     Which batch service runs the job; `openai` is the only one so far.
 
@@ -131,6 +154,7 @@ __all__ = [
     "JobConfig",
     "Limits",
     "OutputConfig",
+    "Pricing",
     "PromptConfig",
     "ProviderConfig",
     "config_to_dict",
@@ -169,14 +193,16 @@ RESERVED_PARAMS: Mapping[str, str] = MappingProxyType(
     }
 )
 
-_TOP_KEYS = ("model", "endpoint", "input", "prompt", "params", "output", "limits", "provider")
+_TOP_KEYS = ("model", "endpoint", "input", "prompt", "params", "output", "limits", "pricing", "provider")
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "input": ("path", "format", "id"),
     "prompt": ("system", "user"),
     "output": ("key",),
-    "limits": ("max_requests_per_shard", "max_bytes_per_shard", "max_attempts"),
+    "limits": ("max_requests_per_shard", "max_bytes_per_shard", "max_attempts", "budget_usd", "enqueued_tokens"),
+    "pricing": ("input_per_million", "output_per_million"),
     "provider": ("name", "base_url"),
 }
+_PRICING_EXAMPLE = "pricing:\n  input_per_million: 0.075\n  output_per_million: 0.30"
 # Request parameters people put at the top level by mistake; they belong under params:.
 _COMMON_PARAMS = frozenset(
     {
@@ -215,11 +241,22 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class Limits:
-    """Shard sizes and the retry budget (see the module docstring for the ranges)."""
+    """Shard sizes, the retry budget, the cost budget and the enqueued-token limit (see the
+    module docstring for the ranges). None means "no limit"."""
 
     max_requests_per_shard: int = MAX_REQUESTS_PER_SHARD
     max_bytes_per_shard: int = MAX_BYTES_PER_SHARD
     max_attempts: int = 3
+    budget_usd: float | None = None
+    enqueued_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """The job's own price for its model: US dollars per 1M tokens at Batch API prices."""
+
+    input_per_million: float
+    output_per_million: float
 
 
 @dataclass(frozen=True)
@@ -247,6 +284,7 @@ class JobConfig:
     limits: Limits
     provider: ProviderConfig
     source: Path
+    pricing: Pricing | None = None  # None: the shipped price table (batchpipe.pricing)
 
 
 # --------------------------------------------------------------------------------------
@@ -549,6 +587,45 @@ class _Checker:
         )
         return default
 
+    def number(
+        self, data: Mapping[Any, Any], path: tuple[str, ...], *, minimum: float, inclusive: bool, example: str,
+        meaning: str,
+    ) -> float | None:
+        """An optional number (whole or decimal), as a float. Absent or null: None. Wrong: a problem, None."""
+        value = data.get(path[-1])
+        if value is None:
+            return None
+        number: float | None = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:
+                number = None
+        if number is not None and math.isfinite(number) and (number >= minimum if inclusive else number > minimum):
+            return number
+        rule = f"of at least {minimum:g}" if inclusive else f"greater than {minimum:g}"
+        hint = f"for example: {path[-1]}: {example} ({meaning})"
+        if isinstance(value, str) and value.strip().startswith("$"):
+            hint = f"write the number without the $ sign, for example: {path[-1]}: {example} ({meaning})"
+        self.add(path, f"{_dotted(path)} must be a number {rule} (got {_show(value)})", hint=hint)
+        return None
+
+    def whole_or_none(
+        self, data: Mapping[Any, Any], path: tuple[str, ...], lo: int, *, example: str, meaning: str
+    ) -> int | None:
+        """An optional whole number of at least `lo`. Absent or null: None. Wrong: a problem, None."""
+        value = data.get(path[-1])
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= lo:
+            return value
+        self.add(
+            path,
+            f"{_dotted(path)} must be a whole number of at least {lo} (got {_show(value)})",
+            hint=f"for example: {path[-1]}: {example} ({meaning})",
+        )
+        return None
+
     # -- sections -----------------------------------------------------------------------
 
     def job(self, data: Any) -> JobConfig | None:
@@ -571,6 +648,7 @@ class _Checker:
         params = self.params(data)
         output = self.output(data)
         limits = self.limits(data)
+        pricing = self.pricing(data)
         provider = self.provider(data)
         if self.problems:
             return None
@@ -585,6 +663,7 @@ class _Checker:
             limits=limits,
             provider=provider,
             source=Path(os.path.abspath(self.path)),
+            pricing=pricing,
         )
 
     def endpoint(self, data: Mapping[Any, Any]) -> str | None:
@@ -798,7 +877,41 @@ class _Checker:
                 sec, ("limits", "max_bytes_per_shard"), MAX_BYTES_PER_SHARD, 1, MAX_BYTES_PER_SHARD
             ),
             max_attempts=self.integer(sec, ("limits", "max_attempts"), 3, 1, None),
+            budget_usd=self.number(
+                sec, ("limits", "budget_usd"), minimum=0, inclusive=False, example="25",
+                meaning="US dollars; remove it for no budget",
+            ),
+            enqueued_tokens=self.whole_or_none(
+                sec, ("limits", "enqueued_tokens"), 1, example="2000000", meaning="remove it for no limit"
+            ),
         )
+
+    def pricing(self, data: Mapping[Any, Any]) -> Pricing | None:
+        if data.get("pricing") is None:
+            return None
+        sec = self.section(data, "pricing", required=False, example=_PRICING_EXAMPLE)
+        if sec is None:  # not a mapping (reported)
+            return None
+        values: dict[str, float | None] = {}
+        for key in _SECTION_KEYS["pricing"]:
+            path = ("pricing", key)
+            if sec.get(key) is None:
+                self.add(
+                    path,
+                    f"pricing.{key} is required when pricing: is given",
+                    hint=f"give both prices, in US dollars per 1M tokens at Batch API prices:\n{_PRICING_EXAMPLE}\n"
+                    "(embeddings have no output price: write output_per_million: 0)",
+                )
+                values[key] = None
+                continue
+            values[key] = self.number(
+                sec, path, minimum=0, inclusive=True, example="0.075" if key.startswith("input") else "0.30",
+                meaning="US dollars per 1M tokens",
+            )
+        inp, outp = values["input_per_million"], values["output_per_million"]
+        if inp is None or outp is None:
+            return None
+        return Pricing(input_per_million=inp, output_per_million=outp)
 
     def provider(self, data: Mapping[Any, Any]) -> ProviderConfig:
         sec = self.section(data, "provider", required=False, example="provider:\n  name: openai")
@@ -865,7 +978,14 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
             "max_requests_per_shard": cfg.limits.max_requests_per_shard,
             "max_bytes_per_shard": cfg.limits.max_bytes_per_shard,
             "max_attempts": cfg.limits.max_attempts,
+            "budget_usd": cfg.limits.budget_usd,
+            "enqueued_tokens": cfg.limits.enqueued_tokens,
         },
+        "pricing": (
+            {"input_per_million": cfg.pricing.input_per_million, "output_per_million": cfg.pricing.output_per_million}
+            if cfg.pricing is not None
+            else None
+        ),
         "provider": {"name": cfg.provider.name, "base_url": cfg.provider.base_url},
     }
 

@@ -22,6 +22,7 @@ from batchpipe.config import (
     JobConfig,
     Limits,
     OutputConfig,
+    Pricing,
     PromptConfig,
     ProviderConfig,
     config_to_dict,
@@ -255,7 +256,7 @@ def test_snapshot_round_trips_awkward_text(job_dir: Path, tmp_path_factory, user
 def test_config_to_dict_is_plain_and_complete(job_dir: Path) -> None:
     cfg = load_config(write(job_dir, FULL))
     d = config_to_dict(cfg)
-    assert list(d) == ["model", "endpoint", "input", "prompt", "params", "output", "limits", "provider"]
+    assert list(d) == ["model", "endpoint", "input", "prompt", "params", "output", "limits", "pricing", "provider"]
     assert d["input"]["path"] == str((job_dir / "data" / "reviews.jsonl").resolve())
     assert "source" not in d
     assert type(d["params"]) is dict
@@ -588,6 +589,104 @@ def test_provider_name(job_dir: Path) -> None:
 def test_https_base_url_is_fine(job_dir: Path) -> None:
     cfg = load_config(write(job_dir, MINIMAL + "provider:\n  base_url: https://example.com/openai/v1\n"))
     assert cfg.provider.base_url == "https://example.com/openai/v1"
+
+
+# --------------------------------------------------------------------------------------
+# Budget, enqueued tokens and pricing
+
+
+COSTED = MINIMAL + """\
+limits:
+  budget_usd: 25
+  enqueued_tokens: 2_000_000
+pricing:
+  input_per_million: 0.075
+  output_per_million: 0.3
+"""
+
+
+def test_budget_enqueued_tokens_and_pricing_load(job_dir: Path) -> None:
+    cfg = load_config(write(job_dir, COSTED))
+    assert cfg.limits.budget_usd == 25.0 and isinstance(cfg.limits.budget_usd, float)
+    assert cfg.limits.enqueued_tokens == 2_000_000
+    assert cfg.pricing == Pricing(input_per_million=0.075, output_per_million=0.3)
+    assert cfg.limits.max_attempts == 3  # the other limits keep their defaults
+
+
+def test_budget_enqueued_tokens_and_pricing_default_to_none(job_dir: Path) -> None:
+    cfg = load_config(write(job_dir, MINIMAL + "limits:\n  budget_usd: null\n  enqueued_tokens:\npricing:\n"))
+    assert cfg.limits.budget_usd is None and cfg.limits.enqueued_tokens is None and cfg.pricing is None
+    assert load_config(write(job_dir, MINIMAL)).pricing is None
+
+
+def test_costed_config_round_trips(job_dir: Path, tmp_path_factory) -> None:
+    cfg = load_config(write(job_dir, COSTED))
+    again = assert_round_trip(cfg, tmp_path_factory.mktemp("run"))
+    assert again.pricing == cfg.pricing and again.limits == cfg.limits
+    d = config_to_dict(cfg)
+    assert d["limits"]["budget_usd"] == 25.0 and d["limits"]["enqueued_tokens"] == 2_000_000
+    assert d["pricing"] == {"input_per_million": 0.075, "output_per_million": 0.3}
+    plain = config_to_dict(load_config(write(job_dir, MINIMAL)))
+    assert plain["pricing"] is None and plain["limits"]["budget_usd"] is None
+
+
+def test_zero_prices_are_fine(job_dir: Path) -> None:
+    cfg = load_config(write(job_dir, MINIMAL + "pricing:\n  input_per_million: 0.01\n  output_per_million: 0\n"))
+    assert cfg.pricing == Pricing(0.01, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "expect"),
+    [("0", "(got 0)"), ("-5", "(got -5)"), ("true", "(got true)"), ("'25'", "(got '25')"), (".inf", "(got inf)"),
+     ("[25]", "(got a list)")],
+)  # fmt: skip
+def test_budget_must_be_a_positive_number(job_dir: Path, value: str, expect: str) -> None:
+    path = write(job_dir, MINIMAL + f"limits:\n  budget_usd: {value}\n")
+    err = config_error(path)
+    assert_names(err, path, 7, "limits.budget_usd must be a number greater than 0", expect)
+    assert err.hint and "budget_usd: 25" in err.hint
+
+
+def test_budget_with_a_dollar_sign_says_to_drop_it(job_dir: Path) -> None:
+    path = write(job_dir, MINIMAL + "limits:\n  budget_usd: $25\n")
+    err = config_error(path)
+    assert_names(err, path, 7, "limits.budget_usd", "(got '$25')")
+    assert err.hint and "without the $ sign" in err.hint
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "'1000'", "true"])
+def test_enqueued_tokens_must_be_a_whole_number_of_at_least_1(job_dir: Path, value: str) -> None:
+    path = write(job_dir, MINIMAL + f"limits:\n  enqueued_tokens: {value}\n")
+    assert_names(config_error(path), path, 7, "limits.enqueued_tokens must be a whole number of at least 1")
+
+
+def test_pricing_needs_both_prices(job_dir: Path) -> None:
+    path = write(job_dir, MINIMAL + "pricing:\n  input_per_million: 0.075\n")
+    err = config_error(path)
+    assert_names(err, path, 6, "pricing.output_per_million is required")
+    assert err.hint and "output_per_million: 0.30" in err.hint and "Batch API" in err.hint
+
+
+def test_pricing_bad_values_and_keys(job_dir: Path) -> None:
+    path = write(
+        job_dir, MINIMAL + "pricing:\n  input_per_million: -0.1\n  output_per_million: cheap\n  file: prices.json\n"
+    )
+    err = config_error(path)
+    assert f"{path} line 7: pricing.input_per_million must be a number of at least 0 (got -0.1)" in err.message
+    assert f"{path} line 8: pricing.output_per_million must be a number of at least 0 (got 'cheap')" in err.message
+    assert f"{path} line 9: unknown key 'pricing.file'" in err.message
+
+
+def test_pricing_not_a_mapping(job_dir: Path) -> None:
+    path = write(job_dir, MINIMAL + "pricing: 0.075\n")
+    err = config_error(path)
+    assert_names(err, path, 6, "'pricing' must be a mapping")
+    assert err.hint and "input_per_million" in err.hint
+
+
+def test_budget_at_the_top_level_is_pointed_to_limits(job_dir: Path) -> None:
+    path = write(job_dir, MINIMAL + "budget_usd: 10\n")
+    assert "did you mean 'limits.budget_usd'" in config_error(path).message
 
 
 # --------------------------------------------------------------------------------------

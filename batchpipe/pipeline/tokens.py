@@ -1,0 +1,215 @@
+"""Count the input tokens of a request body, and read the bound on its output. Pure: no network.
+
+Counting. With the optional package `bpe-openai` installed (`pip install "batchpipe[tokens]"`),
+texts are split with OpenAI's own BPE vocabularies, which that package ships inside its wheel
+(no download): `o200k_base` for the gpt-4o, gpt-4.1, gpt-5 and o-series models, `cl100k_base`
+for gpt-3.5/gpt-4 and the embedding models (what `bpe_openai.encoding_name_for_model` says;
+for a name it does not know: o200k_base when the name starts like those families, else
+cl100k_base). Without it, each text counts `ceil(UTF-8 bytes / 4)` tokens: English averages
+about 4 bytes per token, other scripts use more tokens per byte, so this is an estimate, and
+every count says which method made it (`TokenCounter.method`).
+
+What is counted, per endpoint:
+
+* `/v1/chat/completions` (`messages`), as OpenAI's cookbook "How to count tokens with tiktoken"
+  does for the current models: 3 tokens per message, plus the tokens of each of its text fields
+  (`role`, `content`, `name`; a `name` costs 1 more), plus 3 that prime the reply. A content
+  given as a list of parts counts its text parts; images, audio and files are not counted.
+* `/v1/responses`: `instructions` as a system message and `input` (a text, or a list of
+  message items) as messages, with the same formula.
+* `/v1/embeddings`, `/v1/moderations` (`input`) and `/v1/completions` (`prompt`): the text, or
+  the sum over a list of texts; a list of token ids counts its length.
+
+Not counted anywhere: `tools`, function definitions and `response_format` schemas, which the
+service adds to the prompt. The service's count for a chat request may differ from this one by
+a few tokens per request; the BPE count of the texts themselves is exact.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+__all__ = [
+    "COMPLETIONS_DEFAULT_MAX_TOKENS",
+    "ESTIMATE_METHOD",
+    "TokenCounter",
+    "counter_for",
+    "encoding_name_for",
+    "input_tokens",
+    "max_output_tokens",
+    "tokenizer_available",
+]
+
+ESTIMATE_METHOD = "estimate: bytes/4"
+BYTES_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 3  # <|start|>{role}<|message|> ... <|end|>
+TOKENS_PER_NAME = 1
+REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # /v1/completions: max_tokens defaults to 16
+NO_OUTPUT_ENDPOINTS = frozenset({"/v1/embeddings", "/v1/moderations"})
+OUTPUT_LIMIT_PARAMS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+_O200K_FAMILIES = re.compile(r"(?:gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4\.5|gpt-5|gpt-oss|codex|o\d)")
+_USABLE_ENCODINGS = ("o200k_base", "cl100k_base")
+
+
+def tokenizer_available() -> bool:
+    """True when bpe-openai can be imported (the exact counts), False when counts are estimates."""
+    return _bpe() is not None
+
+
+@lru_cache(maxsize=1)
+def _bpe() -> Any:
+    try:
+        with warnings.catch_warnings():  # bpe-openai 0.1 reads its vocabularies with a deprecated importlib call
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import bpe_openai
+    except ImportError:
+        return None
+    return bpe_openai
+
+
+def _base_name(model: str) -> str:
+    """`ft:gpt-4o-mini-2024-07-18:org::id` -> `gpt-4o-mini-2024-07-18`."""
+    return model.split(":")[1] if model.startswith("ft:") else model
+
+
+def encoding_name_for(model: str) -> str:
+    """`o200k_base` or `cl100k_base`: the vocabulary `model` splits text with."""
+    base = _base_name(model)
+    bpe = _bpe()
+    if bpe is not None:
+        try:
+            name = bpe.encoding_name_for_model(base)
+        except Exception:  # bpe-openai raises KeyError, ValueError or its own error for names it does not know
+            name = None
+        if name in _USABLE_ENCODINGS:
+            return name
+    return "o200k_base" if _O200K_FAMILIES.match(base) else "cl100k_base"
+
+
+@lru_cache(maxsize=4)
+def _encoding(name: str) -> Any:
+    with warnings.catch_warnings():  # as in _bpe
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _bpe().get_encoding(name)
+
+
+class TokenCounter:
+    """Counts tokens for one model. `method` says how: "bpe-openai o200k_base" or "estimate: bytes/4"."""
+
+    def __init__(self, model: str, *, tokenizer: bool = True) -> None:
+        self.model = model
+        self._encode = None
+        if tokenizer and tokenizer_available():
+            name = encoding_name_for(model)
+            self._encode = _encoding(name).encode_ordinary  # user text is text: "<|endoftext|>" is not special
+            self.method = f"bpe-openai {name}"
+        else:
+            self.method = ESTIMATE_METHOD
+
+    @property
+    def exact(self) -> bool:
+        return self._encode is not None
+
+    def text(self, text: str) -> int:
+        """Tokens of one text."""
+        if not text:
+            return 0
+        if self._encode is not None:
+            return len(self._encode(text))
+        return math.ceil(len(text.encode("utf-8", "surrogatepass")) / BYTES_PER_TOKEN)
+
+    def messages(self, messages: Any) -> int:
+        """Chat messages, with the cookbook's per-message overhead and the reply priming."""
+        if not isinstance(messages, list):
+            return 0
+        total = REPLY_PRIMING
+        for message in messages:
+            if not isinstance(message, Mapping):
+                continue
+            total += TOKENS_PER_MESSAGE
+            for key, value in message.items():
+                if key == "content":
+                    total += self._content(value)
+                elif isinstance(value, str) and key in ("role", "name"):
+                    total += self.text(value)
+                    if key == "name":
+                        total += TOKENS_PER_NAME
+        return total
+
+    def _content(self, content: Any) -> int:
+        if isinstance(content, str):
+            return self.text(content)
+        if isinstance(content, list):  # parts: {"type": "text" | "input_text", "text": ...}, images not counted
+            texts = [p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)]
+            return sum(self.text(t) for t in texts)
+        return 0
+
+    def inputs(self, value: Any) -> int:
+        """`input` of embeddings/moderations or `prompt` of completions: a text, texts, or token ids."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, list):
+            if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                return len(value)  # one input given as token ids
+            return sum(self.inputs(v) for v in value)
+        return 0
+
+    def body(self, endpoint: str, body: Mapping[str, Any]) -> int:
+        """The input tokens of one request `body` sent to `endpoint` (see the module docstring)."""
+        if endpoint == "/v1/chat/completions":
+            return self.messages(body.get("messages"))
+        if endpoint == "/v1/responses":
+            messages: list[Any] = []
+            if isinstance(body.get("instructions"), str):
+                messages.append({"role": "system", "content": body["instructions"]})
+            value = body.get("input")
+            if isinstance(value, str):
+                messages.append({"role": "user", "content": value})
+            elif isinstance(value, list):
+                messages.extend(item for item in value if isinstance(item, Mapping))
+            return self.messages(messages)
+        if endpoint == "/v1/completions":
+            return self.inputs(body.get("prompt"))
+        return self.inputs(body.get("input"))
+
+
+def counter_for(model: str, *, tokenizer: bool = True) -> TokenCounter:
+    """A counter for `model`; `tokenizer=False` forces the bytes/4 estimate even when bpe-openai is there."""
+    return TokenCounter(model, tokenizer=tokenizer)
+
+
+def input_tokens(body: Mapping[str, Any], endpoint: str, *, tokenizer: bool = True) -> int:
+    """The input tokens of one request body (a counter for `body["model"]`; reuse one for many bodies)."""
+    return counter_for(str(body.get("model", "")), tokenizer=tokenizer).body(endpoint, body)
+
+
+def max_output_tokens(body: Mapping[str, Any], model: str, endpoint: str | None = None) -> int | None:
+    """The most output tokens one request can be billed for; None when nothing bounds it.
+
+    The first of `max_completion_tokens`, `max_tokens`, `max_output_tokens` (responses) set to a
+    whole number, times the number of choices asked for (`n`, and `best_of` for completions).
+    Embeddings and moderations (by endpoint, or by an embedding model's name) produce no output:
+    0. Completions without `max_tokens` stop at the API's default of 16. For the reasoning models,
+    the bound includes the reasoning tokens, which are billed as output.
+    """
+    if endpoint in NO_OUTPUT_ENDPOINTS or (endpoint is None and ("embedding" in model or "moderation" in model)):
+        return 0
+    bound: int | None = None
+    for key in OUTPUT_LIMIT_PARAMS:
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            bound = value
+            break
+    if bound is None and endpoint == "/v1/completions":
+        bound = COMPLETIONS_DEFAULT_MAX_TOKENS
+    if bound is None:
+        return None
+    choices = [body.get("n"), body.get("best_of") if endpoint in (None, "/v1/completions") else None]
+    return bound * max([1] + [c for c in choices if isinstance(c, int) and not isinstance(c, bool) and c > 0])
