@@ -62,7 +62,7 @@ class Shard:
     state: ShardState
     file: FileRef
     requests: int
-    est_tokens: int
+    est_tokens: int  # input tokens, counted at create (what the provider's enqueued-token queue holds)
     upload: Upload | None = None
     batch: Batch | None = None
     outputs: FileRef | None = None  # downloaded output file (None if the batch had none)
@@ -70,6 +70,8 @@ class Shard:
     merged: dict[str, int] | None = None  # {"ok": n, "failed": n, "retried": n}
     retry: str | None = None  # id of the next attempt, which holds this attempt's retryable failures
     history: list[dict[str, Any]] = field(default_factory=list)  # earlier batches of this attempt
+    max_output_tokens: int = 0  # sum of the requests' output bounds (for the worst-case cost)
+    usage: dict[str, int] | None = None  # {"input_tokens", "output_tokens"} the service reported, once merged
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Shard:
