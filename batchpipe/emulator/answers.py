@@ -13,8 +13,9 @@ result landed on its own row:
   ``body["dimensions"]`` if given, else 8.
 * `/v1/moderations`, `/v1/images/*`, `/v1/videos`: minimal well-formed bodies.
 
-Token counts are estimates, ``ceil(chars / 4)`` (at least 1) of the prompt text and of the answer,
-so usage is deterministic too. `estimate_batch_tokens` sums the prompt estimate over an input
+Prompt tokens of chat and responses requests are counted like the real service does (the tokenizer
+and per-message overhead of `batchpipe.pipeline.tokens`; bytes/4 without bpe-openai); other counts
+are ``ceil(chars / 4)`` (at least 1). Usage is deterministic either way. `estimate_batch_tokens` sums the prompt estimate over an input
 file: what a batch weighs against the emulator's enqueued-token limit. Only `created` /
 `created_at` is not derived from the request: pass it in (the emulator passes the time the batch
 started running; the default is 0).
@@ -34,6 +35,18 @@ DEFAULT_EMBEDDING_DIMENSIONS = 8
 
 def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
+
+
+def prompt_tokens_of(endpoint: str, body: dict[str, Any]) -> int:
+    """Prompt tokens as the real service counts them: its tokenizer and per-message overhead.
+
+    Uses batchpipe's own counter (bpe-openai when installed, else bytes/4), so the emulator's
+    usage and enqueued-token accounting agree with what batchpipe plans with, as OpenAI's
+    agree with tiktoken's counts.
+    """
+    from batchpipe.pipeline.tokens import input_tokens
+
+    return max(1, input_tokens(body, endpoint))
 
 
 def answer_for(endpoint: str, body: dict[str, Any], *, created: int = 0) -> dict[str, Any]:
@@ -118,21 +131,12 @@ def _last_user_text(messages: Any) -> str:
     return ""
 
 
-def _all_text(messages: Any) -> str:
-    """Every text in the prompt, for the prompt-token estimate."""
-    if isinstance(messages, str):
-        return messages
-    if not isinstance(messages, list):
-        return ""
-    return "\n".join(_content_text(m.get("content")) for m in messages if isinstance(m, dict))
-
-
 # --- per-endpoint bodies -----------------------------------------------------------------------
 
 
 def _chat(body: dict[str, Any], model: str, ident: str, created: int) -> dict[str, Any]:
     text = ECHO_PREFIX + _last_user_text(body.get("messages"))
-    prompt_tokens = estimate_tokens(_all_text(body.get("messages")))
+    prompt_tokens = prompt_tokens_of("/v1/chat/completions", body)
     completion_tokens = estimate_tokens(text)
     return {
         "id": f"chatcmpl-{ident}",
@@ -161,10 +165,7 @@ def _chat(body: dict[str, Any], model: str, ident: str, created: int) -> dict[st
 
 def _responses(body: dict[str, Any], model: str, ident: str, created: int) -> dict[str, Any]:
     text = ECHO_PREFIX + _last_user_text(body.get("input"))
-    prompt_text = _all_text(body.get("input"))
-    if isinstance(body.get("instructions"), str):
-        prompt_text = body["instructions"] + "\n" + prompt_text
-    input_tokens = estimate_tokens(prompt_text)
+    input_tokens = prompt_tokens_of("/v1/responses", body)
     output_tokens = estimate_tokens(text)
     return {
         "id": f"resp_{ident}",
