@@ -110,22 +110,43 @@ def create(
     render.line(f"next: batchpipe submit {c.run_id}   (or: batchpipe run {c.run_id} --wait)")
 
 
+BudgetOpt = Annotated[
+    float | None, typer.Option("--budget", help="Set the run's budget in USD (replaces limits.budget_usd).", min=0.0)
+]
+CanaryOpt = Annotated[
+    int | None,
+    typer.Option("--canary", help="Send the first N requests alone first; the rest wait for them to succeed.", min=1),
+]
+
+
 @command()
-def submit(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
+def submit(
+    ctx: typer.Context, run: RunArg, budget: BudgetOpt = None, canary: CanaryOpt = None, as_json: JsonOpt = False
+) -> None:
     """Upload prepared shards and create their batches, each exactly once.
 
-    Example: `batchpipe submit reviews-nov`
+    Never past the budget (limits.budget_usd, or --budget): a shard whose worst case would take
+    the run over it is held back and named. With limits.enqueued_tokens, batches are created
+    only while the provider's queue has room. With --canary N (before the first submit), the
+    first N requests go alone and the rest wait until every one of them is answered; if any
+    fails, the run is held. Exits 5 if the budget holds shards back or a canary failed.
+
+    Examples: `batchpipe submit reviews-nov --budget 40` · `batchpipe submit reviews-nov --canary 20`
     """
     paths = ops.run_paths(_runs_dir(ctx), run)
-    s = ops.submit(paths, _provider(paths))
+    s = ops.submit(paths, _provider(paths), budget_usd=budget, canary=canary)
+    code = ExitCode.ATTENTION if s.over_budget or s.held else ExitCode.OK
     if as_json:
-        return render.envelope("submit", {"run": run, "uploaded": s.uploaded, "submitted": s.submitted, "notes": s.notes})
-    for note in s.notes:
+        render.envelope("submit", {"run": run, "uploaded": s.uploaded, "submitted": s.submitted, "notes": s.notes,
+                                   "over_budget": s.over_budget, "queued": s.queued}, int(code))
+        raise typer.Exit(int(code))
+    for note in s.notes + s.over_budget + s.queued + ([f"held: {s.held}"] if s.held else []):
         render.warn(note)
     if s.submitted:
         render.line(f"submitted {len(s.submitted)} batch(es) for run {run}: {', '.join(s.submitted)}")
-    else:
+    elif not (s.over_budget or s.queued):
         render.line(f"nothing to submit: every shard of run {run} already has its batch")
+    raise typer.Exit(int(code))
 
 
 @command()
@@ -152,7 +173,7 @@ def status(
     for st, data in reports:
         p = st.progress
         render.shard_table(f"run {data['run']}: {p.finished}/{p.requests} requests finished, {p.failed} failed",
-                           data["shards"])
+                           data["shards"], caption=render.cost_summary(data))
         if p.started_at is not None and not p.done:
             render.line(f"running for {render.duration(time.time() - p.started_at)}: {render.describe_progress(p)}")
         if st.note:
@@ -243,6 +264,8 @@ def run_(
     wait: Annotated[bool, typer.Option("--wait", help="Keep going until the run is done.")] = False,
     poll_interval: Annotated[float, typer.Option("--poll-interval", help="Seconds between status checks with --wait.", min=0.0)] = 30.0,
     run_id: Annotated[str | None, typer.Option("--run", help="Run id when TARGET is a config.")] = None,
+    budget: BudgetOpt = None,
+    canary: CanaryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Do every step that can be done now: create, submit, download, process.
@@ -264,17 +287,20 @@ def run_(
             paths, provider, wait=wait, poll_interval=poll_interval,
             on_progress=lambda p: update(p.finished, render.describe_progress(p)),
             on_problem=lambda exc: render.warn(f"{exc.message}; trying again"),
+            budget_usd=budget, canary=canary,
         )
     p = report.processed
-    code = ExitCode.ATTENTION if p.batch_errors else (ExitCode.OK if p.done else ExitCode.PENDING)
-    for note in report.notes:
+    attention = p.batch_errors or report.stuck_on_budget or report.held
+    code = ExitCode.ATTENTION if attention else (ExitCode.OK if p.done else ExitCode.PENDING)
+    for note in report.notes + report.over_budget + ([f"held: {report.held}"] if report.held else []):
         render.warn(note)
     if as_json:
         data = ops.describe_run(paths)
-        render.envelope("run", data | {"batch_errors": p.batch_errors, "warnings": p.warnings}, int(code))
+        render.envelope("run", data | {"batch_errors": p.batch_errors, "warnings": p.warnings,
+                                      "over_budget": report.over_budget}, int(code))
     else:
         _processed(p, paths)
-        if not p.done and not p.batch_errors:
+        if not p.done and not attention:
             prog = report.progress
             render.line(f"run {target}: {prog.finished}/{prog.requests} requests finished after {render.elapsed(start)}; "
                         f"run `batchpipe run {target}` again later, or add --wait")

@@ -27,6 +27,8 @@ POINTS: frozenset[str] = frozenset(
         "retry:after_shard_file",  # retry shard file written, not yet in the index or ledger
         "retry:after_index",  # retry shard in the index, not yet in the ledger
         "output:after_file",  # output.jsonl written, not yet in the ledger
+        "canary:after_files",  # canary and rest files written, not yet in the index or ledger
+        "canary:after_index",  # canary split in the index, not yet in the ledger
         "cancel:before",  # cancel of a duplicate batch not sent
         "cancel:after",  # duplicate batch cancelled, not yet reported
     }

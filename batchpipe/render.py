@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from batchpipe.errors import BatchpipeError, ExitCode
+from batchpipe.pricing import format_usd
 
 ENVELOPE_VERSION = 1
 
@@ -76,19 +77,35 @@ def when(ts: float | None) -> str:
 STATE_STYLE = {"prepared": "dim", "uploaded": "cyan", "submitted": "blue", "completed": "magenta", "merged": "green"}
 
 
-def shard_table(title: str, shards: list[dict[str, Any]]) -> None:
-    table = Table(title=title, title_justify="left")
-    for col, kw in (("shard", {}), ("state", {}), ("remote", {}), ("requests", {"justify": "right"}),
-                    ("done", {"justify": "right"}), ("failed", {"justify": "right"}), ("batch", {})):
+def shard_table(title: str, shards: list[dict[str, Any]], caption: str | None = None) -> None:
+    """One row per shard attempt; `caption` (e.g. cost_summary()) goes under the table."""
+    table = Table(title=title, title_justify="left", caption=escape(caption) if caption else None,
+                  caption_justify="left")
+    # At 80 columns something has to give: the (long, random) batch id and the remote status, not
+    # the shard id or the cost.
+    fixed, number = {"no_wrap": True}, {"no_wrap": True, "justify": "right"}
+    for col, kw in (("shard", fixed), ("state", fixed), ("remote", {}), ("requests", number), ("done", number),
+                    ("failed", number), ("cost", number), ("batch", {})):
         table.add_column(col, **kw)
     for s in shards:
         counts = s["request_counts"] or {}
         style = STATE_STYLE.get(s["state"], "")
+        cost = s.get("cost_usd")
         table.add_row(
             s["shard"], f"[{style}]{s['state']}[/]", s["remote_status"] or "-", str(s["requests"]),
-            str(counts.get("completed", "-")), str(counts.get("failed", "-")), s["batch_id"] or "-",
+            str(counts.get("completed", "-")), str(counts.get("failed", "-")),
+            "-" if cost is None else format_usd(cost), s["batch_id"] or "-",
         )
     out.print(table)
+
+
+def cost_summary(data: dict[str, Any]) -> str:
+    """The run's cost so far, for people, from describe(): the total, the tokens, and the price used."""
+    usage = data.get("usage") or {}
+    tokens = f"{usage.get('input_tokens', 0):,} input + {usage.get('output_tokens', 0):,} output tokens"
+    if data.get("cost_usd") is None:
+        return f"{data.get('cost_note') or 'cost unknown'} ({tokens} so far)"
+    return f"cost so far: {format_usd(data['cost_usd'])} for {tokens}, at {data.get('price_source')}"
 
 
 def runs_table(runs: list[dict[str, Any]]) -> None:
@@ -128,9 +145,10 @@ def duration(seconds: float) -> str:
 
 
 def describe_progress(p: Any) -> str:
-    """One line for a progress bar: shards merged, batches by phase (finalizing shown as such), ETA."""
+    """One line for a progress bar: shards merged, batches by phase (finalizing shown as such), ETA, spend."""
+    spent = format_usd(p.cost_usd) if p.cost_usd else None
     if p.done:
-        return "done"
+        return f"done · {spent} spent" if spent else "done"
     parts = [f"{p.shards['merged']}/{sum(p.shards.values())} shards merged"]
     if p.phases:
         parts.append(", ".join(f"{n} {phase}" for phase, n in sorted(p.phases.items())))
@@ -139,6 +157,8 @@ def describe_progress(p: Any) -> str:
         parts.append(f"{waiting} waiting")
     if p.eta_seconds is not None:
         parts.append(f"ETA {duration(p.eta_seconds)}")
+    if spent:
+        parts.append(f"{spent} so far")
     return " · ".join(parts)
 
 

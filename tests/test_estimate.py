@@ -175,15 +175,23 @@ def test_unbounded_output_warns_and_worst_case_uses_the_models_maximum(cli, tmp_
     assert any("params.max_tokens" in w for w in data["warnings"])
 
 
-def test_budget_and_enqueued_token_warnings(cli, tmp_path: Path):
-    config = write_job(
-        tmp_path / "job", prose_rows(10), params={"max_tokens": 1000},
-        limits={"max_requests_per_shard": 5, "budget_usd": 0.001, "enqueued_tokens": 100},
-    )
+def test_budget_warning_and_shards_split_to_fit_the_token_queue(cli, tmp_path: Path):
+    limits = {"max_requests_per_shard": 5, "budget_usd": 0.001}
+    config = write_job(tmp_path / "job", prose_rows(10), params={"max_tokens": 1000}, limits=limits)
     data = est_json(cli, config)["data"]
     assert data["budget_usd"] == 0.001
     assert any("over limits.budget_usd" in w for w in data["warnings"])
-    assert any("limits.enqueued_tokens (100)" in w for w in data["warnings"])
+    assert data["shards"] == 2
+    # With a queue that holds about two requests, shards are cut to fit it (create cuts the same way).
+    per_request = data["largest_shard_input_tokens"] // 5
+    queue = write_job(tmp_path / "queue", prose_rows(10), name="queue", params={"max_tokens": 1000},
+                      limits={**limits, "enqueued_tokens": 2 * per_request + per_request // 2})
+    split = est_json(cli, queue)["data"]
+    assert split["shards"] >= 4 and split["largest_shard_input_tokens"] <= 2 * per_request + per_request // 2
+    assert cli.json("create", queue, "--run", "q")["data"]["shards"] == split["shards"]
+    # and a single request that could never fit the queue is refused, naming its row
+    tiny = write_job(tmp_path / "tiny", prose_rows(3), name="tiny", limits={"enqueued_tokens": 5})
+    assert "more than limits.enqueued_tokens (5)" in cli("create", tiny, code=2).stderr
 
 
 def test_embeddings_have_no_output(cli, tmp_path: Path):

@@ -97,6 +97,9 @@ class Run:
     base_url: str | None = None  # the service the batches live at, recorded at the first remote call
     output: FileRef | None = None
     result_counts: dict[str, int] | None = None  # {"ok": n, "failed": n} of the written output
+    budget_usd: float | None = None  # limits.budget_usd at create; `submit --budget` changes it
+    canary: str | None = None  # the canary shard's id (submit --canary N)
+    canary_state: str | None = None  # pending | passed | failed
     hold: str | None = None  # why `tick` must not submit (e.g. "cancelled at ..."); a person's submit/run clears it
 
     @classmethod

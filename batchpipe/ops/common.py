@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from batchpipe.config import JobConfig, load_config
-from batchpipe.errors import UsageError
-from batchpipe.ledger.model import ShardState
+from batchpipe.errors import BatchpipeError, UsageError
+from batchpipe.ledger.model import Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.paths import RunPaths
+from batchpipe.pricing import cost_usd, price_for
 from batchpipe.providers import Provider, open_provider
 
 
@@ -57,6 +60,7 @@ class Progress:
     phases: dict[str, int]  # remote status of running batches -> count (validating, in_progress, finalizing, ...)
     started_at: float | None  # when the first batch was created
     eta_seconds: float | None  # None until there is enough evidence (see estimate_eta)
+    cost_usd: float | None = None  # spent so far, from the usage the service reported (None: no price known)
 
     @classmethod
     def of(cls, ledger: Ledger, now: float | None = None) -> Progress:
@@ -81,7 +85,10 @@ class Progress:
         starts += [h["intent_at"] for s in ledger.shards for h in s.history if "intent_at" in h]
         started = min(starts) if starts else None
         eta = estimate_eta(ledger.run.requests, finished, started, time.time() if now is None else now)
-        return cls(ledger.run.requests, finished, failed, states, done, phases, started, None if done else eta)
+        return cls(
+            ledger.run.requests, finished, failed, states, done, phases, started, None if done else eta,
+            cost_usd=run_cost(ledger).usd,
+        )  # fmt: skip
 
 
 def estimate_eta(total: int, finished: int, started: float | None, now: float) -> float | None:
@@ -98,6 +105,79 @@ def estimate_eta(total: int, finished: int, started: float | None, now: float) -
     return elapsed / finished * (total - finished)
 
 
+def usage_tokens(usage: Mapping[str, Any] | None) -> tuple[int, int]:
+    """(input, output) tokens of a reported usage, in any of the service's shapes.
+
+    A Batch object and /v1/responses say input_tokens/output_tokens; chat completions,
+    completions and embeddings say prompt_tokens/completion_tokens (embeddings: no output).
+    Anything that is not a count of at least 0 counts as 0.
+    """
+    if not isinstance(usage, Mapping):
+        return 0, 0
+
+    def count(*names: str) -> int:
+        for name in names:
+            value = usage.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+        return 0
+
+    return count("input_tokens", "prompt_tokens"), count("output_tokens", "completion_tokens")
+
+
+def shard_usage(shard: Shard) -> dict[str, int] | None:
+    """The tokens the service reported for a shard attempt; None if it has reported none yet.
+
+    Once merged: the sum over its successful result lines (recorded by `process`). Before that:
+    the batch's own usage, which grows while the batch runs (a running batch may have none).
+    Batches in the shard's history failed on the enqueued-token limit and ran nothing.
+    """
+    if shard.usage is not None:
+        return shard.usage
+    if shard.batch is not None and shard.batch.usage:
+        tokens_in, tokens_out = usage_tokens(shard.batch.usage)
+        return {"input_tokens": tokens_in, "output_tokens": tokens_out}
+    return None
+
+
+# Costs are rounded to the nano-dollar: exact for prices given to $0.001 per 1M tokens,
+# without the float noise of summing many small amounts.
+COST_DECIMALS = 9
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a run has cost so far, from the usage the service reported, at the run's price."""
+
+    usd: float | None  # None: no price is known for the model (see note)
+    note: str | None  # why usd is None
+    price_source: str | None  # where the price comes from (a config's pricing:, or the price table)
+    input_tokens: int
+    output_tokens: int
+    shards: dict[str, float | None]  # shard id -> USD; None while it has reported no usage (or no price)
+
+
+def run_cost(ledger: Ledger) -> Cost:
+    """The run's actual cost so far: every shard attempt's reported tokens at the run's price.
+
+    The price is the config snapshot's `pricing:` if it has one, else the shipped price table's.
+    A model with no price does not fail: the cost is None and the note says why.
+    """
+    usages = {s.id: shard_usage(s) for s in ledger.shards}
+    tokens_in = sum(u["input_tokens"] for u in usages.values() if u is not None)
+    tokens_out = sum(u["output_tokens"] for u in usages.values() if u is not None)
+    try:
+        price = price_for(ledger.run.model, run_config(ledger.paths))
+    except BatchpipeError as exc:
+        return Cost(None, f"cost unknown: {exc.message}", None, tokens_in, tokens_out, dict.fromkeys(usages))
+
+    def usd(tokens_in: int, tokens_out: int) -> float:
+        return round(cost_usd(price, tokens_in, tokens_out), COST_DECIMALS)
+
+    shards = {sid: None if u is None else usd(u["input_tokens"], u["output_tokens"]) for sid, u in usages.items()}
+    return Cost(usd(tokens_in, tokens_out), None, price.source, tokens_in, tokens_out, shards)
+
+
 def describe_run(paths: RunPaths) -> dict:
     """describe() of the run as it is on disk now (no network, no lock)."""
     return describe(Ledger.load(paths))
@@ -106,6 +186,7 @@ def describe_run(paths: RunPaths) -> dict:
 def describe(ledger: Ledger) -> dict:
     """The run as plain data: what `status --json` prints and what the status table shows."""
     progress = Progress.of(ledger)
+    cost = run_cost(ledger)
     run = ledger.run
     return {
         "run": run.id,
@@ -123,6 +204,10 @@ def describe(ledger: Ledger) -> dict:
         "output": str(ledger.paths.output) if run.output else None,
         "result_counts": run.result_counts,
         "hold": run.hold,
+        "usage": {"input_tokens": cost.input_tokens, "output_tokens": cost.output_tokens},
+        "cost_usd": cost.usd,
+        "cost_note": cost.note,
+        "price_source": cost.price_source,
         "shards": [
             {
                 "shard": s.id,
@@ -135,6 +220,8 @@ def describe(ledger: Ledger) -> dict:
                 "request_counts": s.batch.request_counts if s.batch else None,
                 "errors": s.batch.errors if s.batch else [],
                 "merged": s.merged,
+                "usage": shard_usage(s),
+                "cost_usd": cost.shards[s.id],
             }
             for s in ledger.shards
         ],

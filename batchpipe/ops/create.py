@@ -16,15 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import orjson
+
 from batchpipe import __version__, crash, fsio
 from batchpipe.config import JobConfig, load_config, snapshot_yaml
-from batchpipe.errors import InputError, RunExists
+from batchpipe.errors import ConfigError, InputError, RunExists
 from batchpipe.ledger.index import DuplicateId, Index
 from batchpipe.ledger.model import FileRef, Run, RunState, Shard, ShardState
 from batchpipe.ledger.store import Ledger, encode
 from batchpipe.paths import RunPaths, check_run_id
 from batchpipe.pipeline.requests import Request, render_requests
-from batchpipe.pipeline.shards import assign_shards, estimate_tokens, shard_id
+
+# Output tokens assumed for a request that sets no max_tokens, when the model's maximum is unknown.
+DEFAULT_UNBOUNDED_OUTPUT_TOKENS = 16_384
+from batchpipe.pipeline.shards import assign_shards, shard_id
+from batchpipe.pipeline.tokens import TokenCounter, counter_for, max_output_tokens
+from batchpipe.pricing import price_for
 
 
 @dataclass(frozen=True)
@@ -80,17 +87,60 @@ def _existing(paths: RunPaths, config_sha: str, input_sha: str) -> Created:
     return Created(paths.run_id, paths.root, False, len(ledger.shards), ledger.run.requests)
 
 
-def _checked(cfg: JobConfig) -> Iterator[tuple[Request, int]]:
-    """The rendered requests with their sizes; a single request over the byte limit is an input error."""
-    limit = cfg.limits.max_bytes_per_shard
-    for req in render_requests(cfg):
-        if len(req.line) > limit:
-            raise InputError(
-                f"{cfg.input.path.name} line {req.line_no} (row id {req.custom_id}): the request is "
-                f"{len(req.line)} bytes, more than limits.max_bytes_per_shard ({limit})",
-                hint=f"shorten the row or raise limits.max_bytes_per_shard in {cfg.source}",
-            )
-        yield req, len(req.line)
+@dataclass(frozen=True)
+class Planned:
+    """A rendered request with what the shard plan and the ledger need to know of it."""
+
+    shard: int  # 1-based shard index
+    request: Request
+    tokens: int  # input tokens
+    output_bound: int  # the most output tokens it can be billed for
+
+
+def unbounded_output_tokens(model: str) -> int:
+    """What a request without max_tokens may produce: the model's maximum, if the price table knows it."""
+    try:
+        bound = price_for(model).max_output_tokens
+    except ConfigError:
+        bound = None
+    return bound if bound is not None else DEFAULT_UNBOUNDED_OUTPUT_TOKENS
+
+
+def plan_shards(cfg: JobConfig, counter: TokenCounter | None = None) -> Iterator[Planned]:
+    """The requests of a job in order, each with its shard: the one split `create` and `estimate` share.
+
+    A shard holds at most `limits.max_requests_per_shard` requests, `max_bytes_per_shard` bytes,
+    and, when `limits.enqueued_tokens` is set, that many input tokens. A single request over a
+    limit is an input error naming its row.
+    """
+    counter = counter or counter_for(cfg.model)
+    limits = cfg.limits
+    fallback = unbounded_output_tokens(cfg.model)
+
+    def sized() -> Iterator[tuple[tuple[Request, int, int], int, int]]:
+        for req in render_requests(cfg):
+            where = f"{cfg.input.path.name} line {req.line_no} (row id {req.custom_id})"
+            if len(req.line) > limits.max_bytes_per_shard:
+                raise InputError(
+                    f"{where}: the request is {len(req.line)} bytes, more than limits.max_bytes_per_shard "
+                    f"({limits.max_bytes_per_shard})",
+                    hint=f"shorten the row or raise limits.max_bytes_per_shard in {cfg.source}",
+                )
+            body = orjson.loads(req.line)["body"]
+            tokens = counter.body(cfg.endpoint, body)
+            if limits.enqueued_tokens is not None and tokens > limits.enqueued_tokens:
+                raise InputError(
+                    f"{where}: the request is {tokens} tokens, more than limits.enqueued_tokens "
+                    f"({limits.enqueued_tokens}): it could never be queued",
+                    hint=f"shorten the row or raise limits.enqueued_tokens in {cfg.source}",
+                )
+            bound = max_output_tokens(body, cfg.model, cfg.endpoint)
+            yield (req, tokens, fallback if bound is None else bound), len(req.line), tokens
+
+    for index, (req, tokens, bound) in assign_shards(
+        sized(), limits.max_requests_per_shard, limits.max_bytes_per_shard, limits.enqueued_tokens
+    ):
+        yield Planned(index, req, tokens, bound)
 
 
 class _ShardFiles:
@@ -107,14 +157,17 @@ class _ShardFiles:
         sid = shard_id(index, 1)
         self._file = self._stack.enter_context(fsio.atomic_writer(self.paths.shard_file(sid)))
         self._sid, self._hash, self._bytes, self._count = sid, hashlib.sha256(), 0, 0
+        self._tokens = self._output = 0
         return sid
 
-    def write(self, line: bytes) -> int:
+    def write(self, p: Planned) -> int:
         assert self._file is not None
-        self._file.write(line)
-        self._hash.update(line)
-        self._bytes += len(line)
+        self._file.write(p.request.line)
+        self._hash.update(p.request.line)
+        self._bytes += len(p.request.line)
         self._count += 1
+        self._tokens += p.tokens
+        self._output += p.output_bound
         return self._count
 
     def close(self) -> None:
@@ -133,7 +186,8 @@ class _ShardFiles:
                 state=ShardState.PREPARED,
                 file=FileRef(f"shards/{self._sid}.jsonl", self._bytes, self._hash.hexdigest()),
                 requests=self._count,
-                est_tokens=estimate_tokens(self._bytes),
+                est_tokens=self._tokens,
+                max_output_tokens=self._output,
             )
         )
 
@@ -149,12 +203,11 @@ def _build(
     rows = 0
     with Index(paths.index) as index:
         try:
-            for shard_index, req in assign_shards(
-                _checked(cfg), cfg.limits.max_requests_per_shard, cfg.limits.max_bytes_per_shard
-            ):
-                if shard_index != current:
-                    sid, current = files.start(shard_index), shard_index
-                line_in_shard = files.write(req.line)
+            for planned in plan_shards(cfg):
+                if planned.shard != current:
+                    sid, current = files.start(planned.shard), planned.shard
+                line_in_shard = files.write(planned)
+                req = planned.request
                 index.add_request(req.custom_id, req.row_no, req.line_no, f"shards/{sid}.jsonl", line_in_shard)
                 rows += 1
             files.finish()
@@ -180,6 +233,7 @@ def _build(
             endpoint=cfg.endpoint,
             model=cfg.model,
             requests=rows,
+            budget_usd=cfg.limits.budget_usd,
         ),
         shards=files.shards,
     )

@@ -37,16 +37,14 @@ from batchpipe.config import JobConfig, load_config
 from batchpipe.errors import InputError, LedgerError
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import run_config
-from batchpipe.ops.create import _checked  # the same size check create makes, so the shards are the same
+from batchpipe.ops.create import DEFAULT_UNBOUNDED_OUTPUT_TOKENS, plan_shards  # the very split create makes
 from batchpipe.paths import RunPaths
-from batchpipe.pipeline.shards import assign_shards
 from batchpipe.pipeline.tokens import TokenCounter, counter_for, max_output_tokens
 from batchpipe.pricing import Price, cost_usd, format_usd, price_for
 
 __all__ = ["DEFAULT_UNBOUNDED_OUTPUT_TOKENS", "EXPECTED_OUTPUT_FRACTION", "Estimate", "estimate"]
 
 EXPECTED_OUTPUT_FRACTION = 0.5
-DEFAULT_UNBOUNDED_OUTPUT_TOKENS = 16_384  # when the price table does not know the model's maximum output
 _LIMIT_PARAM = {
     "/v1/chat/completions": "params.max_tokens (or params.max_completion_tokens)",
     "/v1/responses": "params.max_output_tokens",
@@ -121,15 +119,14 @@ def estimate(source: Path | str | RunPaths, *, tokenizer: bool = True) -> Estima
     else:
         cfg = load_config(Path(source))
         price = price_for(cfg.model, cfg)
-        lines = _config_lines(cfg)
+        lines = _config_lines(cfg, counter_for(cfg.model, tokenizer=tokenizer))
         name = str(source)
     return _tally(cfg, name, lines, price, counter_for(cfg.model, tokenizer=tokenizer))
 
 
-def _config_lines(cfg: JobConfig) -> Iterator[tuple[int, bytes]]:
-    limits = cfg.limits
-    for index, req in assign_shards(_checked(cfg), limits.max_requests_per_shard, limits.max_bytes_per_shard):
-        yield index, req.line
+def _config_lines(cfg: JobConfig, counter: TokenCounter) -> Iterator[tuple[int, bytes]]:
+    for planned in plan_shards(cfg, counter):
+        yield planned.shard, planned.request.line
 
 
 def _run_lines(paths: RunPaths) -> Iterator[tuple[int, bytes]]:
@@ -236,12 +233,4 @@ def _warnings(
             f"{which} ({format_usd(expected if expected > budget else worst)}) is over limits.budget_usd "
             f"({format_usd(budget)})"
         )
-    limit = cfg.limits.enqueued_tokens
-    if limit is not None:
-        over = [i for i, t in sorted(shard_tokens.items()) if t > limit]
-        if over:
-            warnings.append(
-                f"{len(over)} shard(s) have more input tokens than limits.enqueued_tokens ({limit}), the largest "
-                f"{max(shard_tokens.values())}: lower limits.max_requests_per_shard so each shard fits"
-            )
     return warnings

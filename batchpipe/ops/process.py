@@ -21,7 +21,7 @@ from batchpipe.errors import InputError
 from batchpipe.ledger.index import Index, Outcome
 from batchpipe.ledger.model import FileRef, Shard, ShardState
 from batchpipe.ledger.store import Ledger
-from batchpipe.ops.common import Progress, run_config
+from batchpipe.ops.common import Progress, run_config, usage_tokens
 from batchpipe.paths import RunPaths
 from batchpipe.pipeline.inputs import iter_rows
 from batchpipe.pipeline.results import BadLine, Parsed, is_retryable, parse_lines
@@ -69,7 +69,13 @@ def _validation_failure(shard: Shard, index: Index, result: Processed) -> Iterat
         yield Outcome(custom_id, False, None, error, retryable=False, attempt=shard.attempt)
 
 
-def _outcomes(ledger: Ledger, shard: Shard, index: Index, result: Processed) -> Iterator[Outcome]:
+def _outcomes(
+    ledger: Ledger, shard: Shard, index: Index, result: Processed, usage: dict[str, int]
+) -> Iterator[Outcome]:
+    """Each request's outcome; adds the tokens the service reported for the successful ones to `usage`.
+
+    Failed requests are not billed (and report no usage): only successful lines count.
+    """
     if shard.batch.status == "failed":
         yield from _validation_failure(shard, index, result)
         return
@@ -86,6 +92,9 @@ def _outcomes(ledger: Ledger, shard: Shard, index: Index, result: Processed) -> 
     for custom_id in expected:
         p = found.get(custom_id)
         if p is not None and p.ok:
+            tokens_in, tokens_out = usage_tokens(p.usage)
+            usage["input_tokens"] += tokens_in
+            usage["output_tokens"] += tokens_out
             yield Outcome(custom_id, True, p.value, None, attempt=shard.attempt)
         else:
             error = p.error if p is not None else MISSING
@@ -169,9 +178,10 @@ def process(paths: RunPaths) -> Processed:
         with Index(paths.index) as index:
             for shard in list(ledger.shards):
                 if shard.state == ShardState.COMPLETED:
-                    counts = index.put_results(shard.id, _outcomes(ledger, shard, index, result))
+                    usage = {"input_tokens": 0, "output_tokens": 0}  # a running sum: bounded, whatever the shard
+                    counts = index.put_results(shard.id, _outcomes(ledger, shard, index, result, usage))
                     crash.point("process:after_index")
-                    ledger.advance(shard, ShardState.MERGED, merged=counts)
+                    ledger.advance(shard, ShardState.MERGED, merged=counts, usage=usage)
                     result.merged.append(shard.id)
                 elif shard.state == ShardState.MERGED and shard.batch.status == "failed" and shard.batch.errors:
                     list(_validation_failure(shard, index, result))  # report them again: still unresolved

@@ -27,6 +27,13 @@ class RunReport:
     downloaded: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     held: str | None = None
+    over_budget: list[str] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
+
+    @property
+    def stuck_on_budget(self) -> bool:
+        """Shards are kept back by the budget and nothing else is running: a person must decide."""
+        return bool(self.over_budget) and self.progress.shards["submitted"] + self.progress.shards["completed"] == 0
 
 # Passes in a row that may fail on a retryable service error before `run --wait` gives up.
 MAX_FAILED_PASSES = 10
@@ -34,9 +41,17 @@ MAX_FAILED_PASSES = 10
 MAX_BACKOFF = 8
 
 
-def step(paths: RunPaths, provider: Provider, *, sleep=time.sleep, respect_hold: bool = False) -> RunReport:
+def step(
+    paths: RunPaths,
+    provider: Provider,
+    *,
+    sleep=time.sleep,
+    respect_hold: bool = False,
+    budget_usd: float | None = None,
+    canary: int | None = None,
+) -> RunReport:
     """One pass: submit what is prepared, download what finished, process what was downloaded."""
-    submitted = submit(paths, provider, sleep=sleep, respect_hold=respect_hold)
+    submitted = submit(paths, provider, sleep=sleep, respect_hold=respect_hold, budget_usd=budget_usd, canary=canary)
     downloaded = download(paths, provider)
     processed = process(paths)
     return RunReport(
@@ -47,6 +62,8 @@ def step(paths: RunPaths, provider: Provider, *, sleep=time.sleep, respect_hold:
         downloaded=downloaded.shards,
         notes=submitted.notes,
         held=submitted.held,
+        over_budget=submitted.over_budget,
+        queued=submitted.queued,
     )
 
 
@@ -59,6 +76,8 @@ def run(
     on_progress: Callable[[Progress], None] | None = None,
     on_problem: Callable[[ProviderError], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    budget_usd: float | None = None,
+    canary: int | None = None,
 ) -> RunReport:
     """Run every step now; with `wait`, repeat until done.
 
@@ -72,7 +91,7 @@ def run(
     delay, last = poll_interval, None
     while True:
         try:
-            report = step(paths, provider, sleep=sleep)
+            report = step(paths, provider, sleep=sleep, budget_usd=budget_usd, canary=canary)
         except ProviderError as exc:
             # While waiting, a service hiccup is not the end of the run: the next pass starts by
             # looking up whatever the failed one may have left open.
@@ -89,7 +108,7 @@ def run(
         report.passes, report.notes = passes, notes
         if on_progress is not None:
             on_progress(report.progress)
-        if report.progress.done or not wait:
+        if report.progress.done or not wait or report.stuck_on_budget or report.held:
             return report
         moved = (report.progress.finished, report.progress.shards, report.progress.phases)
         delay = poll_interval if moved != last else min(delay * 1.5, poll_interval * MAX_BACKOFF)

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from batchpipe import fsio
 from batchpipe.ledger.model import ShardState
 from batchpipe.ledger.store import Ledger
+from batchpipe.ops.canary import canary_gate, split_canary
 from batchpipe.ops.cancel import release_hold
-from batchpipe.ops.common import bind_provider
+from batchpipe.ops.common import bind_provider, run_config
 from batchpipe.ops.remote import ensure_submitted, ensure_uploaded
+from batchpipe.ops.schedule import Schedule
 from batchpipe.paths import RunPaths
 from batchpipe.providers import Provider
 
@@ -22,14 +24,26 @@ class Submitted:
     submitted: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # duplicates found and cancelled, holds lifted
     held: str | None = None  # why nothing was submitted (tick on a held run)
+    over_budget: list[str] = field(default_factory=list)  # shards the budget keeps back (a person must act)
+    queued: list[str] = field(default_factory=list)  # shards waiting for room in the provider's queue
 
 
-def submit(paths: RunPaths, provider: Provider, *, sleep=time.sleep, respect_hold: bool = False) -> Submitted:
+def submit(
+    paths: RunPaths,
+    provider: Provider,
+    *,
+    sleep=time.sleep,
+    respect_hold: bool = False,
+    budget_usd: float | None = None,
+    canary: int | None = None,
+) -> Submitted:
     """Upload every prepared shard and create a batch for every uploaded one, in shard order.
 
     Shard by shard, so the first batch starts while later shards are still uploading, and a
     crash loses at most the step in flight. A held (cancelled) run is resumed, unless
-    `respect_hold` (what unattended `tick` passes).
+    `respect_hold` (what unattended `tick` passes). `budget_usd` replaces the run's budget
+    (from then on). Shards the budget or the queue keep back are reported, not sent.
+    `canary` N sends the first N requests alone first (see ops/canary.py).
     """
     result = Submitted(paths.run_id)
     with fsio.run_lock(paths.root):
@@ -39,12 +53,33 @@ def submit(paths: RunPaths, provider: Provider, *, sleep=time.sleep, respect_hol
                 result.held = ledger.run.hold
                 return result
             result.notes.append(f"resuming run {paths.run_id} ({release_hold(ledger)})")
+        if budget_usd is not None and budget_usd != ledger.run.budget_usd:
+            ledger.run.budget_usd = budget_usd
+            ledger.commit({"event": "budget", "budget_usd": budget_usd})
+        if canary and ledger.run.canary is None:
+            split_canary(ledger, canary)
+        waiting = canary_gate(ledger)
+        if ledger.run.hold is not None:  # the canary just failed: stop here, a person must look
+            result.held = ledger.run.hold
+            return result
+        cfg = run_config(paths)
+        schedule = Schedule.of(ledger, ledger.run.budget_usd, cfg.limits.enqueued_tokens, cfg)
+        canary_index = ledger.state.shard(ledger.run.canary).index if ledger.run.canary else None
         for shard in ledger.shards:
+            if waiting and shard.index != canary_index and shard.state in (ShardState.PREPARED, ShardState.UPLOADED):
+                result.queued.append(f"shard {shard.id}: {waiting}")
+                continue
             if shard.state == ShardState.PREPARED:
+                if why := schedule.over_budget(shard):
+                    result.over_budget.append(why)
+                    continue
                 bind_provider(ledger, provider)
                 ensure_uploaded(ledger, shard, provider, sleep=sleep)
                 result.uploaded.append(shard.id)
             if shard.state == ShardState.UPLOADED:
+                if why := schedule.queue_full(shard):
+                    result.queued.append(why)
+                    continue
                 bind_provider(ledger, provider)
                 result.notes += ensure_submitted(ledger, shard, provider, sleep=sleep)
                 result.submitted.append(shard.id)
