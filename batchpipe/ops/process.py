@@ -25,7 +25,7 @@ from batchpipe.ops.common import Progress, run_config, usage_tokens
 from batchpipe.paths import RunPaths
 from batchpipe.pipeline.inputs import iter_rows
 from batchpipe.pipeline.results import BadLine, Parsed, is_retryable, parse_lines
-from batchpipe.pipeline.shards import estimate_tokens, shard_id
+from batchpipe.pipeline.shards import shard_id
 
 MISSING = {"code": "missing_result", "message": "the service returned no result for this request"}
 
@@ -125,7 +125,10 @@ def _plan_retry(ledger: Ledger, shard: Shard, index: Index, max_attempts: int, r
             state=ShardState.PREPARED,
             file=FileRef(file, size, sha),
             requests=len(wanted),
-            est_tokens=estimate_tokens(size),
+            # The retried lines are a subset of this attempt's: their share of its counts (by bytes
+            # for input tokens; every request of a job has the same output bound).
+            est_tokens=-(-shard.est_tokens * size // max(shard.file.bytes, 1)),
+            max_output_tokens=-(-shard.max_output_tokens * len(wanted) // max(shard.requests, 1)),
         )
     )
     shard.retry = new_id

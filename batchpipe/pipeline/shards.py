@@ -35,8 +35,3 @@ def assign_shards(
         size += nbytes
         tokens += ntokens
         yield index, item
-
-
-def estimate_tokens(nbytes: int) -> int:
-    """A rough input-token figure from a request file's size (about 4 bytes per token)."""
-    return -(-nbytes // 4)
