@@ -211,3 +211,13 @@ def test_concurrent_clients() -> None:
         counts = emu.counts
         assert (counts["uploads"], counts["batch_creates"], counts["requests"]) == (18, 18, 54)
         assert len({b["id"] for b in emu.batches}) == 18
+
+
+def test_answers_are_cut_at_max_tokens_like_the_service():
+    body = {"model": "gpt-4o-mini", "max_tokens": 2, "messages": [{"role": "user", "content": "a long review " * 10}]}
+    answer = answer_for("/v1/chat/completions", body)
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert answer["usage"]["completion_tokens"] == 2
+    assert answer["choices"][0]["message"]["content"] == "echo: a "
+    body["max_tokens"] = 1000
+    assert answer_for("/v1/chat/completions", body)["choices"][0]["finish_reason"] == "stop"

@@ -7,6 +7,9 @@ result landed on its own row:
   message>``. A content given as a list of parts contributes its text parts joined by one space.
 * `/v1/responses`: ``output[0].content[0].text`` is the same echo of the last user input (a plain
   string `input` counts as the user text).
+* An answer longer than the request's `max_tokens` / `max_completion_tokens` (responses:
+  `max_output_tokens`) is cut to it, with `finish_reason: "length"`, as the real service does: so
+  the output bound batchpipe budgets with holds here too.
 * `/v1/completions`: ``choices[0].text`` is ``"echo: " + prompt`` (a list prompt: its strings
   joined by a space).
 * `/v1/embeddings`: one vector per input, derived from sha256(model, input); length
@@ -134,10 +137,19 @@ def _last_user_text(messages: Any) -> str:
 # --- per-endpoint bodies -----------------------------------------------------------------------
 
 
+def _bounded(text: str, limit: Any) -> tuple[str, int, str]:
+    """(text, its tokens, finish_reason): cut to `limit` tokens when the request sets one, as the service does."""
+    tokens = estimate_tokens(text)
+    if isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit < tokens:
+        return text[: limit * 4], limit, "length"
+    return text, tokens, "stop"
+
+
 def _chat(body: dict[str, Any], model: str, ident: str, created: int) -> dict[str, Any]:
-    text = ECHO_PREFIX + _last_user_text(body.get("messages"))
+    text, completion_tokens, finish = _bounded(
+        ECHO_PREFIX + _last_user_text(body.get("messages")), body.get("max_completion_tokens", body.get("max_tokens"))
+    )
     prompt_tokens = prompt_tokens_of("/v1/chat/completions", body)
-    completion_tokens = estimate_tokens(text)
     return {
         "id": f"chatcmpl-{ident}",
         "object": "chat.completion",
@@ -148,7 +160,7 @@ def _chat(body: dict[str, Any], model: str, ident: str, created: int) -> dict[st
                 "index": 0,
                 "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": finish,
             }
         ],
         "usage": {
@@ -164,9 +176,8 @@ def _chat(body: dict[str, Any], model: str, ident: str, created: int) -> dict[st
 
 
 def _responses(body: dict[str, Any], model: str, ident: str, created: int) -> dict[str, Any]:
-    text = ECHO_PREFIX + _last_user_text(body.get("input"))
+    text, output_tokens, _ = _bounded(ECHO_PREFIX + _last_user_text(body.get("input")), body.get("max_output_tokens"))
     input_tokens = prompt_tokens_of("/v1/responses", body)
-    output_tokens = estimate_tokens(text)
     return {
         "id": f"resp_{ident}",
         "object": "response",
