@@ -23,6 +23,8 @@ silent zero.
 
 from __future__ import annotations
 
+import os
+
 import difflib
 import json
 import math
@@ -104,7 +106,12 @@ def format_usd(amount: float) -> str:
 
 
 def load_table(path: Path | str | None = None) -> PriceTable:
-    """The shipped price table, or the one at `path` (same format); a bad file is a ConfigError."""
+    """The price table at `path`, else at $BATCHPIPE_PRICES, else the shipped one.
+
+    A user's own table (same format as batchpipe/prices.json) overrides the shipped one for every
+    job; `pricing:` in a config overrides both for that job. A bad file is a ConfigError.
+    """
+    path = path or os.environ.get("BATCHPIPE_PRICES") or None
     if path is None:
         return _shipped_table()
     path = Path(path)

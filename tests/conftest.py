@@ -27,7 +27,8 @@ INSTANT = EmulatorOptions(validating_seconds=0.0, in_progress_seconds=0.0, final
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own cwd and runs dir, and no key or base URL from the developer's shell."""
     monkeypatch.chdir(tmp_path)
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "BATCHPIPE_DEBUG"):
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "BATCHPIPE_DEBUG",
+                 "BATCHPIPE_PRICES", "BATCHPIPE_CRASH_AT"):
         monkeypatch.delenv(name, raising=False)
     runs = tmp_path / "runs"
     monkeypatch.setenv("BATCHPIPE_RUNS_DIR", str(runs))

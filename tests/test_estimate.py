@@ -418,3 +418,16 @@ def test_a_price_table_file_is_checked(tmp_path: Path):
     bad.write_text(json.dumps({"as_of": "x", "source": "y", "models": {"m": {"input_per_million": -1}}}))
     with pytest.raises(ConfigError, match="not a valid price table"):
         load_table(bad)
+
+
+def test_a_price_table_file_overrides_the_shipped_one(cli, tmp_path: Path, monkeypatch):
+    table = tmp_path / "prices.json"
+    table.write_text(json.dumps({"as_of": "2026-12-01", "source": "our negotiated prices",
+                                 "models": {"gpt-4o-mini": {"input_per_million": 1.0, "output_per_million": 2.0}}}))
+    monkeypatch.setenv("BATCHPIPE_PRICES", str(table))
+    config = write_job(tmp_path / "job", prose_rows(2), params={"max_tokens": 10})
+    data = est_json(cli, config)["data"]
+    assert data["price"]["input_per_million"] == 1.0 and data["price"]["as_of"] == "2026-12-01"
+    assert data["cost_usd_worst_case"] == pytest.approx((data["input_tokens"] * 1.0 + 20 * 2.0) / 1e6)
+    monkeypatch.setenv("BATCHPIPE_PRICES", str(tmp_path / "missing.json"))
+    assert "cannot read the price table" in cli("estimate", config, code=2).stderr
