@@ -87,6 +87,13 @@ def _check_files(ledger: Ledger, provider: Provider | None, result: Recovered) -
         result.actions.append(f"{problem}: it will be written again by `batchpipe process {ledger.run.id}`")
 
 
+def _of_shard(batch: RemoteBatch, shard: Shard) -> bool:
+    """Is this one of the shard's batches: by its tag, or (a service that drops metadata) by its file?"""
+    if batch.metadata.get("batchpipe_shard") == shard.id:
+        return True
+    return shard.upload is not None and batch.input_file_id == shard.upload.file_id
+
+
 def _adopt_open_intents(ledger: Ledger, provider: Provider, result: Recovered, batches: list[RemoteBatch]) -> None:
     for shard in ledger.shards:
         if shard.state == ShardState.PREPARED and shard.upload is not None:
@@ -96,7 +103,7 @@ def _adopt_open_intents(ledger: Ledger, provider: Provider, result: Recovered, b
                 ledger.advance(shard, ShardState.UPLOADED, upload=upload)
                 result.actions.append(f"shard {shard.id}: adopted upload {found.id} (its answer had been lost)")
         if shard.state == ShardState.UPLOADED and shard.batch is not None:
-            live = tagged_batches(shard, [b for b in batches if b.metadata.get("batchpipe_shard") == shard.id])
+            live = tagged_batches(shard, [b for b in batches if _of_shard(b, shard)])
             if live:
                 ledger.advance(shard, ShardState.SUBMITTED, batch=batch_record(shard.batch.metadata, shard.batch.intent_at, live[0]))
                 result.actions.append(f"shard {shard.id}: adopted batch {live[0].id} (its answer had been lost)")
@@ -106,7 +113,7 @@ def _cancel_duplicates(ledger: Ledger, provider: Provider, result: Recovered, ba
     for shard in ledger.shards:
         if shard.batch is None or shard.batch.id is None:
             continue
-        mine = [b for b in batches if b.metadata.get("batchpipe_shard") == shard.id]
+        mine = [b for b in batches if _of_shard(b, shard)]
         for dup in tagged_batches(shard, mine):
             if dup.id != shard.batch.id:
                 result.actions.append(cancel_duplicate(ledger, shard, provider, dup))
@@ -131,7 +138,8 @@ def recover(paths: RunPaths, provider: Provider | None) -> Recovered:
         if since is None and not any(s.upload for s in ledger.shards):
             return result  # nothing was ever sent
         bind_provider(ledger, provider)
-        batches = provider.find_batches({"batchpipe_run": ledger.run.id}, since) if since is not None else []
+        file_ids = frozenset(s.upload.file_id for s in ledger.shards if s.upload and s.upload.file_id)
+        batches = provider.find_batches({"batchpipe_run": ledger.run.id}, since, file_ids) if since is not None else []
         _adopt_open_intents(ledger, provider, result, batches)
         _cancel_duplicates(ledger, provider, result, batches)
         ledger.log({"event": "recovered", "actions": len(result.actions), "problems": len(result.problems)})

@@ -139,7 +139,8 @@ def ensure_submitted(ledger: Ledger, shard: Shard, provider: Provider, *, sleep=
     seen: list[RemoteBatch] = []
 
     def lookup() -> RemoteBatch | None:
-        seen[:] = tagged_batches(shard, provider.find_batches(tag, intent_at))
+        found = provider.find_batches(tag, intent_at, frozenset({shard.upload.file_id}))
+        seen[:] = tagged_batches(shard, found)
         return seen[0] if seen else None
 
     if shard.batch is None:

@@ -86,6 +86,34 @@ def _batch(b: Any) -> RemoteBatch:
     )
 
 
+# Consecutive objects older than the intent after which a newest-first listing is done.
+OLD_STREAK = 20
+
+
+def _since(items: Any, since: float) -> Any:
+    """The listed objects, stopping early once they are surely all older than `since`.
+
+    OpenAI lists newest first, so the first object older than the intent could end the search.
+    But a tag lookup that stops too early would miss a batch and pay for a second one, and other
+    implementations of the API may list oldest first. So paging stops only after a run of old
+    objects in a listing that has been newest-first all along; otherwise it goes to the end.
+    """
+    cutoff = since - CLOCK_SLACK_SECONDS
+    newest_first, previous, streak = True, None, 0
+    for item in items:
+        created = item.created_at or 0
+        if previous is not None and created > previous:
+            newest_first = False
+        previous = created
+        if created and created < cutoff:
+            streak += 1
+            if newest_first and streak >= OLD_STREAK:
+                return
+            continue
+        streak = 0
+        yield item
+
+
 def _file(f: Any) -> RemoteFile:
     return RemoteFile(id=f.id, filename=f.filename, bytes=int(f.bytes or 0), created_at=int(f.created_at or 0))
 
@@ -132,27 +160,26 @@ class OpenAIBatchProvider:
     def find_file(self, filename: str, since: float) -> RemoteFile | None:
         """The newest batch file named `filename` created after `since` (minus clock slack)."""
         try:
-            for f in self._client.files.list(purpose="batch", order="desc", limit=1000):
-                if f.created_at and f.created_at < since - CLOCK_SLACK_SECONDS:
-                    return None  # newest first: everything after this is older still
+            pages = self._client.files.list(purpose="batch", order="desc", limit=1000)
+            for f in _since(pages, since):
                 if f.filename == filename:
                     return _file(f)
         except openai.OpenAIError as exc:
             raise _error(exc, f"looking up file {filename}") from None
         return None
 
-    def find_batches(self, metadata: dict[str, str], since: float) -> list[RemoteBatch]:
-        """Batches whose metadata contains `metadata`, created after `since` (minus clock slack)."""
-        found = []
+    def find_batches(
+        self, metadata: dict[str, str], since: float, input_file_ids: frozenset[str] = frozenset()
+    ) -> list[RemoteBatch]:
+        """Batches created after `since` (minus clock slack) whose metadata contains `metadata`, or
+        whose input file is one of `input_file_ids` (for services that drop metadata)."""
         try:
-            for b in self._client.batches.list(limit=100):
-                if b.created_at and b.created_at < since - CLOCK_SLACK_SECONDS:
-                    break  # the list is newest first
-                if all((b.metadata or {}).get(k) == v for k, v in metadata.items()):
-                    found.append(_batch(b))
+            return [
+                _batch(b) for b in _since(self._client.batches.list(limit=100), since)
+                if all((b.metadata or {}).get(k) == v for k, v in metadata.items()) or b.input_file_id in input_file_ids
+            ]
         except openai.OpenAIError as exc:
             raise _error(exc, "looking up batches") from None
-        return found
 
     def ping(self) -> None:
         try:
