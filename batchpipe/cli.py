@@ -49,9 +49,14 @@ def command(name: str | None = None) -> Callable:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
-            except (BatchpipeError, KeyboardInterrupt) as exc:
+            except (BatchpipeError, KeyboardInterrupt, OSError) as exc:
                 if os.environ.get("BATCHPIPE_DEBUG"):
                     raise
+                if isinstance(exc, OSError):  # disk full, permission denied...: the system's words, no traceback
+                    exc = BatchpipeError(
+                        f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+                        hint="fix that and run the same command again (BATCHPIPE_DEBUG=1 shows where it happened)",
+                    )
                 raise typer.Exit(render.error(cmd, exc, as_json=bool(kwargs.get("as_json")))) from None
 
         return app.command(cmd)(wrapper)

@@ -108,3 +108,10 @@ def test_status_of_a_locked_run_shows_the_ledger_without_waiting(cli, emulator, 
 
 def test_version(cli):
     assert cli("--version").stdout.startswith("batchpipe ")
+
+
+def test_a_runs_dir_that_cannot_be_written_is_a_message_not_a_traceback(cli, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the runs dir should be")
+    result = cli("--runs-dir", blocker, "create", write_job(tmp_path / "job"), code=1)
+    assert "not-a-dir" in result.stderr and "Traceback" not in result.output
