@@ -18,7 +18,7 @@ from batchpipe import crash
 from batchpipe.errors import ProviderError
 from batchpipe.ledger.model import Batch, Shard, ShardState, Upload
 from batchpipe.ledger.store import Ledger
-from batchpipe.providers import Provider, RemoteBatch
+from batchpipe.providers import Provider, RemoteBatch, RemoteFile
 
 T = TypeVar("T")
 
@@ -67,20 +67,21 @@ def _once(
 def ensure_uploaded(ledger: Ledger, shard: Shard, provider: Provider, *, sleep=time.sleep) -> None:
     """PREPARED -> UPLOADED: upload the shard file once, or adopt the upload a crash left behind."""
     path = ledger.verify(shard.file)
-    if shard.upload is None:
+
+    def lookup() -> RemoteFile | None:
+        found = provider.find_file(upload.filename, upload.intent_at)
+        ledger.log({"event": "remote", "call": "lookup_file", "shard": shard.id, "found": found and found.id})
+        return found
+
+    fresh = shard.upload is None
+    if fresh:
         shard.upload = Upload(filename=upload_tag(ledger.run.id, shard), intent_at=time.time())
         ledger.commit({"event": "intent", "shard": shard.id, "call": "upload", "filename": shard.upload.filename})
-        found = None
-    else:  # an intent left open by an earlier process: the upload may have happened
-        found = provider.find_file(shard.upload.filename, shard.upload.intent_at)
     upload = shard.upload
+    found = None if fresh else lookup()  # an intent left open by an earlier process: it may have happened
     if found is None:
         crash.point("upload:before")
-        found = _once(
-            lambda: provider.upload(path, upload.filename),
-            lambda: provider.find_file(upload.filename, upload.intent_at),
-            sleep=sleep,
-        )
+        found = _once(lambda: provider.upload(path, upload.filename), lookup, sleep=sleep)
         crash.point("upload:after")
     ledger.log({"event": "remote", "call": "upload", "shard": shard.id, "file_id": found.id})
     ledger.advance(shard, ShardState.UPLOADED, upload=Upload(upload.filename, upload.intent_at, found.id))
@@ -141,6 +142,7 @@ def ensure_submitted(ledger: Ledger, shard: Shard, provider: Provider, *, sleep=
     def lookup() -> RemoteBatch | None:
         found = provider.find_batches(tag, intent_at, frozenset({shard.upload.file_id}))
         seen[:] = tagged_batches(shard, found)
+        ledger.log({"event": "remote", "call": "lookup_batches", "shard": shard.id, "found": [b.id for b in seen]})
         return seen[0] if seen else None
 
     if shard.batch is None:
