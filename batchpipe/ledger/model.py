@@ -127,6 +127,3 @@ class RunState:
             if s.id == shard_id:
                 return s
         raise KeyError(shard_id)
-
-    def in_state(self, *states: ShardState) -> list[Shard]:
-        return [s for s in self.shards if s.state in states]
