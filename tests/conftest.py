@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -109,6 +110,24 @@ class Cli:
 @pytest.fixture
 def cli() -> Cli:
     return Cli()
+
+
+_clients: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
+def sdk(emu: Emulator | str, max_retries: int = 0) -> openai.OpenAI:
+    """A real `openai` client for an emulator (or a base URL), retries off by default; closed after the test."""
+    base_url = emu if isinstance(emu, str) else emu.base_url
+    client = openai.OpenAI(base_url=base_url, api_key="test-key", max_retries=max_retries)
+    _clients.append(client)
+    return client
 
 
 PYTHON = sys.executable

@@ -17,6 +17,7 @@ from typing import Any
 
 import openai
 import pytest
+from conftest import sdk
 
 from batchpipe.emulator import Emulator, EmulatorOptions, ManualClock, answer_for
 
@@ -52,24 +53,6 @@ def slow_emu(clock: ManualClock) -> Iterator[Emulator]:
     )
     with Emulator(options, clock=clock) as emulator:
         yield emulator
-
-
-_clients: list[openai.OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _clients:
-        _clients.pop().close()
-
-
-def sdk(emu: Emulator | str) -> openai.OpenAI:
-    """A real client with the SDK's retries off (closed after the test)."""
-    base_url = emu if isinstance(emu, str) else emu.base_url
-    client = openai.OpenAI(base_url=base_url, api_key="test-key", max_retries=0)
-    _clients.append(client)
-    return client
 
 
 def chat_line(custom_id: str, text: Any, model: str = MODEL, **extra: Any) -> dict[str, Any]:

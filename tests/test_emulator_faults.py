@@ -11,11 +11,11 @@ import dataclasses
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
+from conftest import sdk
 
 from batchpipe.emulator import Emulator, EmulatorOptions, ManualClock, estimate_batch_tokens
 from batchpipe.emulator.results import injected_failure
@@ -26,22 +26,6 @@ MODEL = "gpt-4o-mini"
 FAST = dict(validating_seconds=0.0, in_progress_seconds=0.0, finalizing_seconds=0.0, cancelling_seconds=0.0)
 FAULT_KEYS = ("transient_errors", "lost_answers", "token_limit_failures", "file_not_visible", "create_rate_limited",
               "duplicate_uploads", "duplicate_creates")
-
-_clients: list[openai.OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    yield
-    while _clients:
-        _clients.pop().close()
-
-
-def sdk(emu: Emulator, max_retries: int = 0) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=emu.base_url, api_key="k", max_retries=max_retries)
-    _clients.append(client)
-    return client
-
 
 def chat_line(custom_id: str, text: str, model: str = MODEL) -> dict[str, Any]:
     body = {"model": model, "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": text}]}
