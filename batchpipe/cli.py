@@ -139,7 +139,7 @@ def submit(
     Examples: `batchpipe submit reviews-nov --budget 40` · `batchpipe submit reviews-nov --canary 20`
     """
     paths = ops.run_paths(_runs_dir(ctx), run)
-    s = ops.submit(paths, _provider(paths), budget_usd=budget, canary=canary)
+    s = ops.submit(paths, _provider(paths), ops.SubmitOptions(budget_usd=budget, canary=canary))
     code = ExitCode.ATTENTION if s.over_budget or s.held else ExitCode.OK
     if as_json:
         render.envelope("submit", {"run": run, "uploaded": s.uploaded, "submitted": s.submitted, "notes": s.notes,
@@ -292,7 +292,7 @@ def run_(
             paths, provider, wait=wait, poll_interval=poll_interval,
             on_progress=lambda p: update(p.finished, render.describe_progress(p)),
             on_problem=lambda exc: render.warn(f"{exc.message}; trying again"),
-            budget_usd=budget, canary=canary,
+            options=ops.SubmitOptions(budget_usd=budget, canary=canary),
         )
     p = report.processed
     attention = p.batch_errors or report.stuck_on_budget or report.held

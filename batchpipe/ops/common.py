@@ -60,10 +60,11 @@ class Progress:
     phases: dict[str, int]  # remote status of running batches -> count (validating, in_progress, finalizing, ...)
     started_at: float | None  # when the first batch was created
     eta_seconds: float | None  # None until there is enough evidence (see estimate_eta)
-    cost_usd: float | None = None  # spent so far, from the usage the service reported (None: no price known)
+    cost_usd: float | None = None  # spent so far, from the reported usage (None: not asked for, or no price known)
 
     @classmethod
-    def of(cls, ledger: Ledger, now: float | None = None) -> Progress:
+    def of(cls, ledger: Ledger, now: float | None = None, *, with_cost: bool = False) -> Progress:
+        """Figures from the ledger; `with_cost` also prices the reported usage (reads the config snapshot)."""
         finished = failed = 0
         states = {s.value: 0 for s in ShardState}
         phases: dict[str, int] = {}
@@ -87,7 +88,7 @@ class Progress:
         eta = estimate_eta(ledger.run.requests, finished, started, time.time() if now is None else now)
         return cls(
             ledger.run.requests, finished, failed, states, done, phases, started, None if done else eta,
-            cost_usd=run_cost(ledger).usd,
+            cost_usd=run_cost(ledger).usd if with_cost else None,
         )  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from batchpipe.ops.common import Progress
 from batchpipe.ops.download import download
 from batchpipe.ops.process import Processed, process
 from batchpipe.ops.remote import backoff
-from batchpipe.ops.submit import submit
+from batchpipe.ops.submit import SubmitOptions, submit
 from batchpipe.paths import RunPaths
 from batchpipe.providers import Provider
 
@@ -42,21 +42,15 @@ MAX_BACKOFF = 8
 
 
 def step(
-    paths: RunPaths,
-    provider: Provider,
-    *,
-    sleep=time.sleep,
-    respect_hold: bool = False,
-    budget_usd: float | None = None,
-    canary: int | None = None,
+    paths: RunPaths, provider: Provider, options: SubmitOptions = SubmitOptions(), *, sleep=time.sleep
 ) -> RunReport:
     """One pass: submit what is prepared, download what finished, process what was downloaded."""
-    submitted = submit(paths, provider, sleep=sleep, respect_hold=respect_hold, budget_usd=budget_usd, canary=canary)
+    submitted = submit(paths, provider, options, sleep=sleep)
     downloaded = download(paths, provider)
     processed = process(paths)
     return RunReport(
         paths.run_id,
-        Progress.of(Ledger.load(paths)),
+        Progress.of(Ledger.load(paths), with_cost=True),
         processed,
         submitted=submitted.submitted,
         downloaded=downloaded.shards,
@@ -76,8 +70,7 @@ def run(
     on_progress: Callable[[Progress], None] | None = None,
     on_problem: Callable[[ProviderError], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
-    budget_usd: float | None = None,
-    canary: int | None = None,
+    options: SubmitOptions = SubmitOptions(),
 ) -> RunReport:
     """Run every step now; with `wait`, repeat until done.
 
@@ -91,7 +84,7 @@ def run(
     delay, last = poll_interval, None
     while True:
         try:
-            report = step(paths, provider, sleep=sleep, budget_usd=budget_usd, canary=canary)
+            report = step(paths, provider, options, sleep=sleep)
         except ProviderError as exc:
             # While waiting, a service hiccup is not the end of the run: the next pass starts by
             # looking up whatever the failed one may have left open.

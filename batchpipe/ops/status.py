@@ -40,12 +40,12 @@ def status(paths: RunPaths, provider: Provider | None) -> Status:
     """
     if provider is None:
         ledger = Ledger.load(paths)
-        return Status(ledger, Progress.of(ledger), False, "not refreshed: no API key")
+        return Status(ledger, Progress.of(ledger, with_cost=True), False, "not refreshed: no API key")
     try:
         with fsio.run_lock(paths.root, timeout=0):
             ledger = Ledger.load(paths)
             refresh_submitted(ledger, provider)
     except RunLocked:
         ledger = Ledger.load(paths)
-        return Status(ledger, Progress.of(ledger), False, "not refreshed: another batchpipe process is working on this run")
-    return Status(ledger, Progress.of(ledger), True)
+        return Status(ledger, Progress.of(ledger, with_cost=True), False, "not refreshed: another batchpipe process is working on this run")
+    return Status(ledger, Progress.of(ledger, with_cost=True), True)

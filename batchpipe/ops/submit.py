@@ -28,28 +28,30 @@ class Submitted:
     queued: list[str] = field(default_factory=list)  # shards waiting for room in the provider's queue
 
 
+@dataclass(frozen=True)
+class SubmitOptions:
+    """What the caller asks of `submit` beyond the run's own config (`run` and `tick` pass it on)."""
+
+    respect_hold: bool = False  # leave a held (cancelled) run alone: what unattended `tick` wants
+    budget_usd: float | None = None  # replace the run's budget, from now on
+    canary: int | None = None  # send the first N requests alone first (see ops/canary.py)
+
+
 def submit(
-    paths: RunPaths,
-    provider: Provider,
-    *,
-    sleep=time.sleep,
-    respect_hold: bool = False,
-    budget_usd: float | None = None,
-    canary: int | None = None,
+    paths: RunPaths, provider: Provider, options: SubmitOptions = SubmitOptions(), *, sleep=time.sleep
 ) -> Submitted:
     """Upload every prepared shard and create a batch for every uploaded one, in shard order.
 
     Shard by shard, so the first batch starts while later shards are still uploading, and a
-    crash loses at most the step in flight. A held (cancelled) run is resumed, unless
-    `respect_hold` (what unattended `tick` passes). `budget_usd` replaces the run's budget
-    (from then on). Shards the budget or the queue keep back are reported, not sent.
-    `canary` N sends the first N requests alone first (see ops/canary.py).
+    crash loses at most the step in flight. A held (cancelled) run is resumed unless
+    `options.respect_hold`. Shards the budget or the queue keep back are reported, not sent.
     """
     result = Submitted(paths.run_id)
+    budget_usd, canary = options.budget_usd, options.canary
     with fsio.run_lock(paths.root):
         ledger = Ledger.load(paths)
         if ledger.run.hold is not None:
-            if respect_hold:
+            if options.respect_hold:
                 result.held = ledger.run.hold
                 return result
             result.notes.append(f"resuming run {paths.run_id} ({release_hold(ledger)})")

@@ -14,6 +14,7 @@ from pathlib import Path
 from batchpipe import fsio
 from batchpipe.errors import BatchpipeError, ExitCode, RunLocked
 from batchpipe.ops.run import RunReport, step
+from batchpipe.ops.submit import SubmitOptions
 from batchpipe.paths import RunPaths
 from batchpipe.providers import Provider
 
@@ -33,7 +34,7 @@ class Ticked:
 def tick(paths: RunPaths, provider_for: Callable[[RunPaths], Provider]) -> Ticked:
     try:
         with fsio.run_lock(paths.root, timeout=0):
-            report = step(paths, provider_for(paths), respect_hold=True)
+            report = step(paths, provider_for(paths), SubmitOptions(respect_hold=True))
     except RunLocked:
         return Ticked(paths.run_id, "busy", "skipped: another batchpipe process is working on it")
     except BatchpipeError as exc:
