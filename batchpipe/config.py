@@ -19,6 +19,7 @@ prompt:
 params: {temperature: 0, max_tokens: 20}  # optional
 output:
   key: verdict                          # optional, default: response
+  truncated: keep                       # optional: keep | fail, default keep
 limits:
   max_requests_per_shard: 50000         # optional, default 50000
   max_bytes_per_shard: 200000000        # optional, default 200000000
@@ -80,6 +81,15 @@ Fields
 
 `output.key` (default `response`)
     The key under which each row's result is written in the merged output.
+
+`output.truncated` (default `keep`: `keep` or `fail`)
+    What to do with an answer the service cut at the output limit (`max_tokens`,
+    `max_completion_tokens`, `max_output_tokens`: chat and completions say
+    `finish_reason: length`, responses `status: incomplete`). `keep` writes it as the answer;
+    `fail` makes the row failed, with `null` under the key and the error code `truncated`.
+    Either way the row is marked `<key>_finish_reason: length` and the run counts it. A
+    truncated request is not retried automatically (the same limit would cut it again);
+    `batchpipe process RUN --retry-failed` sends failed rows again when a person asks.
 
 `limits.max_requests_per_shard` (default 50000, from 1 to 50000)
     At most this many requests go in one batch file (the Batch API allows 50,000).
@@ -197,11 +207,12 @@ _TOP_KEYS = ("model", "endpoint", "input", "prompt", "params", "output", "limits
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "input": ("path", "format", "id"),
     "prompt": ("system", "user"),
-    "output": ("key",),
+    "output": ("key", "truncated"),
     "limits": ("max_requests_per_shard", "max_bytes_per_shard", "max_attempts", "budget_usd", "enqueued_tokens"),
     "pricing": ("input_per_million", "output_per_million"),
     "provider": ("name", "base_url"),
 }
+TRUNCATED_POLICIES: tuple[str, ...] = ("keep", "fail")
 _PRICING_EXAMPLE = "pricing:\n  input_per_million: 0.075\n  output_per_million: 0.30"
 # Request parameters people put at the top level by mistake; they belong under params:.
 _COMMON_PARAMS = frozenset(
@@ -234,9 +245,11 @@ class PromptConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """`key`: the key under which each row's result is written in the merged output."""
+    """`key`: the key under which each row's result is written in the merged output;
+    `truncated`: `keep` or `fail` an answer cut at the output limit (see `output.truncated`)."""
 
     key: str = "response"
+    truncated: str = "keep"
 
 
 @dataclass(frozen=True)
@@ -860,10 +873,27 @@ class _Checker:
 
     def output(self, data: Mapping[Any, Any]) -> OutputConfig:
         sec = self.section(data, "output", required=False, example="output:\n  key: response")
-        if not sec or sec.get("key") is None:
+        if not sec:
             return OutputConfig()
-        key = self.text(sec, ("output", "key"), hint="name the key results are written under, e.g. key: response")
-        return OutputConfig(key=key) if key is not None else OutputConfig()
+        key = None
+        if sec.get("key") is not None:
+            key = self.text(sec, ("output", "key"), hint="name the key results are written under, e.g. key: response")
+        return OutputConfig(key=key or OutputConfig.key, truncated=self.truncated(sec))
+
+    def truncated(self, sec: Mapping[Any, Any]) -> str:
+        path = ("output", "truncated")
+        if sec.get("truncated") is None:
+            return OutputConfig.truncated
+        value = sec["truncated"]
+        if value in TRUNCATED_POLICIES:
+            return value
+        hint = "keep writes a truncated answer as it is; fail makes its row failed (error code truncated)"
+        close = [] if isinstance(value, bool) else difflib.get_close_matches(str(value).lower(), TRUNCATED_POLICIES)
+        suggestion = f" — did you mean '{close[0]}'?" if close else ""
+        if isinstance(value, bool):
+            suggestion = " — YAML reads yes/no/true/false as a boolean: write keep or fail"
+        self.add(path, f"output.truncated must be keep or fail (got {_show(value)}){suggestion}", hint=hint)
+        return OutputConfig.truncated
 
     def limits(self, data: Mapping[Any, Any]) -> Limits:
         sec = self.section(data, "limits", required=False, example="limits:\n  max_requests_per_shard: 50000")
@@ -973,7 +1003,10 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
         "input": {"path": str(cfg.input.path), "format": cfg.input.format, "id": cfg.input.id},
         "prompt": {"system": cfg.prompt.system, "user": cfg.prompt.user},
         "params": copy.deepcopy(dict(cfg.params)),
-        "output": {"key": cfg.output.key},
+        # `truncated` only when it is not the default: a config that does not use it keeps the
+        # snapshot (and so the config hash and the default run id) it had before the field existed.
+        "output": {"key": cfg.output.key}
+        | ({"truncated": cfg.output.truncated} if cfg.output.truncated != OutputConfig.truncated else {}),
         "limits": {
             "max_requests_per_shard": cfg.limits.max_requests_per_shard,
             "max_bytes_per_shard": cfg.limits.max_bytes_per_shard,
