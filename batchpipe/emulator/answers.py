@@ -8,8 +8,9 @@ result landed on its own row:
 * `/v1/responses`: ``output[0].content[0].text`` is the same echo of the last user input (a plain
   string `input` counts as the user text).
 * An answer longer than the request's `max_tokens` / `max_completion_tokens` (responses:
-  `max_output_tokens`) is cut to it, with `finish_reason: "length"`, as the real service does: so
-  the output bound batchpipe budgets with holds here too.
+  `max_output_tokens`) is cut to it, with `finish_reason: "length"` (responses: `status:
+  "incomplete"`, `incomplete_details.reason: "max_output_tokens"`), as the real service does: so
+  the output bound batchpipe budgets with holds here too, and truncation can be rehearsed.
 * `/v1/completions`: ``choices[0].text`` is ``"echo: " + prompt`` (a list prompt: its strings
   joined by a space).
 * `/v1/embeddings`: one vector per input, derived from sha256(model, input); length
@@ -176,21 +177,24 @@ def _chat(body: dict[str, Any], model: str, ident: str, created: int) -> dict[st
 
 
 def _responses(body: dict[str, Any], model: str, ident: str, created: int) -> dict[str, Any]:
-    text, output_tokens, _ = _bounded(ECHO_PREFIX + _last_user_text(body.get("input")), body.get("max_output_tokens"))
+    text, output_tokens, finish = _bounded(
+        ECHO_PREFIX + _last_user_text(body.get("input")), body.get("max_output_tokens")
+    )
     input_tokens = prompt_tokens_of("/v1/responses", body)
+    status = "incomplete" if finish == "length" else "completed"
     return {
         "id": f"resp_{ident}",
         "object": "response",
         "created_at": created,
-        "status": "completed",
+        "status": status,
         "error": None,
-        "incomplete_details": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if finish == "length" else None,
         "model": model,
         "output": [
             {
                 "type": "message",
                 "id": f"msg_{ident}",
-                "status": "completed",
+                "status": status,
                 "role": "assistant",
                 "content": [{"type": "output_text", "text": text, "annotations": []}],
             }
@@ -208,15 +212,14 @@ def _responses(body: dict[str, Any], model: str, ident: str, created: int) -> di
 def _completions(body: dict[str, Any], model: str, ident: str, created: int) -> dict[str, Any]:
     prompt = body.get("prompt", "")
     prompt_text = " ".join(p for p in prompt if isinstance(p, str)) if isinstance(prompt, list) else str(prompt)
-    text = ECHO_PREFIX + prompt_text
+    text, completion_tokens, finish = _bounded(ECHO_PREFIX + prompt_text, body.get("max_tokens"))
     prompt_tokens = estimate_tokens(prompt_text)
-    completion_tokens = estimate_tokens(text)
     return {
         "id": f"cmpl-{ident}",
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
         "usage": {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
