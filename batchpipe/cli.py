@@ -177,7 +177,8 @@ def status(
         return render.envelope("status", reports[0][1] if run else {"runs": [d for _, d in reports]})
     for st, data in reports:
         p = st.progress
-        render.shard_table(f"run {data['run']}: {p.finished}/{p.requests} requests finished, {p.failed} failed",
+        truncated = f", {p.truncated} truncated" if p.truncated else ""
+        render.shard_table(f"run {data['run']}: {p.finished}/{p.requests} requests finished, {p.failed} failed{truncated}",
                            data["shards"], caption=render.cost_summary(data))
         if p.started_at is not None and not p.done:
             render.line(f"running for {render.duration(time.time() - p.started_at)}: {render.describe_progress(p)}")
@@ -187,6 +188,8 @@ def status(
             render.warn(f"held ({data['hold']}): resume with `batchpipe run {data['run']}`")
         if p.done:
             render.line(f"done: output at {data['output']}")
+            for note in render.outcome_notes(data["run"], ops.run_config(st.ledger.paths).output, p.failed, p.truncated):
+                render.warn(note)
     if not reports:
         render.line("no runs yet: start one with `batchpipe run CONFIG --wait`")
 
@@ -211,27 +214,46 @@ def _processed(p: ops.Processed, paths) -> None:
         where = f"line {e.get('line')} (row {e['row_no']}, id {e['custom_id']})" if e.get("row_no") else "the batch"
         render.warn(f"shard {e['shard']} failed validation at {where}: {e.get('code')}: {e.get('message')}")
     if p.done:
-        render.line(f"output: {paths.output} ({p.ok} answered, {p.failed} failed)")
+        truncated = f", {p.truncated} truncated" if p.truncated else ""
+        render.line(f"output: {paths.output} ({p.ok} answered, {p.failed} failed{truncated})")
+        for note in render.outcome_notes(paths.run_id, ops.run_config(paths).output, p.failed, p.truncated):
+            render.warn(note)
 
 
 @command()
-def process(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
+def process(
+    ctx: typer.Context,
+    run: RunArg,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Send every failed row again as a new attempt (any error).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Parse downloaded results and, once every row has an outcome, write output.jsonl.
 
-    Exits 3 while batches are still pending, 5 if a batch failed validation.
+    Exits 0 when the run is done with every row answered, 6 when it is done but some rows
+    failed (their error is under `<key>_error`), 3 while batches are still pending, 5 if a batch
+    failed validation. With --retry-failed, every failed row of a finished shard (4xx,
+    truncated and validation failures included) goes into a new attempt of its shard; then
+    `batchpipe run RUN --wait` sends them (within the run's budget) and rewrites the output.
 
-    Example: `batchpipe process reviews-nov`
+    Examples: `batchpipe process reviews-nov` · `batchpipe process reviews-nov --retry-failed`
     """
     paths = ops.run_paths(_runs_dir(ctx), run)
-    p = ops.process(paths)
-    code = ExitCode.ATTENTION if p.batch_errors else (ExitCode.OK if p.done else ExitCode.PENDING)
+    p = ops.process(paths, retry_failed=retry_failed)
+    code = p.exit_code
     if as_json:
         render.envelope("process", {"run": run, "merged": p.merged, "done": p.done, "ok": p.ok, "failed": p.failed,
+                                    "truncated": p.truncated, "retries": p.retries, "requeued": p.requeued,
                                     "output": str(paths.output) if p.done else None, "batch_errors": p.batch_errors,
                                     "warnings": p.warnings}, int(code))
     else:
         _processed(p, paths)
-        if not p.done:
+        if retry_failed:
+            render.line(f"sent {p.requeued} failed row(s) again as new attempt(s) {', '.join(p.retries)}: "
+                        f"`batchpipe run {run} --wait` takes them to done" if p.requeued
+                        else "no failed rows to send again" + ("" if p.done else " yet (shards still running)"))
+        elif not p.done:
             render.line(f"not done yet: see `batchpipe status {run}`")
     raise typer.Exit(int(code))
 
@@ -275,8 +297,9 @@ def run_(
 ) -> None:
     """Do every step that can be done now: create, submit, download, process.
 
-    Exits 0 when the run is done, 3 while batches are still pending (run it again later, e.g.
-    from cron), 5 if a batch failed validation. With `--wait` it polls until the run is done.
+    Exits 0 when the run is done with every row answered, 6 when it is done but some rows
+    failed (see `process --retry-failed`), 3 while batches are still pending (run it again
+    later, e.g. from cron), 5 if a batch failed validation. With `--wait` it polls until done.
 
     Examples: `batchpipe run configs/reviews.yaml --wait` · `batchpipe run reviews-nov`
     """
@@ -296,7 +319,7 @@ def run_(
         )
     p = report.processed
     attention = p.batch_errors or report.stuck_on_budget or report.held
-    code = ExitCode.ATTENTION if attention else (ExitCode.OK if p.done else ExitCode.PENDING)
+    code = ExitCode.ATTENTION if attention else p.exit_code
     for note in report.notes + report.over_budget + ([f"held: {report.held}"] if report.held else []):
         render.warn(note)
     if as_json:
@@ -401,7 +424,9 @@ def tick(
     """One non-blocking pass for cron: every step that can be done now, then exit.
 
     A run another process holds is skipped, not waited on; a cancelled run is not submitted.
-    Exit codes: 0 all done, 3 still pending, 5 needs attention, 1 error (4 for a single busy run).
+    Exit codes: 0 all done, every row answered; 6 all done, some rows failed; 3 still pending;
+    5 needs attention; 1 error (4 for a single busy run). The most urgent wins, in the order 1, 5,
+    3, 6, 0.
 
     Example: `*/10 * * * * cd /data/jobs && batchpipe tick --all`
     """

@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     PENDING = 3  # the run is not finished yet (batches still running); try again later
     LOCKED = 4  # another batchpipe process holds the run lock
     ATTENTION = 5  # the run stopped on something a person must look at (e.g. a batch failed validation)
+    DONE_WITH_FAILURES = 6  # the run is done, but some rows failed: their error is under `<key>_error`
     INTERRUPTED = 130  # Ctrl-C
 
 

@@ -108,6 +108,21 @@ def cost_summary(data: dict[str, Any]) -> str:
     return f"cost so far: {format_usd(data['cost_usd'])} for {tokens}, at {data.get('price_source')}"
 
 
+def outcome_notes(run_id: str, output: Any, failed: int, truncated: int) -> list[str]:
+    """What a person should know about a finished run's failed and truncated rows, and what to do.
+
+    `output` is the run's OutputConfig (its key and truncated policy)."""
+    notes = []
+    if truncated:
+        how = "counted as failed (output.truncated: fail)" if output.truncated == "fail" else "kept as the answer"
+        notes.append(f"{truncated} answer(s) were cut at the output limit, {how}: their rows have "
+                     f"{output.key}_finish_reason: length; a larger params.max_tokens (in a new run) avoids it")
+    if failed:
+        notes.append(f"{failed} row(s) failed (the error is under {output.key}_error): "
+                     f"`batchpipe process {run_id} --retry-failed` sends them again")
+    return notes
+
+
 def runs_table(runs: list[dict[str, Any]]) -> None:
     if not runs:
         line("no runs yet: start one with `batchpipe run CONFIG --wait`")

@@ -37,7 +37,7 @@ def test_a_failing_canary_holds_the_run_until_a_person_resumes_it(cli, emulator,
     assert ticked["outcome"] == "attention" and "canary failed" in ticked["message"]
     assert sent_requests(emulator) == 4
 
-    cli("run", "c", "--wait", "--poll-interval", "0")  # a person looked, and goes on
+    cli("run", "c", "--wait", "--poll-interval", "0", code=6)  # a person looked, and goes on: done, 1 row failed
     out = read_jsonl(runs_dir / "c" / "output.jsonl")
     assert out[1]["verdict"] is None and out[1]["verdict_error"]["status_code"] == 400
     assert [r["verdict"] for i, r in enumerate(out) if i != 1] == [expected_answer(r) for i, r in enumerate(rows) if i != 1]

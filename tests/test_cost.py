@@ -39,7 +39,7 @@ def failing_rows() -> list[dict]:
 
 def test_status_cost_is_the_reported_usage_at_the_config_price(cli, emulator, runs_dir, tmp_path):
     config = write_job(tmp_path / "job", failing_rows(), pricing=PRICING)
-    cli("run", config, "--run", "priced", "--wait", "--poll-interval", "0")
+    cli("run", config, "--run", "priced", "--wait", "--poll-interval", "0", code=6)  # done, 2 rows failed
     results = runs_dir / "priced" / "results"
 
     data = cli.json("status", "priced")["data"]
@@ -92,7 +92,7 @@ def test_cost_before_merge_comes_from_the_batch_usage(cli, emulator, runs_dir, t
 
 def test_status_table_shows_the_cost_column_and_total(cli, emulator, runs_dir, tmp_path):
     config = write_job(tmp_path / "job", failing_rows(), pricing=PRICING)
-    cli("run", config, "--run", "table", "--wait", "--poll-interval", "0")
+    cli("run", config, "--run", "table", "--wait", "--poll-interval", "0", code=6)  # done, 2 rows failed
     data = cli.json("status", "table")["data"]
 
     out = cli("status", "table").stdout

@@ -44,7 +44,7 @@ def reference_output(cli, tmp_path: Path, runs_dir: Path) -> list[dict]:
     """The output of the same job run without faults (made once: it is deterministic)."""
     if not _reference:
         config = write_job(tmp_path / "ref", job_rows(), limits={"max_requests_per_shard": 4})
-        cli("run", config, "--run", "reference", "--wait", "--poll-interval", "0")
+        cli("run", config, "--run", "reference", "--wait", "--poll-interval", "0", code=6)  # 2 rows fail
         _reference.append(read_jsonl(runs_dir / "reference" / "output.jsonl"))
     return _reference[0]
 
@@ -61,9 +61,9 @@ def test_kill_at_a_crash_point_then_resume(cli, emulator, runs_dir, tmp_path, cr
 
     if (runs_dir / "crashy").exists():
         cli("recover", "crashy")
-        cli("run", "crashy", "--canary", "2", "--wait", "--poll-interval", "0")
+        cli("run", "crashy", "--canary", "2", "--wait", "--poll-interval", "0", code=6)
     else:  # killed before create published the run: creating again is the resume
-        cli("run", config, "--run", "crashy", "--canary", "2", "--wait", "--poll-interval", "0")
+        cli("run", config, "--run", "crashy", "--canary", "2", "--wait", "--poll-interval", "0", code=6)
         assert [p.name for p in runs_dir.iterdir() if p.name.startswith(".crashy.")] != []  # the stray temp dir
         cli("recover", "crashy")
     assert [p.name for p in runs_dir.iterdir() if p.name.startswith(".")] == []  # no stray temp dir left

@@ -120,7 +120,7 @@ def test_failed_requests_keep_their_row_with_the_error(cli, emulator, runs_dir, 
     rows[2]["text"] = "broken [[fail:400]]"
     rows[6]["text"] = "server trouble [[fail:500]]"
     config = write_job(tmp_path / "job", rows)
-    result = cli("run", config, "--run", "fails", "--wait", "--poll-interval", "0")
+    result = cli("run", config, "--run", "fails", "--wait", "--poll-interval", "0", code=6)  # done, 2 rows failed
     assert "(6 answered, 2 failed)" in result.stdout
     out = read_jsonl(runs_dir / "fails" / "output.jsonl")
     assert [r["review_id"] for r in out] == [r["review_id"] for r in rows]

@@ -28,8 +28,8 @@ def service(monkeypatch):
         emu.stop()
 
 
-def run_job(cli, tmp_path, rows, **config):
-    cli("run", write_job(tmp_path / "job", rows, **config), "--run", "s", "--wait", "--poll-interval", "0")
+def run_job(cli, tmp_path, rows, code=0, **config):
+    cli("run", write_job(tmp_path / "job", rows, **config), "--run", "s", "--wait", "--poll-interval", "0", code=code)
     return read_jsonl(tmp_path / "runs" / "s" / "output.jsonl")
 
 
@@ -47,7 +47,7 @@ def test_an_expired_batch_keeps_what_ran_and_retries_the_rest(cli, service, tmp_
 def test_failed_requests_are_retried_up_to_max_attempts(cli, service, tmp_path):
     emu = service(request_failure_rate=0.5, fault_seed=3)
     rows = review_rows(20)
-    out = run_job(cli, tmp_path, rows, limits={"max_requests_per_shard": 10, "max_attempts": 2})
+    out = run_job(cli, tmp_path, rows, code=6, limits={"max_requests_per_shard": 10, "max_attempts": 2})
     answered = [r for r in out if r["verdict"] is not None]
     failed = [r for r in out if r["verdict"] is None]
     assert answered and failed  # with this seed, some requests failed twice

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS results (       -- the latest outcome of each request
     ok        INTEGER NOT NULL,
     retryable INTEGER NOT NULL,
     value     BLOB,
-    error     BLOB
+    error     BLOB,
+    finish_reason TEXT                     -- why the model stopped ("stop", "length", ...), if it said
 );
 CREATE INDEX IF NOT EXISTS results_by_shard ON results (shard);
 """
@@ -50,6 +51,7 @@ class Outcome:
     error: dict[str, Any] | None
     retryable: bool = False  # a failure another attempt may fix (5xx, expired, cancelled, missing)
     attempt: int = 1  # the shard attempt this outcome came from
+    finish_reason: str | None = None  # why the model stopped: "length" = cut at the output limit
 
 
 class DuplicateId(Exception):
@@ -66,6 +68,10 @@ class Index:
         self.db = sqlite3.connect(path)
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        # An index written before finish_reason existed: add the column (NULL: not recorded).
+        if "finish_reason" not in {row[1] for row in self.db.execute("PRAGMA table_info(results)")}:
+            self.db.execute("ALTER TABLE results ADD COLUMN finish_reason TEXT")
+            self.db.commit()
 
     def close(self) -> None:
         self.db.close()
@@ -112,26 +118,37 @@ class Index:
             (file, line),
         ).fetchone()
 
-    def retryable(self, shard: str, file: str) -> Iterator[tuple[int, str]]:
-        """(line, custom_id) of the requests of `shard` (in `file`) whose latest outcome may be retried."""
+    def retryable(self, shard: str, file: str, *, every_failure: bool = False) -> Iterator[tuple[int, str]]:
+        """(line, custom_id) of the requests of `shard` (in `file`) whose latest outcome may be retried;
+        with `every_failure`, of every request whose latest outcome there is a failure."""
         yield from self.db.execute(
             "SELECT l.line, l.custom_id FROM shard_lines l JOIN results s ON s.custom_id = l.custom_id "
-            "WHERE l.file = ? AND s.shard = ? AND s.ok = 0 AND s.retryable = 1 ORDER BY l.line",
-            (file, shard),
+            "WHERE l.file = ? AND s.shard = ? AND s.ok = 0 AND (s.retryable = 1 OR ?) ORDER BY l.line",
+            (file, shard, every_failure),
         )
+
+    def truncated_retryable(self, shard: str, *, every_failure: bool = False) -> int:
+        """How many of the requests `retryable` yields for `shard` failed as answers cut at the output limit."""
+        return self.db.execute(
+            "SELECT COUNT(*) FROM results WHERE shard = ? AND ok = 0 AND (retryable = 1 OR ?) "
+            "AND finish_reason = 'length'",
+            (shard, every_failure),
+        ).fetchone()[0]
 
     # -- results (written at process) -----------------------------------------------------
     def put_results(self, shard: str, outcomes: Iterable[Outcome]) -> dict[str, int]:
-        """Record the outcomes of one shard attempt in one transaction; return {"ok": n, "failed": n}.
+        """Record the outcomes of one shard attempt in one transaction; return {"ok": n, "failed": n,
+        "truncated": n} (truncated: answers cut at the output limit, kept or failed).
 
         An attempt's outcome replaces the request's earlier one: a retry only holds requests
         whose earlier attempt failed, so the newest outcome is the one that counts.
         """
-        counts = {"ok": 0, "failed": 0}
+        counts = {"ok": 0, "failed": 0, "truncated": 0}
         with self.db:  # one transaction: all of the shard or none of it
             for o in outcomes:
                 self.db.execute(
-                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO results (custom_id, shard, attempt, ok, retryable, value, error, "
+                    "finish_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         o.custom_id,
                         shard,
@@ -140,18 +157,20 @@ class Index:
                         int(o.retryable),
                         orjson.dumps(o.value),
                         None if o.error is None else orjson.dumps(o.error),
+                        o.finish_reason,
                     ),
                 )
                 counts["ok" if o.ok else "failed"] += 1
+                counts["truncated"] += o.finish_reason == "length"
         return counts
 
     def joined(self) -> Iterator[tuple[int, str, Outcome | None]]:
         """Every request in row order with its outcome (None if it has none yet)."""
         rows = self.db.execute(
-            "SELECT r.row_no, r.custom_id, s.ok, s.value, s.error, s.retryable, s.attempt "
+            "SELECT r.row_no, r.custom_id, s.ok, s.value, s.error, s.retryable, s.attempt, s.finish_reason "
             "FROM requests r LEFT JOIN results s ON s.custom_id = r.custom_id ORDER BY r.row_no"
         )
-        for row_no, custom_id, ok, value, error, retryable, attempt in rows:
+        for row_no, custom_id, ok, value, error, retryable, attempt, finish_reason in rows:
             if ok is None:
                 yield row_no, custom_id, None
             else:
@@ -162,4 +181,5 @@ class Index:
                     orjson.loads(error) if error is not None else None,
                     bool(retryable),
                     attempt,
+                    finish_reason,
                 )

@@ -61,11 +61,13 @@ class Progress:
     started_at: float | None  # when the first batch was created
     eta_seconds: float | None  # None until there is enough evidence (see estimate_eta)
     cost_usd: float | None = None  # spent so far, from the reported usage (None: not asked for, or no price known)
+    # Answers cut at the output limit among the finished requests (kept, or failed by output.truncated: fail).
+    truncated: int = 0
 
     @classmethod
     def of(cls, ledger: Ledger, now: float | None = None, *, with_cost: bool = False) -> Progress:
         """Figures from the ledger; `with_cost` also prices the reported usage (reads the config snapshot)."""
-        finished = failed = 0
+        finished = failed = truncated = 0
         states = {s.value: 0 for s in ShardState}
         phases: dict[str, int] = {}
         for shard in ledger.shards:
@@ -77,6 +79,7 @@ class Progress:
                 retried = shard.merged.get("retried", 0)
                 finished += shard.requests - retried
                 failed += shard.merged.get("failed", 0) - retried
+                truncated += shard.merged.get("truncated", 0) - shard.merged.get("retried_truncated", 0)
             elif shard.batch is not None:
                 counts = shard.batch.request_counts
                 finished += min(shard.requests, counts.get("completed", 0) + counts.get("failed", 0))
@@ -88,7 +91,7 @@ class Progress:
         eta = estimate_eta(ledger.run.requests, finished, started, time.time() if now is None else now)
         return cls(
             ledger.run.requests, finished, failed, states, done, phases, started, None if done else eta,
-            cost_usd=run_cost(ledger).usd if with_cost else None,
+            cost_usd=run_cost(ledger).usd if with_cost else None, truncated=truncated,
         )  # fmt: skip
 
 
@@ -197,6 +200,7 @@ def describe(ledger: Ledger) -> dict:
         "requests": run.requests,
         "finished": progress.finished,
         "failed": progress.failed,
+        "truncated": progress.truncated,
         "done": progress.done,
         "shard_states": progress.shards,
         "phases": progress.phases,

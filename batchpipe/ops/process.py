@@ -5,6 +5,12 @@ order. Whatever a batch returned is kept, even from an expired, cancelled or par
 batch. Requests that failed in a way another attempt may fix (5xx, expired, cancelled, missing
 from both files) go into a new attempt of their shard, up to `limits.max_attempts`; the rest
 keep their row in the output, with null under the output key and the error beside it.
+
+An answer cut at the output limit (finish_reason `length`) is counted and marked in its row;
+with `output.truncated: fail` it is a failure (code `truncated`) that is not retried on its
+own: the same limit would cut it again. `retry_failed` (a person asking, `process
+--retry-failed`) sends every failed request again, whatever its error, as one new attempt of
+its shard: the budget check of `submit` applies to it as to any prepared shard.
 """
 
 from __future__ import annotations
@@ -17,17 +23,21 @@ from typing import Any
 import orjson
 
 from batchpipe import crash, fsio
-from batchpipe.errors import InputError
+from batchpipe.errors import ExitCode, InputError
 from batchpipe.ledger.index import Index, Outcome
 from batchpipe.ledger.model import FileRef, Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress, run_config, usage_tokens
 from batchpipe.paths import RunPaths
 from batchpipe.pipeline.inputs import iter_rows
-from batchpipe.pipeline.results import BadLine, Parsed, is_retryable, parse_lines
+from batchpipe.pipeline.results import TRUNCATED, BadLine, Parsed, is_retryable, parse_lines
 from batchpipe.pipeline.shards import shard_id
 
 MISSING = {"code": "missing_result", "message": "the service returned no result for this request"}
+TRUNCATED_ERROR = {
+    "code": "truncated",
+    "message": "the answer was cut at the output limit (finish_reason: length) and output.truncated is fail",
+}
 
 
 @dataclass
@@ -39,10 +49,22 @@ class Processed:
     done: bool = False
     ok: int = 0
     failed: int = 0
+    truncated: int = 0  # rows of the output whose answer was cut at the output limit (kept or failed)
+    requeued: int = 0  # failed requests sent again by retry_failed, in the attempts of `retries`
     # Batches that failed validation, as {"shard", "code", "message", "line", "row_no", "custom_id"}:
     # retrying cannot fix them, a person has to look.
     batch_errors: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """Where this leaves the run, for a script: 5 a batch failed validation, 3 not done yet,
+        6 done but some rows failed (their error is under `<key>_error`), 0 done and clean."""
+        if self.batch_errors:
+            return ExitCode.ATTENTION
+        if not self.done:
+            return ExitCode.PENDING
+        return ExitCode.DONE_WITH_FAILURES if self.failed else ExitCode.OK
 
 
 def _lines(ledger: Ledger, shard: Shard) -> Iterator[bytes]:
@@ -70,11 +92,12 @@ def _validation_failure(shard: Shard, index: Index, result: Processed) -> Iterat
 
 
 def _outcomes(
-    ledger: Ledger, shard: Shard, index: Index, result: Processed, usage: dict[str, int]
+    ledger: Ledger, shard: Shard, index: Index, result: Processed, usage: dict[str, int], fail_truncated: bool
 ) -> Iterator[Outcome]:
     """Each request's outcome; adds the tokens the service reported for the successful ones to `usage`.
 
-    Failed requests are not billed (and report no usage): only successful lines count.
+    Failed requests are not billed (and report no usage): only successful lines count, truncated
+    answers too (they were paid for, even when `fail_truncated` makes them failures).
     """
     if shard.batch.status == "failed":
         yield from _validation_failure(shard, index, result)
@@ -95,7 +118,10 @@ def _outcomes(
             tokens_in, tokens_out = usage_tokens(p.usage)
             usage["input_tokens"] += tokens_in
             usage["output_tokens"] += tokens_out
-            yield Outcome(custom_id, True, p.value, None, attempt=shard.attempt)
+            if fail_truncated and p.finish_reason == TRUNCATED:
+                yield Outcome(custom_id, False, None, TRUNCATED_ERROR, attempt=shard.attempt, finish_reason=p.finish_reason)
+            else:
+                yield Outcome(custom_id, True, p.value, None, attempt=shard.attempt, finish_reason=p.finish_reason)
         else:
             error = p.error if p is not None else MISSING
             yield Outcome(custom_id, False, None, error, retryable=is_retryable(error), attempt=shard.attempt)
@@ -106,34 +132,89 @@ def _plan_retry(ledger: Ledger, shard: Shard, index: Index, max_attempts: int, r
     if shard.retry is not None or shard.attempt >= max_attempts or shard.batch.status == "failed":
         return
     wanted = dict(index.retryable(shard.id, shard.file.path))  # line in this attempt's file -> custom_id
-    if not wanted:
-        return
-    new_id = shard_id(shard.index, shard.attempt + 1)
+    if wanted:
+        _new_attempt(ledger, index, shard, [(shard, wanted)], result)
+
+
+def _retry_failed(ledger: Ledger, index: Index, result: Processed) -> None:
+    """Every failed request, whatever its error, into one new attempt per shard: a person asked.
+
+    A request's latest outcome may sit in any attempt of its shard (a 4xx stays in attempt 1
+    while a 5xx of the same shard went on to attempt 2), so each attempt is asked for its own.
+    A shard whose last attempt has not been merged yet is left alone: its failures are not
+    final, and asking twice must not send a request twice.
+    """
+    chains: dict[int, list[Shard]] = {}
+    for shard in ledger.shards:
+        chains.setdefault(shard.index, []).append(shard)
+    for attempts in chains.values():
+        attempts.sort(key=lambda s: s.attempt)
+        last = attempts[-1]
+        if last.state != ShardState.MERGED or last.retry is not None:
+            continue
+        sources = [(s, dict(index.retryable(s.id, s.file.path, every_failure=True))) for s in attempts]
+        sources = [(s, wanted) for s, wanted in sources if wanted]
+        if sources:
+            result.requeued += sum(len(wanted) for _, wanted in sources)
+            _new_attempt(ledger, index, last, sources, result, every_failure=True)
+
+
+def _new_attempt(
+    ledger: Ledger,
+    index: Index,
+    last: Shard,
+    sources: list[tuple[Shard, dict[int, str]]],
+    result: Processed,
+    *,
+    every_failure: bool = False,
+) -> None:
+    """Write the given lines of earlier attempts into the attempt after `last` (data before pointer).
+
+    `sources`: (attempt, {line in its file: custom_id}). Each source records how many of its
+    requests it handed on ("retried"), so the run's figures count them once, in the new attempt.
+    """
+    new_id = shard_id(last.index, last.attempt + 1)
     path = ledger.paths.shard_file(new_id)
-    with open(ledger.verify(shard.file), "rb") as src:
-        lines = (line for n, line in enumerate(src, 1) if n in wanted)
-        size, sha = fsio.write_lines_atomic(path, lines)
+    source_bytes: dict[str, int] = {}
+
+    def lines() -> Iterator[bytes]:
+        for src, wanted in sources:
+            with open(ledger.verify(src.file), "rb") as f:
+                for n, line in enumerate(f, 1):
+                    if n in wanted:
+                        source_bytes[src.id] = source_bytes.get(src.id, 0) + len(line)
+                        yield line
+
+    size, sha = fsio.write_lines_atomic(path, lines())
     crash.point("retry:after_shard_file")
     file = str(path.relative_to(ledger.paths.root))
-    index.add_shard_file(file, wanted.values())
+    index.add_shard_file(file, (cid for _, wanted in sources for cid in wanted.values()))
     crash.point("retry:after_index")
+    requests = sum(len(wanted) for _, wanted in sources)
     ledger.state.shards.append(
         Shard(
             id=new_id,
-            index=shard.index,
-            attempt=shard.attempt + 1,
+            index=last.index,
+            attempt=last.attempt + 1,
             state=ShardState.PREPARED,
             file=FileRef(file, size, sha),
-            requests=len(wanted),
-            # The retried lines are a subset of this attempt's: their share of its counts (by bytes
+            requests=requests,
+            # The retried lines are a subset of their attempts': their share of its counts (by bytes
             # for input tokens; every request of a job has the same output bound).
-            est_tokens=-(-shard.est_tokens * size // max(shard.file.bytes, 1)),
-            max_output_tokens=-(-shard.max_output_tokens * len(wanted) // max(shard.requests, 1)),
+            est_tokens=sum(-(-s.est_tokens * source_bytes.get(s.id, 0) // max(s.file.bytes, 1)) for s, _ in sources),
+            max_output_tokens=sum(-(-s.max_output_tokens * len(w) // max(s.requests, 1)) for s, w in sources),
         )
     )
-    shard.retry = new_id
-    shard.merged = {**(shard.merged or {}), "retried": len(wanted)}
-    ledger.commit({"event": "retry_planned", "shard": shard.id, "attempt": new_id, "requests": len(wanted)})
+    for src, wanted in sources:
+        merged = dict(src.merged or {})
+        truncated = index.truncated_retryable(src.id, every_failure=every_failure)
+        merged["retried"] = merged.get("retried", 0) + len(wanted)
+        if truncated:
+            merged["retried_truncated"] = merged.get("retried_truncated", 0) + truncated
+        src.merged = merged
+    last.retry = new_id
+    event = {"event": "retry_planned", "shard": last.id, "attempt": new_id, "requests": requests}
+    ledger.commit(event | ({"asked": "retry-failed"} if every_failure else {}))
     result.retries.append(new_id)
 
 
@@ -153,6 +234,9 @@ def _merged_rows(ledger: Ledger, index: Index, key: str, result: Processed) -> I
             data[f"{key}_error"] = outcome.error if outcome is not None else MISSING
             result.failed += 1
         data[f"{key}_attempts"] = outcome.attempt if outcome is not None else 0
+        if outcome is not None and outcome.finish_reason not in (None, "stop"):  # "stop" is the norm: not written
+            data[f"{key}_finish_reason"] = outcome.finish_reason
+            result.truncated += outcome.finish_reason == TRUNCATED
         yield orjson.dumps(data) + b"\n"
 
 
@@ -168,33 +252,45 @@ def _write_output(ledger: Ledger, index: Index, result: Processed) -> None:
     out_size, out_sha = fsio.write_lines_atomic(ledger.paths.output, _merged_rows(ledger, index, key, result))
     crash.point("output:after_file")
     run.output = ledger.file_ref(ledger.paths.output, out_size, out_sha)
-    run.result_counts = {"ok": result.ok, "failed": result.failed}
-    ledger.commit({"event": "output", "rows": result.ok + result.failed, "ok": result.ok, "failed": result.failed})
+    run.result_counts = {"ok": result.ok, "failed": result.failed, "truncated": result.truncated}
+    ledger.commit({"event": "output", "rows": result.ok + result.failed, **run.result_counts})
     result.output_written = True
 
 
-def process(paths: RunPaths) -> Processed:
+def process(paths: RunPaths, *, retry_failed: bool = False) -> Processed:
+    """Merge what was downloaded, plan retries, write the output once every row has an outcome.
+
+    With `retry_failed`, then send every failed request of a finished shard again (see the module doc).
+    """
     result = Processed(paths.run_id)
     with fsio.run_lock(paths.root):
         ledger = Ledger.load(paths)
-        max_attempts = run_config(paths).limits.max_attempts
+        cfg = run_config(paths)
+        max_attempts, fail_truncated = cfg.limits.max_attempts, cfg.output.truncated == "fail"
         with Index(paths.index) as index:
             for shard in list(ledger.shards):
                 if shard.state == ShardState.COMPLETED:
                     usage = {"input_tokens": 0, "output_tokens": 0}  # a running sum: bounded, whatever the shard
-                    counts = index.put_results(shard.id, _outcomes(ledger, shard, index, result, usage))
+                    outcomes = _outcomes(ledger, shard, index, result, usage, fail_truncated)
+                    counts = index.put_results(shard.id, outcomes)
                     crash.point("process:after_index")
                     ledger.advance(shard, ShardState.MERGED, merged=counts, usage=usage)
                     result.merged.append(shard.id)
-                elif shard.state == ShardState.MERGED and shard.batch.status == "failed" and shard.batch.errors:
+                elif (shard.state == ShardState.MERGED and shard.batch.status == "failed" and shard.batch.errors
+                      and shard.retry is None):
                     list(_validation_failure(shard, index, result))  # report them again: still unresolved
                 if shard.state == ShardState.MERGED:
                     _plan_retry(ledger, shard, index, max_attempts, result)
             all_merged = all(s.state == ShardState.MERGED for s in ledger.shards)
             if all_merged and (result.merged or ledger.run.output is None or not _output_intact(ledger)):
                 _write_output(ledger, index, result)
+            if retry_failed:
+                _retry_failed(ledger, index, result)
+                # a batch that failed validation and is now being sent again no longer needs a person
+                result.batch_errors = [e for e in result.batch_errors if ledger.state.shard(e["shard"]).retry is None]
         if ledger.run.result_counts:
-            result.ok, result.failed = ledger.run.result_counts["ok"], ledger.run.result_counts["failed"]
+            counts = ledger.run.result_counts
+            result.ok, result.failed, result.truncated = counts["ok"], counts["failed"], counts.get("truncated", 0)
         result.done = Progress.of(ledger).done
     return result
 

@@ -18,15 +18,17 @@ from batchpipe.ops.submit import SubmitOptions
 from batchpipe.paths import RunPaths
 from batchpipe.providers import Provider
 
-# outcome -> exit code; for several runs the most urgent wins, in this order
+# outcome -> exit code; for several runs the most urgent wins, in this order. A run done with
+# failed rows ranks below pending: it is finished (like done), so `tick --all` says 6 only once
+# no run is pending any more, and 0 only when every run is done with every row answered.
 EXIT_CODES = {"error": ExitCode.ERROR, "attention": ExitCode.ATTENTION, "pending": ExitCode.PENDING,
-              "busy": ExitCode.PENDING, "done": ExitCode.OK}
+              "busy": ExitCode.PENDING, "done_with_failures": ExitCode.DONE_WITH_FAILURES, "done": ExitCode.OK}
 
 
 @dataclass
 class Ticked:
     run_id: str
-    outcome: str  # done | pending | attention | busy | error
+    outcome: str  # done | done_with_failures | pending | attention | busy | error
     message: str
     report: RunReport | None = None
 
@@ -40,10 +42,14 @@ def tick(paths: RunPaths, provider_for: Callable[[RunPaths], Provider]) -> Ticke
     except BatchpipeError as exc:
         return Ticked(paths.run_id, "error", exc.message + (f" ({exc.hint})" if exc.hint else ""))
     p = report.progress
+    truncated = f", {p.truncated} cut at the output limit" if p.truncated else ""
     if report.processed.batch_errors:
         return Ticked(paths.run_id, "attention", "a batch failed validation: see `batchpipe process`", report)
+    if p.done and report.processed.failed:
+        return Ticked(paths.run_id, "done_with_failures", f"done: {p.requests} requests, {report.processed.failed} "
+                      f"failed{truncated}; send them again with `batchpipe process {paths.run_id} --retry-failed`", report)
     if p.done:
-        return Ticked(paths.run_id, "done", f"done: {p.requests} requests, {p.failed} failed", report)
+        return Ticked(paths.run_id, "done", f"done: {p.requests} requests, {p.failed} failed{truncated}", report)
     if report.stuck_on_budget:
         return Ticked(paths.run_id, "attention", report.over_budget[0] + f"; raise it with `batchpipe submit {paths.run_id} --budget USD`", report)
     if report.held:

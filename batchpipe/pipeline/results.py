@@ -20,6 +20,11 @@ class Parsed:
     value: Any
     error: dict[str, Any] | None
     usage: dict[str, Any] | None = None
+    finish_reason: str | None = None  # see finish_reason(); None for a failed line
+
+
+# The finish reason of an answer cut at the output limit (max_tokens and its kin).
+TRUNCATED = "length"
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,28 @@ def answer(endpoint: str, body: dict[str, Any]) -> Any:
     if endpoint == "/v1/moderations":
         return body["results"][0]
     return body
+
+
+def finish_reason(endpoint: str, body: dict[str, Any]) -> str | None:
+    """Why the model stopped, in chat completions' words: "stop", "length" (cut at the output
+    limit), "content_filter", "tool_calls"...; None when the endpoint has no such notion.
+
+    /v1/responses says it differently: `status: incomplete` with `incomplete_details.reason`
+    `max_output_tokens` is "length" here, so one value means "truncated" whatever the endpoint.
+    """
+    if endpoint in ("/v1/chat/completions", "/v1/completions"):
+        choices = body.get("choices")
+        first = choices[0] if isinstance(choices, list) and choices else None
+        reason = first.get("finish_reason") if isinstance(first, dict) else None
+        return reason if isinstance(reason, str) else None
+    if endpoint == "/v1/responses":
+        if body.get("status") != "incomplete":
+            return "stop" if body.get("status") == "completed" else None
+        reason = (body.get("incomplete_details") or {}).get("reason")
+        if reason == "max_output_tokens":
+            return TRUNCATED
+        return reason if isinstance(reason, str) else "incomplete"
+    return None
 
 
 def _error_of(record: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +110,7 @@ def parse_line(endpoint: str, raw: bytes) -> Parsed:
             value = answer(endpoint, body)
         except (KeyError, IndexError, TypeError, AttributeError):
             return Parsed(cid, False, None, {"code": "unreadable_response", "message": "response body has no answer"})
-        return Parsed(cid, True, value, None, body.get("usage"))
+        return Parsed(cid, True, value, None, body.get("usage"), finish_reason(endpoint, body))
     return Parsed(cid, False, None, _error_of(record))
 
 
