@@ -252,7 +252,7 @@ def process(
         if retry_failed:
             render.line(f"sent {p.requeued} failed row(s) again as new attempt(s) {', '.join(p.retries)}: "
                         f"`batchpipe run {run} --wait` takes them to done" if p.requeued
-                        else "no failed rows to send again" + ("" if p.done else " yet (shards still running)"))
+                        else "no failed rows to send again" + ("" if p.done else " yet: earlier attempts have not finished"))
         elif not p.done:
             render.line(f"not done yet: see `batchpipe status {run}`")
     raise typer.Exit(int(code))

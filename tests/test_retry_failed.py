@@ -91,7 +91,7 @@ def test_retry_failed_takes_permanent_failures_from_every_attempt_once(cli, emul
     result = cli("process", "p", "--retry-failed", code=3)
     assert "sent 2 failed row(s) again as new attempt(s) 00001.a3" in result.stdout
     again = cli("process", "p", "--retry-failed", code=3)  # asked twice before it ran: nothing sent twice
-    assert "no failed rows to send again yet" in again.stdout
+    assert "no failed rows to send again yet: earlier attempts have not finished" in again.stdout
     assert [s["id"] for s in state_of(runs_dir, "p")["shards"]] == ["00001.a1", "00001.a2", "00001.a3"]
 
     # The markers fail the same way again: the run ends done with failures once more, honestly.
