@@ -8,6 +8,8 @@ a short one is not.
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 from conftest import expected_answer, read_jsonl, review_rows, write_job
 
@@ -118,3 +120,16 @@ def test_a_bad_truncated_policy_is_named_with_its_line(cli, tmp_path, runs_dir, 
     result = cli("create", config, code=2)
     assert f"{config} line {line_no}: {message}" in result.stderr
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+def test_a_run_whose_index_predates_finish_reasons_still_merges(cli, emulator, runs_dir, tmp_path):
+    """A run created by an earlier batchpipe has an index without the finish_reason column."""
+    cli("create", job(tmp_path), "--run", "old")
+    with sqlite3.connect(runs_dir / "old" / "index.sqlite") as db:
+        db.execute("DROP TABLE results")
+        db.execute("CREATE TABLE results (custom_id TEXT PRIMARY KEY, shard TEXT NOT NULL, attempt INTEGER NOT NULL, "
+                   "ok INTEGER NOT NULL, retryable INTEGER NOT NULL, value BLOB, error BLOB)")
+    result = cli("run", "old", "--wait", "--poll-interval", "0")
+    assert "(6 answered, 0 failed, 2 truncated)" in result.stdout
+    out = read_jsonl(runs_dir / "old" / "output.jsonl")
+    assert [r.get("verdict_finish_reason") for r in out] == [None, "length", None, None, "length", None]
