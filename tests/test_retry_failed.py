@@ -5,11 +5,15 @@ the run's budget, until `run --wait` takes the run back to done and rewrites its
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 from conftest import expected_answer, read_jsonl, review_rows, write_job
 
+from batchpipe import crash
 from batchpipe.emulator import Emulator, EmulatorOptions, ManualClock
 
 
@@ -77,6 +81,29 @@ def test_failed_rows_exit_6_and_retry_failed_sends_only_them(cli, flaky, runs_di
     assert (status["finished"], status["failed"], status["result_counts"]["failed"]) == (20, 0, 0)
     cli("process", "s", "--retry-failed")  # nothing left to send: exit 0, nothing new
     assert len(batch_ids(flaky)) == len(first_batches) + len(new_batches)
+
+
+@pytest.mark.parametrize(
+    "crash_at", ["retry:after_shard_file:1", "retry:after_index:1", "ledger:before_commit:1", "ledger:after_commit:1"]
+)
+def test_retry_failed_killed_midway_sends_each_failed_row_once(cli, flaky, runs_dir, tmp_path, crash_at):
+    rows = review_rows(10)
+    config = write_job(tmp_path / "job", rows, limits={"max_requests_per_shard": 10, "max_attempts": 1})
+    cli("run", config, "--run", "k", "--wait", "--poll-interval", "0", code=6)
+    failed = sorted(r["review_id"] for r in read_jsonl(runs_dir / "k" / "output.jsonl") if r["verdict"] is None)
+    assert failed
+    before = batch_ids(flaky)
+    flaky.options.request_failure_rate = 0.0
+
+    killed = subprocess.run([sys.executable, "-m", "batchpipe", "process", "k", "--retry-failed"],
+                            env={**os.environ, "BATCHPIPE_CRASH_AT": crash_at}, capture_output=True, text=True)
+    assert killed.returncode == crash.EXIT_CODE, killed.stderr
+    cli("recover", "k")
+    cli("process", "k", "--retry-failed", code=3)  # plans it, or finds it planned: either way not done
+    cli("run", "k", "--wait", "--poll-interval", "0")
+    (new,) = batch_ids(flaky) - before  # one retry batch, holding each failed row once
+    assert sorted(sent_ids(flaky, new)) == failed
+    assert [r["verdict"] for r in read_jsonl(runs_dir / "k" / "output.jsonl")] == [expected_answer(r) for r in rows]
 
 
 def test_retry_failed_takes_permanent_failures_from_every_attempt_once(cli, emulator, runs_dir, tmp_path):
