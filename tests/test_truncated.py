@@ -133,3 +133,17 @@ def test_a_run_whose_index_predates_finish_reasons_still_merges(cli, emulator, r
     assert "(6 answered, 0 failed, 2 truncated)" in result.stdout
     out = read_jsonl(runs_dir / "old" / "output.jsonl")
     assert [r.get("verdict_finish_reason") for r in out] == [None, "length", None, None, "length", None]
+
+
+def test_the_default_policy_leaves_the_snapshot_and_run_id_as_they_were(cli, runs_dir, tmp_path):
+    """Runs created before output.truncated existed keep their config hash: same job, same run."""
+    config = write_job(tmp_path / "job", review_rows(2))
+    first = cli.json("create", config)["data"]
+    assert "truncated" not in (runs_dir / first["run"] / "config.yaml").read_text()
+    config.write_text(config.read_text().replace("  key: verdict\n", "  key: verdict\n  truncated: keep\n"))
+    again = cli.json("create", config)["data"]
+    assert (again["run"], again["created"]) == (first["run"], False)
+    config.write_text(config.read_text().replace("truncated: keep", "truncated: fail"))
+    failing = cli.json("create", config)["data"]
+    assert failing["created"] and failing["run"] != first["run"]
+    assert "truncated: fail" in (runs_dir / failing["run"] / "config.yaml").read_text()
