@@ -147,3 +147,10 @@ def test_the_default_policy_leaves_the_snapshot_and_run_id_as_they_were(cli, run
     failing = cli.json("create", config)["data"]
     assert failing["created"] and failing["run"] != first["run"]
     assert "truncated: fail" in (runs_dir / failing["run"] / "config.yaml").read_text()
+
+
+def test_a_canary_whose_answers_are_cut_holds_the_run_under_fail(cli, emulator, runs_dir, tmp_path):
+    config = job(tmp_path, output={"key": "verdict", "truncated": "fail"})
+    result = cli("run", config, "--run", "c", "--canary", "2", "--wait", "--poll-interval", "0", code=5)
+    assert "canary failed: 1 of 2 requests" in result.stderr  # row 2's answer was cut
+    assert emulator.counts["batch_creates"] == 1  # only the canary was paid for
