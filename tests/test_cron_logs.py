@@ -77,6 +77,9 @@ def test_tick_piped_logs_only_what_changed_since_the_last_pass(cli, slow_emulato
     assert [c for c in data["changes"] if "merged" in c] == ["shard 00001.a1 merged: 5 ok, 0 failed",
                                                                "shard 00002.a1 merged: 2 ok, 0 failed"]
 
+    again = cli("tick", "cronjob")
+    assert again.stderr == "" and log_lines(again.stdout, "cronjob") == ["done: 7 requests, 0 failed"]
+
 
 def test_piped_tables_keep_long_ids_whole(cli, emulator, tmp_path):
     run = "a-rather-long-run-id-for-the-nightly-review-job-of-november-2026"  # 64 characters, the most allowed

@@ -56,7 +56,7 @@ def _outcome(paths: RunPaths, report: RunReport) -> Ticked:
     if report.processed.batch_errors:
         return Ticked(paths.run_id, "attention", "a batch failed validation: see `batchpipe process`", report)
     if p.done:
-        return Ticked(paths.run_id, "done", f"done: {p.requests} requests, {p.failed} failed", report)
+        return Ticked(paths.run_id, "done", f"{p.requests} requests, {p.failed} failed", report)
     if report.stuck_on_budget:
         return Ticked(paths.run_id, "attention", report.over_budget[0] + f"; raise it with `batchpipe submit {paths.run_id} --budget USD`", report)
     if report.held:
