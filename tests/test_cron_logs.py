@@ -13,6 +13,7 @@ import pytest
 from conftest import review_rows, write_job
 
 from batchpipe.emulator import Emulator, EmulatorOptions, ManualClock
+from batchpipe.ops.run import MAX_FAILED_PASSES
 
 # local time, ISO 8601 with its UTC offset, to the second; then the run id
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"
@@ -79,6 +80,21 @@ def test_tick_piped_logs_only_what_changed_since_the_last_pass(cli, slow_emulato
 
     again = cli("tick", "cronjob")
     assert again.stderr == "" and log_lines(again.stdout, "cronjob") == ["done: 7 requests, 0 failed"]
+
+
+def test_run_wait_logs_each_problem_it_retries(cli, tmp_path, monkeypatch):
+    options = EmulatorOptions(validating_seconds=0, in_progress_seconds=0, finalizing_seconds=0,
+                              transient_error_rate=1.0)  # every call answers 503/500/429
+    with Emulator(options=options, port=0) as emu:
+        monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        result = cli("run", write_job(tmp_path / "job", review_rows(3)), "--run", "flaky", "--wait",
+                     "--poll-interval", "0", code=1)
+    logged = [line for line in result.stderr.splitlines() if re.match(STAMP, line)]
+    problems = [line for line in log_lines("\n".join(logged), "flaky") if line.startswith("problem: ")]
+    assert len(problems) == MAX_FAILED_PASSES  # each failed pass, then it gives up with the error
+    assert all(line.endswith("; trying again") for line in problems)
+    assert [line for line in result.stderr.splitlines() if line not in logged][0].startswith("error: ")
 
 
 def test_piped_tables_keep_long_ids_whole(cli, emulator, tmp_path):

@@ -10,6 +10,7 @@ passes of `run --wait`), and each change exactly once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from batchpipe.errors import LedgerError
 from batchpipe.ledger.model import ShardState
 from batchpipe.ledger.store import Ledger
@@ -72,7 +73,7 @@ def _shard_lines(sid: str, old: _Shard | None, new: _Shard) -> list[str]:
     elif new.batch_id is not None and old.batch_id not in (None, new.batch_id):
         first = ShardState.SUBMITTED  # refused for a full queue and created again, both since the last look
     else:
-        first = _ORDER[min(rank(old.state) + 1, len(_ORDER) - 1)] if new.state != old.state else None
+        first = _ORDER[rank(old.state) + 1] if new.state != old.state else None  # it only moved on
     told_remote = False
     for state in _ORDER[rank(first) : rank(new.state) + 1] if first is not None else []:
         if state == ShardState.UPLOADED:
