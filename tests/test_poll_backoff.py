@@ -32,8 +32,9 @@ def waits_of_a_run(tmp_path, runs_dir, options: EmulatorOptions, poll_interval: 
 
 
 def test_a_short_batch_is_seen_done_within_seconds_at_the_default_interval(tmp_path, runs_dir):
-    # the emulator's own default timeline: 1 s validating, 5 s in progress, 1 s finalizing
-    waits, report = waits_of_a_run(tmp_path, runs_dir, EmulatorOptions(), poll_interval=30)
+    # `batchpipe emulator`'s default timeline, as in the README's rehearsal recipe
+    options = EmulatorOptions(validating_seconds=1, in_progress_seconds=5, finalizing_seconds=1)
+    waits, report = waits_of_a_run(tmp_path, runs_dir, options, poll_interval=30)
     assert report.progress.done
     assert waits[:3] == [1, 2, 4]  # the first look a second after the create, then doubling
     assert sum(waits) < 16  # done at 7 s: seen by the look at 7 s or the next, not after 30 s
