@@ -93,6 +93,9 @@ def main_options(
     ctx.obj = {"runs_dir": runs_dir or runs_dir_from_env()}
 
 
+CREATING = "creating: {rows:,} rows read, {shards:,} shard(s) written"
+
+
 @command()
 def create(
     ctx: typer.Context,
@@ -106,7 +109,8 @@ def create(
 
     Example: `batchpipe create configs/reviews.yaml --run reviews-nov`
     """
-    c = ops.create(config, runs_dir=_runs_dir(ctx), run_id=run_id)
+    with render.counter(CREATING) as update:
+        c = ops.create(config, runs_dir=_runs_dir(ctx), run_id=run_id, on_progress=update)
     data = {"run": c.run_id, "path": str(c.root), "created": c.created, "shards": c.shards, "requests": c.requests}
     if as_json:
         return render.envelope("create", data)
@@ -289,7 +293,11 @@ def run_(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="A job config (YAML) or the id of an existing run.", show_default=False)],
     wait: Annotated[bool, typer.Option("--wait", help="Keep going until the run is done.")] = False,
-    poll_interval: Annotated[float, typer.Option("--poll-interval", help="Seconds between status checks with --wait.", min=0.0)] = 30.0,
+    poll_interval: Annotated[float, typer.Option(
+        "--poll-interval", min=0.0,
+        help="Seconds between status checks with --wait, once batches have run a while: the first check "
+             "comes 1 s after a batch is created and the waits double up to this; while nothing changes "
+             "they grow on, up to 8 times it.")] = 30.0,
     run_id: Annotated[str | None, typer.Option("--run", help="Run id when TARGET is a config.")] = None,
     budget: BudgetOpt = None,
     canary: CanaryOpt = None,
@@ -305,16 +313,24 @@ def run_(
     """
     runs_dir = _runs_dir(ctx)
     if Path(target).is_file():
-        target = ops.create(Path(target), runs_dir=runs_dir, run_id=run_id).run_id
+        with render.counter(CREATING) as counted:
+            c = ops.create(Path(target), runs_dir=runs_dir, run_id=run_id, on_progress=counted)
+        target = c.run_id
+        if c.created and render.log_mode():
+            render.log(target, f"created: {c.requests} requests in {c.shards} shard(s) at {c.root}")
     paths = ops.run_paths(runs_dir, target)
     provider = _provider(paths)
     start = time.monotonic()
     total = ops.describe_run(paths)["requests"]
+    # On a terminal a bar; anywhere else (cron, a log file) one timestamped line per change.
+    log = render.log_mode()
     with render.progress_bar(total, enabled=wait and not as_json) as update:
         report = ops.run(
             paths, provider, wait=wait, poll_interval=poll_interval,
             on_progress=lambda p: update(p.finished, render.describe_progress(p)),
-            on_problem=lambda exc: render.warn(f"{exc.message}; trying again"),
+            on_problem=lambda exc: (render.log(target, f"problem: {exc.message}; trying again") if log
+                                    else render.warn(f"{exc.message}; trying again")),
+            on_change=(lambda text: render.log(target, text)) if log else None,
             options=ops.SubmitOptions(budget_usd=budget, canary=canary),
         )
     p = report.processed
@@ -440,12 +456,17 @@ def tick(
     code = ops.tick_exit_code(results)
     if run and results[0].outcome == "busy":
         code = ExitCode.LOCKED
+    log = render.log_mode()  # cron: what each pass changed, one timestamped line each, on stderr
+    for r in results if log else []:
+        for change in r.changes:
+            render.log(r.run_id, change)
     if as_json:
-        render.envelope("tick", {"runs": [{"run": r.run_id, "outcome": r.outcome, "message": r.message}
-                                          for r in results]}, int(code))
+        render.envelope("tick", {"runs": [{"run": r.run_id, "outcome": r.outcome, "message": r.message,
+                                           "changes": r.changes} for r in results]}, int(code))
     else:
         for r in results:
-            render.line(f"{r.run_id}: {r.outcome}: {r.message}")
+            render.line(f"{render.stamp()} {r.run_id} {r.outcome}: {r.message}" if log
+                        else f"{r.run_id}: {r.outcome}: {r.message}")
         if not results:
             render.line("no runs to tick")
     raise typer.Exit(int(code))
@@ -513,7 +534,9 @@ def estimate(
     from batchpipe.pricing import format_usd
 
     is_config = Path(target).is_file() or Path(target).suffix.lower() in (".yaml", ".yml") or os.sep in target
-    e = estimate_job(Path(target) if is_config else ops.run_paths(_runs_dir(ctx), target))
+    source = Path(target) if is_config else ops.run_paths(_runs_dir(ctx), target)
+    with render.counter("counting: {rows:,} requests, {shards:,} shard(s)") as update:
+        e = estimate_job(source, on_progress=update)
     if as_json:
         return render.envelope("estimate", e.to_dict())
     p = e.price

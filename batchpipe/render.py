@@ -2,6 +2,10 @@
 
 Human output goes to stdout, progress bars and errors to stderr; with --json, stdout carries
 exactly one versioned envelope: {"batchpipe": 1, "command", "ok", "exit_code", "data" | "error"}.
+
+When stderr is not a terminal (cron, a log file, a pipe) there are no bars: `run` and `tick`
+write one timestamped line per change instead (log()), and tables printed to anything but a
+terminal are as wide as they need to be, so ids are never cut or wrapped.
 """
 
 from __future__ import annotations
@@ -10,12 +14,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.measure import Measurement
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from batchpipe.errors import BatchpipeError, ExitCode
@@ -28,7 +33,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def envelope(command: str, data: Any, exit_code: int = 0) -> None:
-    doc = {"batchpipe": ENVELOPE_VERSION, "command": command, "ok": exit_code == 0, "exit_code": exit_code, "data": data}
+    doc = {"batchpipe": ENVELOPE_VERSION, "command": command, "ok": exit_code == 0, "exit_code": exit_code,
+           "data": with_iso_times(data)}
     sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
 
 
@@ -47,6 +53,44 @@ def error(command: str, exc: BaseException, *, as_json: bool) -> int:
         if hint:
             err.print(f"[dim]hint:[/] {escape(hint)}")
     return code
+
+
+def iso(ts: float | None) -> str | None:
+    """A unix time as ISO 8601 in UTC, to the second: 2026-11-23T09:40:01+00:00."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def with_iso_times(data: Any) -> Any:
+    """`data` with `<name>_at_iso` (ISO 8601, UTC) beside every `<name>_at` (unix seconds) in it.
+
+    One rule for every envelope, so a script can read either and a person can read the JSON.
+    """
+    if isinstance(data, list):
+        return [with_iso_times(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    out: dict[Any, Any] = {}
+    for key, value in data.items():
+        out[key] = with_iso_times(value)
+        is_time = value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+        if isinstance(key, str) and key.endswith("_at") and is_time and f"{key}_iso" not in data:
+            out[f"{key}_iso"] = iso(value)
+    return out
+
+
+def log_mode() -> bool:
+    """True when stderr is not a terminal: write log lines (log()) instead of progress bars."""
+    return not err.is_terminal
+
+
+def stamp() -> str:
+    """Now, in local time as ISO 8601 with its offset: 2026-11-23T10:40:01+01:00."""
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def log(run_id: str, text: str) -> None:
+    """One line of a log on stderr, for cron: the time (stamp()), the run, what happened."""
+    err.print(f"{stamp()} {run_id} {text}", markup=False, highlight=False, soft_wrap=True)
 
 
 def escape(text: str) -> str:
@@ -96,7 +140,7 @@ def shard_table(title: str, shards: list[dict[str, Any]], caption: str | None = 
             str(counts.get("completed", "-")), str(counts.get("failed", "-")),
             "-" if cost is None else format_usd(cost), s["batch_id"] or "-",
         )
-    out.print(table)
+    _print_table(table)
 
 
 def cost_summary(data: dict[str, Any]) -> str:
@@ -136,13 +180,22 @@ def runs_table(runs: list[dict[str, Any]]) -> None:
             continue
         table.add_row(r["run"], when(r["created_at"]), r["model"], str(r["shards"]), str(r["requests"]),
                       str(r["finished"]), "[green]done[/]" if r["done"] else "in progress")
-    out.print(table)
+    _print_table(table)
+
+
+def _print_table(table: Table) -> None:
+    """On a terminal, fit its width; anywhere else (a file, grep, cron) print it whole, ids uncut."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    natural = Measurement.get(out, out.options.update_width(100_000), table).maximum
+    Console(highlight=False, soft_wrap=True, width=max(out.width, natural)).print(table)
 
 
 @contextmanager
 def progress_bar(total: int, *, enabled: bool = True) -> Iterator[Callable[[int, str], None]]:
-    """A bar over requests finished; yields update(finished, description)."""
-    if not enabled:
+    """A bar over requests finished, on a terminal only; yields update(finished, description)."""
+    if not enabled or log_mode():
         yield lambda finished, description: None
         return
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -150,6 +203,22 @@ def progress_bar(total: int, *, enabled: bool = True) -> Iterator[Callable[[int,
     with bar:
         task = bar.add_task("starting", total=total)
         yield lambda finished, description: bar.update(task, completed=finished, description=description)
+
+
+@contextmanager
+def counter(text: str) -> Iterator[Callable[[int, int], None]]:
+    """A live count for long local work, on a terminal only; yields update(rows, shards).
+
+    `text` is a format string of `rows` and `shards`. Piped, the command's own summary line is
+    all there is to say, so nothing is drawn.
+    """
+    if log_mode():
+        yield lambda rows, shards: None
+        return
+    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True)
+    with bar:
+        task = bar.add_task(text.format(rows=0, shards=0), total=None)
+        yield lambda rows, shards: bar.update(task, description=text.format(rows=rows, shards=shards))
 
 
 def duration(seconds: float) -> str:

@@ -62,7 +62,7 @@ def test_run_wait_finishes_with_progress_and_exit_0(cli, emulator, runs_dir, tmp
     result = cli("run", config, "--wait", "--poll-interval", "0")
     run_id = next(p.name for p in runs_dir.iterdir())
     assert f"output: {runs_dir / run_id / 'output.jsonl'} (9 answered, 0 failed)" in result.stdout
-    assert "9/9" in result.stderr  # the progress bar reached the end
+    assert "done: 9 answered, 0 failed" in result.stderr  # piped (not a terminal): a log line, not a bar
     out = read_jsonl(runs_dir / run_id / "output.jsonl")
     assert [r["verdict"] for r in out] == [expected_answer(r) for r in rows]
 

@@ -41,7 +41,8 @@ def split_canary(ledger: Ledger, n: int) -> Shard:
     if any(s.state != ShardState.PREPARED for s in ledger.shards):
         raise UsageError(
             f"run {ledger.run.id} has already sent shards: a canary only makes sense before the first submit",
-            hint=f"submit without --canary, or create a new run and run `batchpipe submit NEW_ID --canary {n}`",
+            hint=f"a canary needs a run of its own: `batchpipe run CONFIG --run NEW_ID --canary {n}` (without "
+            "--run, a config that was run before finds that run); or go on without --canary",
         )
     first = ledger.shards[0]
     with open(ledger.verify(first.file), "rb") as f:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,9 @@ from batchpipe.pipeline.requests import Request, render_requests
 
 # Output tokens assumed for a request that sets no max_tokens, when the model's maximum is unknown.
 DEFAULT_UNBOUNDED_OUTPUT_TOKENS = 16_384
+# `on_progress(rows, shards)` is called after every this many rows (and once at the end).
+PROGRESS_EVERY = 1000
+OnProgress = Callable[[int, int], None]
 from batchpipe.pipeline.shards import assign_shards, shard_id
 from batchpipe.pipeline.tokens import TokenCounter, counter_for, max_output_tokens
 from batchpipe.pricing import price_for
@@ -48,7 +51,10 @@ def default_run_id(config_path: Path, digest: str) -> str:
     return f"{stem[:50]}-{digest[:8]}"
 
 
-def create(config_path: Path, *, runs_dir: Path, run_id: str | None = None) -> Created:
+def create(
+    config_path: Path, *, runs_dir: Path, run_id: str | None = None, on_progress: OnProgress | None = None
+) -> Created:
+    """Create the run of a job config (or find it, if it exists); `on_progress(rows, shards)` for long inputs."""
     cfg = load_config(Path(config_path))
     snapshot = snapshot_yaml(cfg).encode()
     input_size, input_sha = fsio.sha256_file(cfg.input.path)
@@ -61,7 +67,7 @@ def create(config_path: Path, *, runs_dir: Path, run_id: str | None = None) -> C
 
     tmp = fsio.make_temp_dir(Path(runs_dir), run_id)
     try:
-        state = _build(RunPaths(tmp), cfg, snapshot, run_id, config_sha, (input_size, input_sha))
+        state = _build(RunPaths(tmp), cfg, snapshot, run_id, config_sha, (input_size, input_sha), on_progress)
         crash.point("run_create:before_publish")
         try:
             fsio.publish_dir(tmp, paths.root)
@@ -193,7 +199,8 @@ class _ShardFiles:
 
 
 def _build(
-    paths: RunPaths, cfg: JobConfig, snapshot: bytes, run_id: str, config_sha: str, input_stat: tuple[int, str]
+    paths: RunPaths, cfg: JobConfig, snapshot: bytes, run_id: str, config_sha: str, input_stat: tuple[int, str],
+    on_progress: OnProgress | None = None,
 ) -> RunState:
     fsio.write_bytes_atomic(paths.config, snapshot)
     paths.shards_dir.mkdir()
@@ -210,7 +217,11 @@ def _build(
                 req = planned.request
                 index.add_request(req.custom_id, req.row_no, req.line_no, f"shards/{sid}.jsonl", line_in_shard)
                 rows += 1
+                if on_progress is not None and rows % PROGRESS_EVERY == 0:
+                    on_progress(rows, len(files.shards))
             files.finish()
+            if on_progress is not None:
+                on_progress(rows, len(files.shards))
         except DuplicateId as dup:
             raise InputError(
                 f"{cfg.input.path.name} line {dup.line}: id {dup.custom_id!r} (field '{cfg.input.id}') "

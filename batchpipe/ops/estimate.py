@@ -37,7 +37,12 @@ from batchpipe.config import JobConfig, load_config
 from batchpipe.errors import InputError, LedgerError
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import run_config
-from batchpipe.ops.create import DEFAULT_UNBOUNDED_OUTPUT_TOKENS, plan_shards  # the very split create makes
+from batchpipe.ops.create import (  # the very split create makes
+    DEFAULT_UNBOUNDED_OUTPUT_TOKENS,
+    PROGRESS_EVERY,
+    OnProgress,
+    plan_shards,
+)
 from batchpipe.paths import RunPaths
 from batchpipe.pipeline.tokens import TokenCounter, counter_for, max_output_tokens
 from batchpipe.pricing import Price, cost_usd, format_usd, price_for
@@ -104,10 +109,13 @@ class Estimate:
         }
 
 
-def estimate(source: Path | str | RunPaths, *, tokenizer: bool = True) -> Estimate:
+def estimate(
+    source: Path | str | RunPaths, *, tokenizer: bool = True, on_progress: OnProgress | None = None
+) -> Estimate:
     """Estimate the job of a config file (a path) or of an existing run (its RunPaths).
 
     `tokenizer=False` counts with the bytes/4 estimate even when bpe-openai is installed.
+    `on_progress(requests, shards)` is called as the count goes on (every PROGRESS_EVERY requests).
     Raises ConfigError/InputError as `create` would, and UnknownModelPrice (exit code 2) for a
     model with no price.
     """
@@ -121,7 +129,7 @@ def estimate(source: Path | str | RunPaths, *, tokenizer: bool = True) -> Estima
         price = price_for(cfg.model, cfg)
         lines = _config_lines(cfg, counter_for(cfg.model, tokenizer=tokenizer))
         name = str(source)
-    return _tally(cfg, name, lines, price, counter_for(cfg.model, tokenizer=tokenizer))
+    return _tally(cfg, name, lines, price, counter_for(cfg.model, tokenizer=tokenizer), on_progress)
 
 
 def _config_lines(cfg: JobConfig, counter: TokenCounter) -> Iterator[tuple[int, bytes]]:
@@ -142,7 +150,8 @@ def _run_lines(paths: RunPaths) -> Iterator[tuple[int, bytes]]:
 
 
 def _tally(
-    cfg: JobConfig, name: str, lines: Iterator[tuple[int, bytes]], price: Price, counter: TokenCounter
+    cfg: JobConfig, name: str, lines: Iterator[tuple[int, bytes]], price: Price, counter: TokenCounter,
+    on_progress: OnProgress | None = None,
 ) -> Estimate:
     fallback = price.max_output_tokens if price.max_output_tokens is not None else DEFAULT_UNBOUNDED_OUTPUT_TOKENS
     requests = input_tokens = output_bound = unbounded = 0
@@ -164,6 +173,10 @@ def _tally(
         input_tokens += tokens
         output_bound += bound
         shard_tokens[index] = shard_tokens.get(index, 0) + tokens
+        if on_progress is not None and requests % PROGRESS_EVERY == 0:
+            on_progress(requests, len(shard_tokens))
+    if on_progress is not None:
+        on_progress(requests, len(shard_tokens))
     if requests == 0:
         raise InputError(f"{cfg.input.path}: no rows to process", hint="check input.path in the config")
     expected_output = round(output_bound * EXPECTED_OUTPUT_FRACTION)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from batchpipe.errors import ProviderError
 from batchpipe.ledger.store import Ledger
+from batchpipe.ops.changes import Watch
 from batchpipe.ops.common import Progress
 from batchpipe.ops.download import download
 from batchpipe.ops.process import Processed, process
@@ -39,6 +40,24 @@ class RunReport:
 MAX_FAILED_PASSES = 10
 # While nothing changes, the wait between polls grows to at most this many poll intervals.
 MAX_BACKOFF = 8
+# The first look after a batch is created comes this soon (or at the poll interval, if that is
+# shorter); the waits then double up to the poll interval. A short job (or a rehearsal against
+# the emulator) is seen finishing within seconds, a long one costs a handful of extra look-ups.
+FIRST_POLL = 1.0
+
+
+def next_delay(delay: float, poll_interval: float, *, moved: bool, submitted: bool) -> float:
+    """The wait before the next pass of `run --wait`, given the last one.
+
+    New batches start again from FIRST_POLL; after that the wait doubles up to `poll_interval`,
+    and goes on growing (by half, up to MAX_BACKOFF intervals) only while nothing changes: a
+    batch can sit in one phase for hours.
+    """
+    if submitted:
+        return min(FIRST_POLL, poll_interval)
+    if delay < poll_interval:
+        return min(delay * 2, poll_interval)
+    return poll_interval if moved else min(delay * 1.5, poll_interval * MAX_BACKOFF)
 
 
 def step(
@@ -69,22 +88,29 @@ def run(
     poll_interval: float = 30.0,
     on_progress: Callable[[Progress], None] | None = None,
     on_problem: Callable[[ProviderError], None] | None = None,
+    on_change: Callable[[str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     options: SubmitOptions = SubmitOptions(),
 ) -> RunReport:
     """Run every step now; with `wait`, repeat until done.
 
-    Polls every `poll_interval` seconds while things move, and backs off (up to
-    MAX_BACKOFF times the interval) while nothing changes: a batch can sit in a phase for hours.
+    The first look after new batches comes within a second, then the waits double up to
+    `poll_interval` and keep growing (up to MAX_BACKOFF intervals) while nothing changes: see
+    next_delay. `on_change` gets one line per change seen after each pass (see ops/changes.py).
     The run lock is held during each pass only, not while sleeping, so `status` in another
     terminal can still refresh between passes.
     """
     passes = failures = 0
     notes: list[str] = []
-    delay, last = poll_interval, None
+    delay, last = min(FIRST_POLL, poll_interval), None
+    watch = Watch(paths) if on_change is not None else None
     while True:
         try:
-            report = step(paths, provider, options, sleep=sleep)
+            try:
+                report = step(paths, provider, options, sleep=sleep)
+            finally:  # what a failed pass did before it failed is news too
+                for line in watch.changes() if watch is not None else []:
+                    on_change(line)
         except ProviderError as exc:
             # While waiting, a service hiccup is not the end of the run: the next pass starts by
             # looking up whatever the failed one may have left open.
@@ -104,6 +130,6 @@ def run(
         if report.progress.done or not wait or report.stuck_on_budget or report.held:
             return report
         moved = (report.progress.finished, report.progress.shards, report.progress.phases)
-        delay = poll_interval if moved != last else min(delay * 1.5, poll_interval * MAX_BACKOFF)
+        delay = next_delay(delay, poll_interval, moved=moved != last, submitted=bool(report.submitted))
         last = moved
         sleep(delay)

@@ -8,11 +8,12 @@ outcome, and the outcomes map to the stable exit codes of the README.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchpipe import fsio
 from batchpipe.errors import BatchpipeError, ExitCode, RunLocked
+from batchpipe.ops.changes import Watch
 from batchpipe.ops.run import RunReport, step
 from batchpipe.ops.submit import SubmitOptions
 from batchpipe.paths import RunPaths
@@ -31,25 +32,37 @@ class Ticked:
     outcome: str  # done | done_with_failures | pending | attention | busy | error
     message: str
     report: RunReport | None = None
+    changes: list[str] = field(default_factory=list)  # what this pass changed, one line each (ops/changes.py)
 
 
 def tick(paths: RunPaths, provider_for: Callable[[RunPaths], Provider]) -> Ticked:
+    changes: list[str] = []
     try:
         with fsio.run_lock(paths.root, timeout=0):
-            report = step(paths, provider_for(paths), SubmitOptions(respect_hold=True))
+            watch = Watch(paths)
+            try:
+                report = step(paths, provider_for(paths), SubmitOptions(respect_hold=True))
+            finally:  # what a failed pass did before it failed is news too
+                changes = watch.changes()
     except RunLocked:
         return Ticked(paths.run_id, "busy", "skipped: another batchpipe process is working on it")
     except BatchpipeError as exc:
-        return Ticked(paths.run_id, "error", exc.message + (f" ({exc.hint})" if exc.hint else ""))
+        return Ticked(paths.run_id, "error", exc.message + (f" ({exc.hint})" if exc.hint else ""), changes=changes)
+    outcome = _outcome(paths, report)
+    outcome.changes = changes
+    return outcome
+
+
+def _outcome(paths: RunPaths, report: RunReport) -> Ticked:
     p = report.progress
     truncated = f", {p.truncated} cut at the output limit" if p.truncated else ""
     if report.processed.batch_errors:
         return Ticked(paths.run_id, "attention", "a batch failed validation: see `batchpipe process`", report)
     if p.done and report.processed.failed:
-        return Ticked(paths.run_id, "done_with_failures", f"done: {p.requests} requests, {report.processed.failed} "
+        return Ticked(paths.run_id, "done_with_failures", f"{p.requests} requests, {report.processed.failed} "
                       f"failed{truncated}; send them again with `batchpipe process {paths.run_id} --retry-failed`", report)
     if p.done:
-        return Ticked(paths.run_id, "done", f"done: {p.requests} requests, {p.failed} failed{truncated}", report)
+        return Ticked(paths.run_id, "done", f"{p.requests} requests, {p.failed} failed{truncated}", report)
     if report.stuck_on_budget:
         return Ticked(paths.run_id, "attention", report.over_budget[0] + f"; raise it with `batchpipe submit {paths.run_id} --budget USD`", report)
     if report.held:
