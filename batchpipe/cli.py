@@ -344,6 +344,9 @@ def emulator(
     enqueued_token_limit: Annotated[int | None, typer.Option(help="Per-model queue limit; over it, batches fail with token_limit_exceeded.", rich_help_panel="Faults")] = None,
     file_visibility_delay: Annotated[int, typer.Option(help="Creates that answer 400 'file not found' before a new file is seen.", rich_help_panel="Faults")] = 0,
     fault_seed: Annotated[int | None, typer.Option(help="Seed for the fault dice, to replay a run.", rich_help_panel="Faults")] = None,
+    lose_output_of_batch: Annotated[list[int] | None, typer.Option(metavar="N", help="The N-th batch's output file is deleted once written (repeatable).", rich_help_panel="Faults")] = None,
+    lose_errors_of_batch: Annotated[list[int] | None, typer.Option(metavar="N", help="The N-th batch's error file is deleted once written (repeatable).", rich_help_panel="Faults")] = None,
+    lose_upload: Annotated[list[int] | None, typer.Option(metavar="N", help="The N-th upload is deleted right after it is answered (repeatable).", rich_help_panel="Faults")] = None,
 ) -> None:
     """Start a local OpenAI-compatible Files + Batches server, to rehearse a job for free.
 
@@ -362,6 +365,8 @@ def emulator(
         lost_answer_rate=lost_answer_rate, request_failure_rate=request_failure_rate,
         expire_after_requests=expire_after_requests, enqueued_token_limit=enqueued_token_limit,
         file_visibility_delay=file_visibility_delay, fault_seed=fault_seed,
+        lose_output_of_batches=tuple(lose_output_of_batch or ()),
+        lose_errors_of_batches=tuple(lose_errors_of_batch or ()), lose_uploads=tuple(lose_upload or ()),
     )
     serve_forever(host, port, options)
 
