@@ -195,12 +195,17 @@ def status(
 def download(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
     """Download the output and error files of every batch that has finished.
 
+    A file the service no longer has is named and does not stop the others: the requests whose
+    results it held are sent again as a new attempt by the next `run`.
+
     Example: `batchpipe download reviews-nov`
     """
     paths = ops.run_paths(_runs_dir(ctx), run)
     d = ops.download(paths, _provider(paths))
     if as_json:
-        return render.envelope("download", {"run": run, "shards": d.shards, "files": d.files})
+        return render.envelope("download", {"run": run, "shards": d.shards, "files": d.files, "lost": d.lost})
+    for note in d.lost:
+        render.warn(note)
     render.line(f"downloaded {d.files} file(s) for {len(d.shards)} finished shard(s)" if d.shards else "nothing new to download")
 
 
@@ -241,8 +246,9 @@ def recover(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
     """Reconcile a run with the provider and the disk after a crash, a kill or Ctrl-C.
 
     Removes temp files left by an interrupted write, checks every file the ledger names,
-    adopts uploads and batches whose answer was lost, and cancels a second batch for one
-    shard. It never creates anything remote. Exits 5 if something needs a person.
+    adopts uploads and batches whose answer was lost, cancels a second batch for one shard, and
+    finds result and input files the service no longer has (their requests are sent again, the
+    input uploaded again). It never creates anything remote. Exits 5 if something needs a person.
 
     Example: `batchpipe recover reviews-nov`
     """

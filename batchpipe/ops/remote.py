@@ -160,7 +160,8 @@ def ensure_submitted(ledger: Ledger, shard: Shard, provider: Provider, *, sleep=
             lambda: provider.create_batch(file_id, ledger.run.endpoint, tag),
             lookup,
             sleep=sleep,
-            also_retry=_file_not_visible,
+            # ... while the file is there: one the service no longer has is uploaded again (ops/submit.py)
+            also_retry=lambda exc: _file_not_visible(exc) and provider.file_exists(file_id),
         )
         crash.point("batch_create:after")
     ledger.log({"event": "remote", "call": "batch_create", "shard": shard.id, "batch_id": found.id})
