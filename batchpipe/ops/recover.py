@@ -109,15 +109,17 @@ def _unrestorable(ledger: Ledger, shard: Shard, attr: str, problem: str, result:
                                f"merged and kept in index.sqlite and output.jsonl: do not delete those")
 
 
-def _lost_remote_files(ledger: Ledger, provider: Provider, result: Recovered) -> None:
+def _lost_remote_files(ledger: Ledger, provider: Provider, result: Recovered, batches: list[RemoteBatch]) -> None:
     """Finished batches whose result files, and uploads whose input files, the service no longer has."""
+    listed = {b.id: b for b in batches}
     for shard in ledger.shards:
         if shard.state == ShardState.SUBMITTED:
-            refresh(ledger, shard, provider)
-        if shard.state == ShardState.SUBMITTED and shard.batch.status in TERMINAL_BATCH_STATUSES:
-            named = (shard.batch.output_file_id, shard.batch.error_file_id)
-            if any(f is not None and not provider.file_exists(f) for f in named):
-                result.actions += download_shard(ledger, shard, provider)  # what remains, and which is lost
+            remote = listed.get(shard.batch.id) or shard.batch  # the listing is fresher than the ledger
+            named = (remote.output_file_id, remote.error_file_id)
+            if remote.status in TERMINAL_BATCH_STATUSES and any(f and not provider.file_exists(f) for f in named):
+                refresh(ledger, shard, provider)
+                if shard.state == ShardState.SUBMITTED:
+                    result.actions += download_shard(ledger, shard, provider)  # what remains, and which is lost
         if shard.state == ShardState.UPLOADED and not provider.file_exists(shard.upload.file_id):
             note = back_to_upload(ledger, shard)
             result.actions.append(f"{note}: `batchpipe submit {ledger.run.id}` uploads it again")
@@ -177,7 +179,7 @@ def recover(paths: RunPaths, provider: Provider | None) -> Recovered:
         file_ids = frozenset(s.upload.file_id for s in ledger.shards if s.upload and s.upload.file_id)
         batches = provider.find_batches({"batchpipe_run": ledger.run.id}, since, file_ids) if since is not None else []
         _adopt_open_intents(ledger, provider, result, batches)
-        _lost_remote_files(ledger, provider, result)
+        _lost_remote_files(ledger, provider, result, batches)
         _cancel_duplicates(ledger, provider, result, batches)
         ledger.log({"event": "recovered", "actions": len(result.actions), "problems": len(result.problems)})
     return result
