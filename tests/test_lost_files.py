@@ -112,11 +112,11 @@ def test_an_input_file_deleted_before_create_is_uploaded_again(cli, emulator, ru
     counts = emulator.counts
     assert counts["uploads"] == 3 and counts["duplicate_uploads"] == 0  # shard 1 twice, shard 2 once
     assert counts["creates_by_tag"] == {"lost/00001.a1": 1, "lost/00002.a1": 1}
-    live = [f["filename"] for f in emulator.files if f["purpose"] == "batch"]
-    assert sorted(live) == sorted({name for name in live})  # one live upload per shard
     state = json.loads((runs_dir / "lost" / "state.json").read_text())
     [first] = [s for s in state["shards"] if s["id"] == "00001.a1"]
-    assert first["upload"]["file_id"] in {f["id"] for f in emulator.files}  # the new upload is the one recorded
+    # the new upload carries the shard's usual tag, and it is the one the ledger records
+    [again] = [f for f in emulator.files if f["filename"].startswith("lost--00001.a1--")]
+    assert first["upload"] == {**first["upload"], "file_id": again["id"], "filename": again["filename"]}
 
 
 def test_recover_reports_and_repairs_lost_result_and_input_files(cli, emulator, runs_dir, tmp_path):
@@ -221,3 +221,13 @@ def test_the_emulator_command_line_takes_the_file_loss_switches():
                                       "--lose-errors-of-batch", "1", "--lose-upload", "3"])
     options = options_from_args(args)
     assert (options.lose_output_of_batches, options.lose_errors_of_batches, options.lose_uploads) == ((2, 5), (1,), (3,))
+
+
+def test_a_canary_whose_output_file_is_lost_is_judged_by_the_services_counts(cli, emulator, runs_dir, tmp_path):
+    emulator.options.lose_output_of_batches = (1,)  # the canary's answers are gone, though all succeeded
+    rows = review_rows(6)
+    cli("run", write_job(tmp_path / "job", rows), "--run", "lost", "--canary", "2", "--wait", "--poll-interval", "0")
+    out = read_jsonl(runs_dir / "lost" / "output.jsonl")
+    assert [r["verdict"] for r in out] == [expected_answer(r) for r in rows]
+    assert [r["verdict_attempts"] for r in out] == [2, 2, 1, 1, 1, 1]
+    assert emulator.counts["creates_by_tag"]["lost/00000.a2"] == 1
