@@ -202,12 +202,17 @@ def status(
 def download(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
     """Download the output and error files of every batch that has finished.
 
+    A file the service no longer has is named and does not stop the others: the requests whose
+    results it held are sent again as a new attempt by the next `run`.
+
     Example: `batchpipe download reviews-nov`
     """
     paths = ops.run_paths(_runs_dir(ctx), run)
     d = ops.download(paths, _provider(paths))
     if as_json:
-        return render.envelope("download", {"run": run, "shards": d.shards, "files": d.files})
+        return render.envelope("download", {"run": run, "shards": d.shards, "files": d.files, "lost": d.lost})
+    for note in d.lost:
+        render.warn(note)
     render.line(f"downloaded {d.files} file(s) for {len(d.shards)} finished shard(s)" if d.shards else "nothing new to download")
 
 
@@ -267,8 +272,9 @@ def recover(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
     """Reconcile a run with the provider and the disk after a crash, a kill or Ctrl-C.
 
     Removes temp files left by an interrupted write, checks every file the ledger names,
-    adopts uploads and batches whose answer was lost, and cancels a second batch for one
-    shard. It never creates anything remote. Exits 5 if something needs a person.
+    adopts uploads and batches whose answer was lost, cancels a second batch for one shard, and
+    finds result and input files the service no longer has (their requests are sent again, the
+    input uploaded again). It never creates anything remote. Exits 5 if something needs a person.
 
     Example: `batchpipe recover reviews-nov`
     """
@@ -383,6 +389,9 @@ def emulator(
     enqueued_token_limit: Annotated[int | None, typer.Option(help="Per-model queue limit; over it, batches fail with token_limit_exceeded.", rich_help_panel="Faults")] = None,
     file_visibility_delay: Annotated[int, typer.Option(help="Creates that answer 400 'file not found' before a new file is seen.", rich_help_panel="Faults")] = 0,
     fault_seed: Annotated[int | None, typer.Option(help="Seed for the fault dice, to replay a run.", rich_help_panel="Faults")] = None,
+    lose_output_of_batch: Annotated[list[int] | None, typer.Option(metavar="N", help="The N-th batch's output file is deleted once written (repeatable).", rich_help_panel="Faults")] = None,
+    lose_errors_of_batch: Annotated[list[int] | None, typer.Option(metavar="N", help="The N-th batch's error file is deleted once written (repeatable).", rich_help_panel="Faults")] = None,
+    lose_upload: Annotated[list[int] | None, typer.Option(metavar="N", help="The N-th upload is deleted right after it is answered (repeatable).", rich_help_panel="Faults")] = None,
 ) -> None:
     """Start a local OpenAI-compatible Files + Batches server, to rehearse a job for free.
 
@@ -401,6 +410,8 @@ def emulator(
         lost_answer_rate=lost_answer_rate, request_failure_rate=request_failure_rate,
         expire_after_requests=expire_after_requests, enqueued_token_limit=enqueued_token_limit,
         file_visibility_delay=file_visibility_delay, fault_seed=fault_seed,
+        lose_output_of_batches=tuple(lose_output_of_batch or ()),
+        lose_errors_of_batches=tuple(lose_errors_of_batch or ()), lose_uploads=tuple(lose_upload or ()),
     )
     serve_forever(host, port, options)
 

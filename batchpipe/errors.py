@@ -110,3 +110,11 @@ class ProviderError(BatchpipeError):
         self.param = param
         self.retryable = retryable
         self.outcome_unknown = outcome_unknown
+
+
+class RemoteNotFound(ProviderError):
+    """The service answered 404: the object (a file, a batch) is not there, or no longer.
+
+    A distinct kind because it is not a hiccup: a result file the service deleted will not
+    come back, so its requests are sent again (ops/lost.py) instead of failing the run.
+    """

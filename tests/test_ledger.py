@@ -22,7 +22,7 @@ S = ShardState
 def test_the_lifecycle_table_is_exactly_the_design():
     assert ALLOWED == {
         S.PREPARED: {S.UPLOADED},
-        S.UPLOADED: {S.SUBMITTED},
+        S.UPLOADED: {S.SUBMITTED, S.PREPARED},  # PREPARED: the uploaded file vanished, upload it again
         S.SUBMITTED: {S.COMPLETED, S.UPLOADED},
         S.COMPLETED: {S.MERGED},
         S.MERGED: set(),

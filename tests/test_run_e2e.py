@@ -41,7 +41,7 @@ def test_step_by_step_every_row_gets_its_own_answer(cli, emulator: Emulator, run
     ]
 
     downloaded = cli.json("download", "reviews")["data"]
-    assert downloaded == {"run": "reviews", "shards": ["00001.a1", "00002.a1", "00003.a1"], "files": 3}
+    assert downloaded == {"run": "reviews", "shards": ["00001.a1", "00002.a1", "00003.a1"], "files": 3, "lost": []}
 
     processed = cli.json("process", "reviews")["data"]
     assert processed["done"] and processed["ok"] == 12 and processed["failed"] == 0

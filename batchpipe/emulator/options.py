@@ -73,3 +73,12 @@ class EmulatorOptions:
     file_visibility_delay: int = 0
     # More batch creates than this within the last hour -> 429 with `retry-after`, nothing created.
     creates_per_hour_limit: int | None = None
+    # Files the service no longer has (deleted by someone, or past their retention): the batches
+    # with these numbers (1-based, in create order) still name their output / error file, but the
+    # file is deleted as soon as it is written, so retrieving or downloading it answers 404. The
+    # uploads with these numbers (1-based, in upload order) are deleted right after they are
+    # answered, so a batch create naming one answers 400 "Cannot find file". Any file can also
+    # be deleted the way the real API does it: DELETE /v1/files/{id}.
+    lose_output_of_batches: tuple[int, ...] = ()
+    lose_errors_of_batches: tuple[int, ...] = ()
+    lose_uploads: tuple[int, ...] = ()

@@ -398,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the first N creates naming a file answer 400 'Cannot find file'")
     faults.add_argument("--creates-per-hour-limit", type=int, default=defaults.creates_per_hour_limit,
                         help="batch creates per hour before 429")
+    faults.add_argument("--lose-output-of-batch", type=int, action="append", default=[], metavar="N",
+                        help="the N-th batch's output file is deleted once written (repeatable)")
+    faults.add_argument("--lose-errors-of-batch", type=int, action="append", default=[], metavar="N",
+                        help="the N-th batch's error file is deleted once written (repeatable)")
+    faults.add_argument("--lose-upload", type=int, action="append", default=[], metavar="N",
+                        help="the N-th upload is deleted right after it is answered (repeatable)")
     return parser
 
 
@@ -420,6 +426,9 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         enqueued_token_limit=args.enqueued_token_limit,
         file_visibility_delay=args.file_visibility_delay,
         creates_per_hour_limit=args.creates_per_hour_limit,
+        lose_output_of_batches=tuple(args.lose_output_of_batch),
+        lose_errors_of_batches=tuple(args.lose_errors_of_batch),
+        lose_uploads=tuple(args.lose_upload),
     )
 
 

@@ -11,6 +11,7 @@ Batch-level fault switches act in `create_batch`: the creates-per-hour 429, the 
 400, the enqueued-token queue (a batch that overflows it is created already doomed to `failed`
 with token_limit_exceeded), `request_failure_rate` and `expire_after_requests` (both fixed at
 create, like the rest of a batch's outcome).
+The lose_* switches (files the service no longer has) act in `upload` and `_settle`.
 
 Records are never removed: deleting or expiring a file only marks it, so that a list cursor
 (`after=<id>`) pointing at it keeps working.
@@ -118,6 +119,7 @@ class BatchRecord:
     enqueued: bool  # does it occupy the queue while not terminal (false if it failed at create)
     cancel_at: float | None = None
     settled: bool = False
+    number: int = 0  # 1-based, in create order (what the lose_*_of_batches switches name)
     output_file_id: str | None = None
     error_file_id: str | None = None
 
@@ -134,6 +136,7 @@ class _Counts:
     token_limit_failures: int = 0
     file_not_visible: int = 0
     create_rate_limited: int = 0
+    deleted_files: int = 0
     max_enqueued_tokens: dict[str, int] = field(default_factory=dict)
 
 
@@ -163,7 +166,8 @@ class Store:
         duplicate_creates: creates whose tag an earlier batch not `failed` already had.
         duplicate_uploads: uploads whose filename a live (not deleted/expired) upload already had.
         token_limit_failures: batches failed with token_limit_exceeded. file_not_visible: 400s from
-        file_visibility_delay. create_rate_limited: 429s from creates_per_hour_limit.
+        file_visibility_delay. create_rate_limited: 429s from creates_per_hour_limit. deleted_files:
+        files deleted by DELETE /v1/files/{id} or made to vanish by the lose_* switches.
         max_enqueued_tokens / enqueued_tokens: per model, the high-water mark / the current sum of
         estimated prompt tokens of accepted non-terminal batches. transient_errors (+ _by_status
         "503"/"500"/"429") and lost_answers (+ _by_kind "http_500"/"dropped", _by_op
@@ -184,6 +188,7 @@ class Store:
                 "token_limit_failures": c.token_limit_failures,
                 "file_not_visible": c.file_not_visible,
                 "create_rate_limited": c.create_rate_limited,
+                "deleted_files": c.deleted_files,
                 "max_enqueued_tokens": dict(c.max_enqueued_tokens),
                 "enqueued_tokens": {m: self._enqueued_tokens(m, now) for m in models},
                 **self.faults.counts(),
@@ -225,7 +230,10 @@ class Store:
             record = self._new_file(filename, purpose, content, now, expires_seconds)
             record.uploaded = True
             self._counts.uploads += 1
-            return record.to_api()
+            answer = record.to_api()
+            if self._counts.uploads in self.options.lose_uploads:
+                self._delete(record)  # gone before anyone can name it in a batch create
+            return answer
 
     def get_file(self, file_id: str) -> dict[str, Any]:
         with self._lock:
@@ -240,7 +248,7 @@ class Store:
     def delete_file(self, file_id: str) -> dict[str, Any]:
         with self._lock:
             self._advance(self.clock())
-            self._live_file(file_id).deleted = True
+            self._delete(self._live_file(file_id))
             return {"id": file_id, "object": "file", "deleted": True}
 
     def list_files(
@@ -371,11 +379,21 @@ class Store:
         if ok:
             content = to_jsonl(shuffled(ok, seed, record.shuffle_salt + ":output"))
             name = f"{record.id}_output.jsonl"
-            record.output_file_id = self._new_file(name, "batch_output", content, phase.terminal_at, expires).id
+            output = self._new_file(name, "batch_output", content, phase.terminal_at, expires)
+            record.output_file_id = output.id
+            if record.number in self.options.lose_output_of_batches:
+                self._delete(output)
         if errors:
             content = to_jsonl(shuffled(errors, seed, record.shuffle_salt + ":error"))
             name = f"{record.id}_error.jsonl"
-            record.error_file_id = self._new_file(name, "batch_output", content, phase.terminal_at, expires).id
+            error_file = self._new_file(name, "batch_output", content, phase.terminal_at, expires)
+            record.error_file_id = error_file.id
+            if record.number in self.options.lose_errors_of_batches:
+                self._delete(error_file)
+
+    def _delete(self, record: FileRecord) -> None:
+        record.deleted = True
+        self._counts.deleted_files += 1
 
     def _new_file(self, filename: str, purpose: str, content: bytes, created: float, expires: int | None) -> FileRecord:
         record = FileRecord(
@@ -494,6 +512,7 @@ class Store:
             errors=errors,
             tokens=tokens,
             enqueued=enqueued,
+            number=len(self._batches) + 1,
         )
         self._batches[record.id] = record
         return record

@@ -65,7 +65,7 @@ class Shard:
     est_tokens: int  # input tokens, counted at create (what the provider's enqueued-token queue holds)
     upload: Upload | None = None
     batch: Batch | None = None
-    outputs: FileRef | None = None  # downloaded output file (None if the batch had none)
+    outputs: FileRef | None = None  # downloaded output file (None if the batch had none, or it was lost: ops/lost.py)
     errors_file: FileRef | None = None  # downloaded error file (None if the batch had none)
     merged: dict[str, int] | None = None  # {"ok": n, "failed": n, "retried": n}
     retry: str | None = None  # id of the next attempt, which holds this attempt's retryable failures

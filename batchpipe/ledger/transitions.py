@@ -8,7 +8,8 @@ from batchpipe.ledger.model import Shard, ShardState
 S = ShardState
 ALLOWED: dict[ShardState, frozenset[ShardState]] = {
     S.PREPARED: frozenset({S.UPLOADED}),
-    S.UPLOADED: frozenset({S.SUBMITTED}),
+    # back to PREPARED: the service no longer has the uploaded file; it is uploaded again (ops/lost.py).
+    S.UPLOADED: frozenset({S.SUBMITTED, S.PREPARED}),
     # back to UPLOADED: the batch failed with token_limit_exceeded and is resubmitted later.
     S.SUBMITTED: frozenset({S.COMPLETED, S.UPLOADED}),
     S.COMPLETED: frozenset({S.MERGED}),

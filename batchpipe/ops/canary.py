@@ -24,6 +24,7 @@ from batchpipe.ledger.index import Index
 from batchpipe.ledger.model import FileRef, Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.create import unbounded_output_tokens
+from batchpipe.ops.lost import lost_files
 from batchpipe.pipeline.shards import shard_id
 from batchpipe.pipeline.tokens import counter_for, max_output_tokens
 
@@ -87,6 +88,8 @@ def canary_gate(ledger: Ledger) -> str | None:
     if canary.state != ShardState.MERGED:
         return f"waiting for the canary ({canary.requests} requests in shard {canary.id}) before the rest"
     failed = (canary.merged or {}).get("failed", 0)
+    if lost_files(canary):  # its answers are gone (and sent again), but the service counted how they went
+        failed = canary.batch.request_counts.get("failed", 0)
     if failed == 0 and canary.batch is not None and canary.batch.status == "completed":
         ledger.run.canary_state = "passed"
         ledger.commit({"event": "canary", "shard": canary.id, "verdict": "passed"})

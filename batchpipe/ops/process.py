@@ -28,6 +28,7 @@ from batchpipe.ledger.index import Index, Outcome
 from batchpipe.ledger.model import FileRef, Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress, run_config, usage_tokens
+from batchpipe.ops.lost import billed_usage, lost_error
 from batchpipe.paths import RunPaths
 from batchpipe.pipeline.inputs import iter_rows
 from batchpipe.pipeline.results import TRUNCATED, BadLine, Parsed, is_retryable, parse_lines
@@ -102,6 +103,8 @@ def _outcomes(
     if shard.batch.status == "failed":
         yield from _validation_failure(shard, index, result)
         return
+    # A request with no result line: missing, or (if one of the files was lost) perhaps in it.
+    absent = lost_error(shard) or MISSING
     # One shard holds at most 50,000 requests: a per-shard map is bounded, whatever the dataset size.
     expected = {custom_id for _, custom_id in index.shard_ids(shard.file.path)}
     found: dict[str, Parsed] = {}
@@ -123,7 +126,7 @@ def _outcomes(
             else:
                 yield Outcome(custom_id, True, p.value, None, attempt=shard.attempt, finish_reason=p.finish_reason)
         else:
-            error = p.error if p is not None else MISSING
+            error = p.error if p is not None else absent
             yield Outcome(custom_id, False, None, error, retryable=is_retryable(error), attempt=shard.attempt)
 
 
@@ -273,6 +276,7 @@ def process(paths: RunPaths, *, retry_failed: bool = False) -> Processed:
                     usage = {"input_tokens": 0, "output_tokens": 0}  # a running sum: bounded, whatever the shard
                     outcomes = _outcomes(ledger, shard, index, result, usage, fail_truncated)
                     counts = index.put_results(shard.id, outcomes)
+                    usage = billed_usage(shard) or usage  # a lost output file's requests were still billed
                     crash.point("process:after_index")
                     ledger.advance(shard, ShardState.MERGED, merged=counts, usage=usage)
                     result.merged.append(shard.id)

@@ -6,7 +6,11 @@
   cannot be repaired is reported with what to do;
 - adopts uploads and batches whose create was sent but whose answer never reached the ledger;
 - finds every batch the provider holds for this run, and cancels (and reports) a second live
-  batch for one shard.
+  batch for one shard;
+- finds files the service no longer has (ops/lost.py): a finished batch's output or error file
+  (what remains is downloaded and the lost file's requests are sent again by the next `run`),
+  and an uploaded input file whose batch is not created yet (the shard goes back to be
+  uploaded again by the next `submit`).
 Recovery never creates anything remote: submitting what is still missing is `submit`'s job,
 and it looks the tags up again first.
 """
@@ -16,11 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from batchpipe import fsio
-from batchpipe.errors import LedgerError
-from batchpipe.ledger.model import Shard, ShardState, Upload
+from batchpipe.errors import LedgerError, RemoteNotFound
+from batchpipe.ledger.model import TERMINAL_BATCH_STATUSES, Shard, ShardState, Upload
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import bind_provider
-from batchpipe.ops.remote import batch_record, cancel_duplicate, tagged_batches
+from batchpipe.ops.download import download_shard
+from batchpipe.ops.lost import back_to_upload
+from batchpipe.ops.remote import batch_record, cancel_duplicate, refresh, tagged_batches
 from batchpipe.paths import RunPaths
 from batchpipe.providers import Provider, RemoteBatch
 
@@ -73,7 +79,11 @@ def _check_files(ledger: Ledger, provider: Provider | None, result: Recovered) -
                 result.problems.append(f"shard {shard.id}: {problem}; set OPENAI_API_KEY and run recover again")
                 continue
             path = ledger.paths.result_file(shard.id, kind)
-            size, sha = fsio.write_lines_atomic(path, provider.iter_file_content(file_id))
+            try:
+                size, sha = fsio.write_lines_atomic(path, provider.iter_file_content(file_id))
+            except RemoteNotFound:
+                _unrestorable(ledger, shard, attr, f"{problem}, and the service no longer has file {file_id}", result)
+                continue
             if (size, sha) == (ref.bytes, ref.sha256):
                 result.actions.append(f"shard {shard.id}: downloaded {path.name} again")
             else:
@@ -85,6 +95,34 @@ def _check_files(ledger: Ledger, provider: Provider | None, result: Recovered) -
         ledger.run.output = None
         ledger.commit({"event": "output_damaged"})
         result.actions.append(f"{problem}: it will be written again by `batchpipe process {ledger.run.id}`")
+
+
+def _unrestorable(ledger: Ledger, shard: Shard, attr: str, problem: str, result: Recovered) -> None:
+    """A damaged result file the service no longer has: retry its requests if not merged yet."""
+    if shard.state == ShardState.COMPLETED:
+        setattr(shard, attr, None)  # recorded as lost (ops/lost.py): `process` sends its requests again
+        ledger.commit({"event": "result_file_lost", "shard": shard.id, "kind": attr})
+        result.actions.append(f"shard {shard.id}: {problem}: the requests whose results it held will be sent "
+                              f"again as a new attempt by `batchpipe run {ledger.run.id}`")
+    else:  # merged: its results are in the index and the output, but this raw copy is gone for good
+        result.problems.append(f"shard {shard.id}: {problem}: it cannot be restored. Its results are already "
+                               f"merged and kept in index.sqlite and output.jsonl: do not delete those")
+
+
+def _lost_remote_files(ledger: Ledger, provider: Provider, result: Recovered, batches: list[RemoteBatch]) -> None:
+    """Finished batches whose result files, and uploads whose input files, the service no longer has."""
+    listed = {b.id: b for b in batches}
+    for shard in ledger.shards:
+        if shard.state == ShardState.SUBMITTED:
+            remote = listed.get(shard.batch.id) or shard.batch  # the listing is fresher than the ledger
+            named = (remote.output_file_id, remote.error_file_id)
+            if remote.status in TERMINAL_BATCH_STATUSES and any(f and not provider.file_exists(f) for f in named):
+                refresh(ledger, shard, provider)
+                if shard.state == ShardState.SUBMITTED:
+                    result.actions += download_shard(ledger, shard, provider)  # what remains, and which is lost
+        if shard.state == ShardState.UPLOADED and not provider.file_exists(shard.upload.file_id):
+            note = back_to_upload(ledger, shard)
+            result.actions.append(f"{note}: `batchpipe submit {ledger.run.id}` uploads it again")
 
 
 def _of_shard(batch: RemoteBatch, shard: Shard) -> bool:
@@ -141,6 +179,7 @@ def recover(paths: RunPaths, provider: Provider | None) -> Recovered:
         file_ids = frozenset(s.upload.file_id for s in ledger.shards if s.upload and s.upload.file_id)
         batches = provider.find_batches({"batchpipe_run": ledger.run.id}, since, file_ids) if since is not None else []
         _adopt_open_intents(ledger, provider, result, batches)
+        _lost_remote_files(ledger, provider, result, batches)
         _cancel_duplicates(ledger, provider, result, batches)
         ledger.log({"event": "recovered", "actions": len(result.actions), "problems": len(result.problems)})
     return result

@@ -160,7 +160,9 @@ def ensure_submitted(ledger: Ledger, shard: Shard, provider: Provider, *, sleep=
             lambda: provider.create_batch(file_id, ledger.run.endpoint, tag),
             lookup,
             sleep=sleep,
-            also_retry=_file_not_visible,
+            # "file not found" is waited out only while the Files API still has the file; a file it
+            # no longer has is uploaded again instead (ops/submit.py, ops/lost.py)
+            also_retry=lambda exc: _file_not_visible(exc) and provider.file_exists(file_id),
         )
         crash.point("batch_create:after")
     ledger.log({"event": "remote", "call": "batch_create", "shard": shard.id, "batch_id": found.id})

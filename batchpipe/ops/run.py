@@ -73,7 +73,7 @@ def step(
         processed,
         submitted=submitted.submitted,
         downloaded=downloaded.shards,
-        notes=submitted.notes,
+        notes=submitted.notes + downloaded.lost,
         held=submitted.held,
         over_budget=submitted.over_budget,
         queued=submitted.queued,

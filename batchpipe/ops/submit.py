@@ -6,11 +6,13 @@ import time
 from dataclasses import dataclass, field
 
 from batchpipe import fsio
+from batchpipe.errors import ProviderError
 from batchpipe.ledger.model import ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.canary import canary_gate, split_canary
 from batchpipe.ops.cancel import release_hold
 from batchpipe.ops.common import bind_provider, run_config
+from batchpipe.ops.lost import back_to_upload, input_file_gone
 from batchpipe.ops.remote import ensure_submitted, ensure_uploaded
 from batchpipe.ops.schedule import Schedule
 from batchpipe.paths import RunPaths
@@ -83,6 +85,15 @@ def submit(
                     result.queued.append(why)
                     continue
                 bind_provider(ledger, provider)
-                result.notes += ensure_submitted(ledger, shard, provider, sleep=sleep)
+                try:
+                    result.notes += ensure_submitted(ledger, shard, provider, sleep=sleep)
+                except ProviderError as exc:
+                    if not input_file_gone(shard, provider, exc):
+                        raise
+                    # The service lost the uploaded file before the batch was made: upload it again, once.
+                    note = back_to_upload(ledger, shard)
+                    ensure_uploaded(ledger, shard, provider, sleep=sleep)
+                    result.notes.append(f"{note}: uploaded it again as {shard.upload.file_id}")
+                    result.notes += ensure_submitted(ledger, shard, provider, sleep=sleep)
                 result.submitted.append(shard.id)
     return result

@@ -54,7 +54,13 @@ class Provider(Protocol):
 
     def cancel_batch(self, batch_id: str) -> RemoteBatch: ...
 
-    def iter_file_content(self, file_id: str) -> Iterator[bytes]: ...
+    def iter_file_content(self, file_id: str) -> Iterator[bytes]:
+        """The file's bytes; raises RemoteNotFound if the service no longer has the file."""
+        ...
+
+    def file_exists(self, file_id: str) -> bool:
+        """False if the service answers that it has no such file (deleted or expired)."""
+        ...
 
     def ping(self) -> None:
         """A cheap authenticated read (raises ProviderError if the service or the key is not right)."""

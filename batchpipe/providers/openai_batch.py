@@ -14,7 +14,7 @@ from typing import Any
 
 import openai
 
-from batchpipe.errors import ProviderError
+from batchpipe.errors import ProviderError, RemoteNotFound
 from batchpipe.providers.base import RemoteBatch, RemoteFile
 
 # Objects created this long before an intent was recorded are still looked at: the local and
@@ -44,6 +44,12 @@ def _error(exc: Exception, action: str) -> ProviderError:
             f"{action}: the service refused the API key (401)",
             hint="check OPENAI_API_KEY (environment or .env)",
             status_code=401,
+        )
+    if isinstance(exc, openai.NotFoundError):
+        # Not a hiccup: nothing will be there on another try (a deleted or expired file, say).
+        body = exc.body if isinstance(exc.body, dict) else {}
+        return RemoteNotFound(
+            f"{action}: HTTP 404: {body.get('message') or exc}", status_code=404, code=exc.code, param=exc.param
         )
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
@@ -186,6 +192,16 @@ class OpenAIBatchProvider:
             self._client.with_options(max_retries=0, timeout=20).batches.list(limit=1)
         except openai.OpenAIError as exc:
             raise _error(exc, f"reaching {self.base_url}") from None
+
+    def file_exists(self, file_id: str) -> bool:
+        """Does the service still have this file? (False only on a 404: deleted or expired.)"""
+        try:
+            self._client.files.retrieve(file_id)
+        except openai.NotFoundError:
+            return False
+        except openai.OpenAIError as exc:
+            raise _error(exc, f"looking up file {file_id}") from None
+        return True
 
     def iter_file_content(self, file_id: str) -> Iterator[bytes]:
         try:
