@@ -23,7 +23,7 @@ from batchpipe.ledger.model import FileRef, Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress, run_config, usage_tokens
 from batchpipe.paths import RunPaths
-from batchpipe.pipeline.inputs import iter_rows
+from batchpipe.pipeline.inputs import InputDigest, display_path, iter_rows
 from batchpipe.pipeline.results import BadLine, Parsed, is_retryable, parse_lines
 from batchpipe.pipeline.shards import shard_id
 
@@ -140,7 +140,8 @@ def _plan_retry(ledger: Ledger, shard: Shard, index: Index, max_attempts: int, r
 def _merged_rows(ledger: Ledger, index: Index, key: str, result: Processed) -> Iterator[bytes]:
     cfg = run_config(ledger.paths)
     joined = index.joined()
-    for row in iter_rows(cfg.input):
+    digest = InputDigest()
+    for row in iter_rows(cfg.input, digest):
         row_no, _, outcome = next(joined, (None, None, None))
         if row_no != row.row_no:  # the index and the input disagree: the input changed under us
             raise InputError(f"{cfg.input.path}: row {row.row_no} does not match the run's index")
@@ -154,6 +155,29 @@ def _merged_rows(ledger: Ledger, index: Index, key: str, result: Processed) -> I
             result.failed += 1
         data[f"{key}_attempts"] = outcome.attempt if outcome is not None else 0
         yield orjson.dumps(data) + b"\n"
+    _check_every_request_has_a_row(ledger, cfg.input.path, joined, digest)
+
+
+def _check_every_request_has_a_row(
+    ledger: Ledger, path: Path, joined: Iterator[tuple[int, str, Any]], digest: InputDigest
+) -> None:
+    """Raised inside the output's writer, so no output is published: a paid answer whose row is
+    gone must never be dropped while the run reports done."""
+    first, orphans = None, 0
+    for _, custom_id, _ in joined:
+        first, orphans = first or custom_id, orphans + 1
+    if orphans:
+        raise InputError(
+            f"{orphans} requests of run {ledger.run.id} have no row in {display_path(path)} "
+            f"(the first: id {first!r}): the file has fewer rows than the run was created from",
+            hint="restore the input file the run was created from and run `batchpipe process` again; "
+            "the answers are kept until then",
+        )
+    if digest.sha256 != ledger.run.input["sha256"]:  # changed since the check in _write_output
+        raise InputError(
+            f"{display_path(path)} has changed since the run was created: its rows can no longer be matched",
+            hint="restore the original input file (same content) and run `batchpipe process` again",
+        )
 
 
 def _write_output(ledger: Ledger, index: Index, result: Processed) -> None:

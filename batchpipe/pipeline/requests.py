@@ -23,7 +23,7 @@ import orjson
 
 from batchpipe.config import NO_SYSTEM_ENDPOINTS, RESERVED_PARAMS, JobConfig
 from batchpipe.errors import ConfigError, InputError
-from batchpipe.pipeline.inputs import Row, display_path, iter_rows
+from batchpipe.pipeline.inputs import InputDigest, Row, display_path, iter_rows
 from batchpipe.pipeline.template import (
     MissingField,
     Template,
@@ -128,11 +128,12 @@ def _compile(cfg: JobConfig, key: str, text: str) -> Template:
         ) from None
 
 
-def render_requests(cfg: JobConfig) -> Iterator[Request]:
+def render_requests(cfg: JobConfig, digest: InputDigest | None = None) -> Iterator[Request]:
     """Yield one Request per input row, in file order.
 
     Raises InputError for a bad row (file, line, row id, field) and ConfigError for a
     config that load_config would have refused (when a JobConfig is built by hand).
+    After the last request, `digest` holds the size and sha256 of the input bytes read.
     """
     reserved = sorted(k for k in cfg.params if k in RESERVED_PARAMS)
     if reserved:
@@ -146,7 +147,7 @@ def render_requests(cfg: JobConfig) -> Iterator[Request]:
     build_body(cfg, "" if system_t is not None else None, "")
     endpoint = cfg.endpoint
     id_segments = _id_segments(cfg)
-    for row in iter_rows(cfg.input):
+    for row in iter_rows(cfg.input, digest):
         cid = _custom_id(cfg, row, id_segments)
         system = _render(cfg, system_t, "prompt.system", row, cid) if system_t is not None else None
         user = _render(cfg, user_t, "prompt.user", row, cid)
