@@ -23,7 +23,7 @@ from batchpipe.ledger.model import FileRef, Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress, run_config, usage_tokens
 from batchpipe.paths import RunPaths
-from batchpipe.pipeline.inputs import InputDigest, display_path, iter_rows
+from batchpipe.pipeline.inputs import InputDigest, display_path, dumps_row, iter_rows
 from batchpipe.pipeline.results import BadLine, Parsed, is_retryable, parse_lines
 from batchpipe.pipeline.shards import shard_id
 
@@ -154,7 +154,7 @@ def _merged_rows(ledger: Ledger, index: Index, key: str, result: Processed) -> I
             data[f"{key}_error"] = outcome.error if outcome is not None else MISSING
             result.failed += 1
         data[f"{key}_attempts"] = outcome.attempt if outcome is not None else 0
-        yield orjson.dumps(data) + b"\n"
+        yield dumps_row(data)
     _check_every_request_has_a_row(ledger, cfg.input.path, joined, digest)
 
 

@@ -13,6 +13,9 @@ Formats
   malformed quote stops the read with an InputError naming the file and the line.
   A quoted field may span lines; its row's `line_no` is the line where the row starts.
 
+Integers beyond 64 bits (ids, counters) are kept exactly: orjson would read them as floats,
+so a line holding a long run of digits is read with the stdlib json instead.
+
 The bytes are hashed as they are read (`InputDigest`), in the same pass that parses them, so
 the hash a run records is the hash of exactly the rows it rendered. A file that changes while
 it is read (grows, shrinks, is rewritten or replaced) is an InputError at the end of the read.
@@ -25,7 +28,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +43,16 @@ from batchpipe.errors import InputError
 if TYPE_CHECKING:
     from batchpipe.config import InputConfig
 
-__all__ = ["InputDigest", "Row", "display_path", "iter_rows"]
+__all__ = ["InputDigest", "Row", "display_path", "dumps_row", "iter_rows"]
 
 _BOM = b"\xef\xbb\xbf"
 # csv refuses fields over 128 KiB by default; long documents in one cell are normal input.
 # 256 MiB is beyond the 200 MB a whole batch file may hold, so nothing useful is refused.
 _CSV_FIELD_LIMIT = 256 * 1024 * 1024
+# orjson reads integers from -2**63 to 2**64-1 exactly and any other as a float. Those all have
+# fewer than 19 digits, or 19 or 20; a run of 19 or more digits (in a number, or harmlessly in
+# a string) sends the line to the stdlib parser, which keeps every integer exact.
+_LONG_DIGITS = re.compile(rb"[0-9]{19,}")
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,15 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def dumps_row(data: dict[str, Any]) -> bytes:
+    """A row as one compact JSON line (trailing newline included), integers of any size exact."""
+    try:
+        return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        # orjson refuses integers beyond 64 bits; the stdlib writes them digit for digit.
+        return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
 def display_path(path: Path) -> str:
     """`path` as a user would type it: relative to the working directory when inside it."""
     try:
@@ -185,6 +203,8 @@ def _iter_jsonl(path: Path, digest: InputDigest | None) -> Iterator[Row]:
                 data = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
                 raise _bad_json(name, line_no, raw, exc) from None
+            if _LONG_DIGITS.search(raw):
+                data = json.loads(raw)  # valid JSON (orjson read it); the stdlib keeps big integers exact
             if not isinstance(data, dict):
                 raise InputError(
                     f"{name} line {line_no}: expected a JSON object ({{...}}), got {_json_kind(data)}",
