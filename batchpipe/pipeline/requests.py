@@ -147,8 +147,10 @@ def render_requests(cfg: JobConfig, digest: InputDigest | None = None) -> Iterat
     build_body(cfg, "" if system_t is not None else None, "")
     endpoint = cfg.endpoint
     id_segments = _id_segments(cfg)
+    output_fields = _output_fields(cfg.output.key)
     for row in iter_rows(cfg.input, digest):
         cid = _custom_id(cfg, row, id_segments)
+        _check_output_fields(cfg, row, cid, output_fields)
         system = _render(cfg, system_t, "prompt.system", row, cid) if system_t is not None else None
         user = _render(cfg, user_t, "prompt.user", row, cid)
         line = orjson.dumps(
@@ -156,6 +158,25 @@ def render_requests(cfg: JobConfig, digest: InputDigest | None = None) -> Iterat
             option=orjson.OPT_APPEND_NEWLINE,
         )
         yield Request(custom_id=cid, row_no=row.row_no, line_no=row.line_no, line=line)
+
+
+def _output_fields(key: str) -> tuple[str, ...]:
+    """The fields `process` writes into every output row (see README, "The output")."""
+    return (key, f"{key}_error", f"{key}_attempts")
+
+
+def _check_output_fields(cfg: JobConfig, row: Row, cid: str, fields: tuple[str, ...]) -> None:
+    """A row that already has a field the output writes would lose it (or keep a stale error
+    beside a fresh answer): refuse it before anything is paid."""
+    for name in fields:
+        if name in row.data:
+            label = f"row id {cid}" if cfg.input.id is not None else f"row {row.row_no}"
+            raise InputError(
+                f"{display_path(cfg.input.path)} line {row.line_no} ({label}): the row already has a field "
+                f"'{name}', which the output writes (output.key is '{cfg.output.key}')",
+                hint=f"choose another output.key in {display_path(cfg.source)} (for example "
+                f"key: {cfg.output.key}_2), or rename the field '{name}' in the input",
+            )
 
 
 def _id_segments(cfg: JobConfig) -> tuple[str, ...] | None:
