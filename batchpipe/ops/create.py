@@ -42,6 +42,7 @@ class Created:
     created: bool  # False when the run already existed (the second create is a no-op)
     shards: int
     requests: int
+    notes: tuple[str, ...] = ()  # what the user should know about the counts (a text counted by bytes)
 
 
 def default_run_id(config_path: Path, digest: str) -> str:
@@ -67,8 +68,9 @@ def create(config_path: Path, *, runs_dir: Path, run_id: str | None = None) -> C
         return _existing(paths, config_sha, expected_sha or fsio.sha256_file(cfg.input.path)[1])
 
     tmp = fsio.make_temp_dir(Path(runs_dir), run_id)
+    counter = counter_for(cfg.model)
     try:
-        state = _build(RunPaths(tmp), cfg, snapshot, run_id, config_sha, expected_sha)
+        state = _build(RunPaths(tmp), cfg, snapshot, run_id, config_sha, expected_sha, counter)
         crash.point("run_create:before_publish")
         try:
             fsio.publish_dir(tmp, paths.root)
@@ -77,7 +79,7 @@ def create(config_path: Path, *, runs_dir: Path, run_id: str | None = None) -> C
     except BaseException:
         fsio.remove_tree(tmp)
         raise
-    return Created(run_id, paths.root, True, len(state.shards), state.run.requests)
+    return Created(run_id, paths.root, True, len(state.shards), state.run.requests, tuple(counter.notes()))
 
 
 def _existing(paths: RunPaths, config_sha: str, input_sha: str) -> Created:
@@ -137,10 +139,12 @@ def plan_shards(
                     hint=f"shorten the row or raise limits.max_bytes_per_shard in {cfg.source}",
                 )
             body = orjson.loads(req.line)["body"]
+            too_long = counter.too_long
             tokens = counter.body(cfg.endpoint, body)
             if limits.enqueued_tokens is not None and tokens > limits.enqueued_tokens:
+                how = " (counted by bytes: too long for the tokenizer)" if counter.too_long > too_long else ""
                 raise InputError(
-                    f"{where}: the request is {tokens} tokens, more than limits.enqueued_tokens "
+                    f"{where}: the request is {tokens} tokens{how}, more than limits.enqueued_tokens "
                     f"({limits.enqueued_tokens}): it could never be queued",
                     hint=f"shorten the row or raise limits.enqueued_tokens in {cfg.source}",
                 )
@@ -203,7 +207,13 @@ class _ShardFiles:
 
 
 def _build(
-    paths: RunPaths, cfg: JobConfig, snapshot: bytes, run_id: str, config_sha: str, expected_sha: str | None
+    paths: RunPaths,
+    cfg: JobConfig,
+    snapshot: bytes,
+    run_id: str,
+    config_sha: str,
+    expected_sha: str | None,
+    counter: TokenCounter,
 ) -> RunState:
     fsio.write_bytes_atomic(paths.config, snapshot)
     paths.shards_dir.mkdir()
@@ -214,7 +224,7 @@ def _build(
     digest = InputDigest()  # the hash of exactly the bytes the requests are rendered from
     with Index(paths.index) as index:
         try:
-            for planned in plan_shards(cfg, digest=digest):
+            for planned in plan_shards(cfg, counter, digest):
                 if planned.shard != current:
                     sid, current = files.start(planned.shard), planned.shard
                 line_in_shard = files.write(planned)
