@@ -112,10 +112,14 @@ def create(
     with render.counter(CREATING) as update:
         c = ops.create(config, runs_dir=_runs_dir(ctx), run_id=run_id, on_progress=update)
     data = {"run": c.run_id, "path": str(c.root), "created": c.created, "shards": c.shards, "requests": c.requests}
+    if c.notes:
+        data["warnings"] = list(c.notes)
     if as_json:
         return render.envelope("create", data)
     verb = "created" if c.created else "already exists:"
     render.line(f"{verb} run {c.run_id}: {c.requests} requests in {c.shards} shard(s) at {c.root}")
+    for note in c.notes:
+        render.warn(note)
     render.line(f"next: batchpipe submit {c.run_id}   (or: batchpipe run {c.run_id} --wait)")
 
 

@@ -128,7 +128,9 @@ Fields
     run directory); the API key always comes from the environment.
 
 An optional field may also be written with an empty value (`id:` or `id: null`), which
-means "not set". Keys are checked: an unknown key is an error that suggests the closest
+means "not set". YAML anchors and aliases (`&fmt` ... `*fmt`) work; all the aliases of a
+file together may stand for at most 10,000 values, and an alias may not be used inside the
+value it names. Keys are checked: an unknown key is an error that suggests the closest
 valid one. The same key twice in one mapping is an error (YAML would silently keep the
 last one).
 """
@@ -340,13 +342,68 @@ def _read_text(path: Path, name: str) -> str:
         ) from None
 
 
+# The most values YAML aliases may add to a config, all aliases of the file together. A config
+# of a few hundred values is normal; a file whose aliases list aliases (a "billion laughs")
+# expands to billions and would take every byte of memory while the config is checked.
+MAX_ALIAS_VALUES = 10_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that counts, while it composes, how many values each alias stands for.
+
+    An alias is composed as a second reference to its anchor's node, so nothing grows while
+    parsing; it is everything afterwards (checking, copying, writing every request) that
+    expands it. Counting here stops a bomb before any of that, with the line of the alias.
+    """
+
+    def __init__(self, text: str, name: str) -> None:
+        super().__init__(text)
+        self._name = name
+        self._values: dict[int, int] = {}  # id(node) -> values in it, every alias inside expanded
+        self._open: set[str] = set()  # anchors whose node is being composed
+        self._aliased = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            line = event.start_mark.line + 1
+            if event.anchor in self._open:
+                raise ConfigError(
+                    f"{self._name} line {line}: alias *{event.anchor} refers to itself (it is used inside "
+                    f"the value &{event.anchor} names), which JSON cannot carry",
+                    hint="write the value out instead of the alias",
+                )
+            node = super().compose_node(parent, index)
+            self._aliased += self._values.get(id(node), 1)
+            if self._aliased > MAX_ALIAS_VALUES:
+                raise ConfigError(
+                    f"{self._name} line {line}: YAML aliases here expand to more than {MAX_ALIAS_VALUES:,} values "
+                    "(all aliases of the file together)",
+                    hint="write the values out, or use fewer aliases; aliases that repeat aliases multiply "
+                    "(a 'billion laughs' file) and would take all the memory of the machine",
+                )
+            return node
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            self._open.add(anchor)
+        node = super().compose_node(parent, index)
+        self._open.discard(anchor)
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        self._values[id(node)] = 1 + sum(self._values.get(id(child), 1) for child in children)
+        return node
+
+
 def _parse_yaml(text: str, name: str) -> tuple[yaml.Node, Any]:
     """Compose the node tree (for line numbers) and construct the data with the safe loader.
 
     This is exactly what yaml.safe_load does, done in two visible steps so that the node
-    tree is kept: SafeLoader only builds plain data (no Python objects, no code).
+    tree is kept: SafeLoader only builds plain data (no Python objects, no code). Aliases
+    are counted as they are composed (_BoundedLoader).
     """
-    loader = yaml.SafeLoader(text)
+    loader = _BoundedLoader(text, name)
     try:
         root = loader.get_single_node()
         if root is None:

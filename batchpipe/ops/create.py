@@ -25,6 +25,7 @@ from batchpipe.ledger.index import DuplicateId, Index
 from batchpipe.ledger.model import FileRef, Run, RunState, Shard, ShardState
 from batchpipe.ledger.store import Ledger, encode
 from batchpipe.paths import RunPaths, check_run_id
+from batchpipe.pipeline.inputs import InputDigest, display_path
 from batchpipe.pipeline.requests import Request, render_requests
 
 # Output tokens assumed for a request that sets no max_tokens, when the model's maximum is unknown.
@@ -44,6 +45,7 @@ class Created:
     created: bool  # False when the run already existed (the second create is a no-op)
     shards: int
     requests: int
+    notes: tuple[str, ...] = ()  # what the user should know about the counts (a text counted by bytes)
 
 
 def default_run_id(config_path: Path, digest: str) -> str:
@@ -57,17 +59,24 @@ def create(
     """Create the run of a job config (or find it, if it exists); `on_progress(rows, shards)` for long inputs."""
     cfg = load_config(Path(config_path))
     snapshot = snapshot_yaml(cfg).encode()
-    input_size, input_sha = fsio.sha256_file(cfg.input.path)
     config_sha = hashlib.sha256(snapshot).hexdigest()
-    run_id = check_run_id(run_id) if run_id else default_run_id(cfg.source, hashlib.sha256(snapshot + input_sha.encode()).hexdigest())
+    expected_sha = None  # the input's sha read before the run is built, when the run id needs it
+    if run_id:
+        run_id = check_run_id(run_id)
+    else:
+        # The default id names the content, so the input is hashed before it is read for the
+        # requests; the read must then see the very same bytes (_build checks).
+        _, expected_sha = fsio.sha256_file(cfg.input.path)
+        run_id = default_run_id(cfg.source, hashlib.sha256(snapshot + expected_sha.encode()).hexdigest())
     paths = RunPaths.of(runs_dir, run_id)
 
     if paths.root.exists():
-        return _existing(paths, config_sha, input_sha)
+        return _existing(paths, config_sha, expected_sha or fsio.sha256_file(cfg.input.path)[1])
 
     tmp = fsio.make_temp_dir(Path(runs_dir), run_id)
+    counter = counter_for(cfg.model)
     try:
-        state = _build(RunPaths(tmp), cfg, snapshot, run_id, config_sha, (input_size, input_sha), on_progress)
+        state = _build(RunPaths(tmp), cfg, snapshot, run_id, config_sha, expected_sha, counter, on_progress)
         crash.point("run_create:before_publish")
         try:
             fsio.publish_dir(tmp, paths.root)
@@ -76,7 +85,7 @@ def create(
     except BaseException:
         fsio.remove_tree(tmp)
         raise
-    return Created(run_id, paths.root, True, len(state.shards), state.run.requests)
+    return Created(run_id, paths.root, True, len(state.shards), state.run.requests, tuple(counter.notes()))
 
 
 def _existing(paths: RunPaths, config_sha: str, input_sha: str) -> Created:
@@ -112,19 +121,22 @@ def unbounded_output_tokens(model: str) -> int:
     return bound if bound is not None else DEFAULT_UNBOUNDED_OUTPUT_TOKENS
 
 
-def plan_shards(cfg: JobConfig, counter: TokenCounter | None = None) -> Iterator[Planned]:
+def plan_shards(
+    cfg: JobConfig, counter: TokenCounter | None = None, digest: InputDigest | None = None
+) -> Iterator[Planned]:
     """The requests of a job in order, each with its shard: the one split `create` and `estimate` share.
 
     A shard holds at most `limits.max_requests_per_shard` requests, `max_bytes_per_shard` bytes,
     and, when `limits.enqueued_tokens` is set, that many input tokens. A single request over a
-    limit is an input error naming its row.
+    limit is an input error naming its row. Once every request is out, `digest` holds the size
+    and sha256 of the input bytes they were rendered from.
     """
     counter = counter or counter_for(cfg.model)
     limits = cfg.limits
     fallback = unbounded_output_tokens(cfg.model)
 
     def sized() -> Iterator[tuple[tuple[Request, int, int], int, int]]:
-        for req in render_requests(cfg):
+        for req in render_requests(cfg, digest):
             where = f"{cfg.input.path.name} line {req.line_no} (row id {req.custom_id})"
             if len(req.line) > limits.max_bytes_per_shard:
                 raise InputError(
@@ -133,10 +145,12 @@ def plan_shards(cfg: JobConfig, counter: TokenCounter | None = None) -> Iterator
                     hint=f"shorten the row or raise limits.max_bytes_per_shard in {cfg.source}",
                 )
             body = orjson.loads(req.line)["body"]
+            too_long = counter.too_long
             tokens = counter.body(cfg.endpoint, body)
             if limits.enqueued_tokens is not None and tokens > limits.enqueued_tokens:
+                how = " (counted by bytes: too long for the tokenizer)" if counter.too_long > too_long else ""
                 raise InputError(
-                    f"{where}: the request is {tokens} tokens, more than limits.enqueued_tokens "
+                    f"{where}: the request is {tokens} tokens{how}, more than limits.enqueued_tokens "
                     f"({limits.enqueued_tokens}): it could never be queued",
                     hint=f"shorten the row or raise limits.enqueued_tokens in {cfg.source}",
                 )
@@ -199,7 +213,13 @@ class _ShardFiles:
 
 
 def _build(
-    paths: RunPaths, cfg: JobConfig, snapshot: bytes, run_id: str, config_sha: str, input_stat: tuple[int, str],
+    paths: RunPaths,
+    cfg: JobConfig,
+    snapshot: bytes,
+    run_id: str,
+    config_sha: str,
+    expected_sha: str | None,
+    counter: TokenCounter,
     on_progress: OnProgress | None = None,
 ) -> RunState:
     fsio.write_bytes_atomic(paths.config, snapshot)
@@ -208,9 +228,10 @@ def _build(
     files = _ShardFiles(paths)
     current = 0
     rows = 0
+    digest = InputDigest()  # the hash of exactly the bytes the requests are rendered from
     with Index(paths.index) as index:
         try:
-            for planned in plan_shards(cfg):
+            for planned in plan_shards(cfg, counter, digest):
                 if planned.shard != current:
                     sid, current = files.start(planned.shard), planned.shard
                 line_in_shard = files.write(planned)
@@ -232,15 +253,19 @@ def _build(
             files.close()  # on error the caller removes the whole temp run dir
         if rows == 0:
             raise InputError(f"{cfg.input.path}: no rows to process", hint="check input.path in the config")
+        if expected_sha is not None and digest.sha256 != expected_sha:
+            raise InputError(
+                f"{display_path(cfg.input.path)}: the file changed while the run was being created",
+                hint="wait until whatever writes the file has finished (or work on a copy of it), then run create again",
+            )
         index.commit()
-    size, sha = input_stat
     state = RunState(
         run=Run(
             id=run_id,
             created_at=time.time(),
             batchpipe_version=__version__,
             config_sha256=config_sha,
-            input={"path": str(cfg.input.path), "bytes": size, "sha256": sha, "rows": rows},
+            input={"path": str(cfg.input.path), "bytes": digest.bytes, "sha256": digest.sha256, "rows": rows},
             endpoint=cfg.endpoint,
             model=cfg.model,
             requests=rows,

@@ -217,7 +217,7 @@ def _warnings(
     worst: float,
     shard_tokens: Mapping[int, int],
 ) -> list[str]:
-    warnings: list[str] = []
+    warnings: list[str] = counter.notes()
     if unbounded:
         param = _LIMIT_PARAM.get(cfg.endpoint, "params.max_tokens")
         why = (

@@ -30,7 +30,7 @@ from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress, run_config, usage_tokens
 from batchpipe.ops.lost import billed_usage, lost_error
 from batchpipe.paths import RunPaths
-from batchpipe.pipeline.inputs import iter_rows
+from batchpipe.pipeline.inputs import InputDigest, display_path, dumps_row, iter_rows
 from batchpipe.pipeline.results import TRUNCATED, BadLine, Parsed, is_retryable, parse_lines
 from batchpipe.pipeline.shards import shard_id
 
@@ -224,7 +224,8 @@ def _new_attempt(
 def _merged_rows(ledger: Ledger, index: Index, key: str, result: Processed) -> Iterator[bytes]:
     cfg = run_config(ledger.paths)
     joined = index.joined()
-    for row in iter_rows(cfg.input):
+    digest = InputDigest()
+    for row in iter_rows(cfg.input, digest):
         row_no, _, outcome = next(joined, (None, None, None))
         if row_no != row.row_no:  # the index and the input disagree: the input changed under us
             raise InputError(f"{cfg.input.path}: row {row.row_no} does not match the run's index")
@@ -240,7 +241,30 @@ def _merged_rows(ledger: Ledger, index: Index, key: str, result: Processed) -> I
         if outcome is not None and outcome.finish_reason not in (None, "stop"):  # "stop" is the norm: not written
             data[f"{key}_finish_reason"] = outcome.finish_reason
             result.truncated += outcome.finish_reason == TRUNCATED
-        yield orjson.dumps(data) + b"\n"
+        yield dumps_row(data)
+    _check_every_request_has_a_row(ledger, cfg.input.path, joined, digest)
+
+
+def _check_every_request_has_a_row(
+    ledger: Ledger, path: Path, joined: Iterator[tuple[int, str, Any]], digest: InputDigest
+) -> None:
+    """Raised inside the output's writer, so no output is published: a paid answer whose row is
+    gone must never be dropped while the run reports done."""
+    first, orphans = None, 0
+    for _, custom_id, _ in joined:
+        first, orphans = first or custom_id, orphans + 1
+    if orphans:
+        raise InputError(
+            f"{orphans} requests of run {ledger.run.id} have no row in {display_path(path)} "
+            f"(the first: id {first!r}): the file has fewer rows than the run was created from",
+            hint="restore the input file the run was created from and run `batchpipe process` again; "
+            "the answers are kept until then",
+        )
+    if digest.sha256 != ledger.run.input["sha256"]:  # changed since the check in _write_output
+        raise InputError(
+            f"{display_path(path)} has changed since the run was created: its rows can no longer be matched",
+            hint="restore the original input file (same content) and run `batchpipe process` again",
+        )
 
 
 def _write_output(ledger: Ledger, index: Index, result: Processed) -> None:

@@ -13,12 +13,24 @@ Formats
   malformed quote stops the read with an InputError naming the file and the line.
   A quoted field may span lines; its row's `line_no` is the line where the row starts.
 
+Integers beyond 64 bits (ids, counters) are kept exactly: orjson would read them as floats,
+so a line holding a long run of digits is read with the stdlib json instead.
+
+The bytes are hashed as they are read (`InputDigest`), in the same pass that parses them, so
+the hash a run records is the hash of exactly the rows it rendered. A file that changes while
+it is read (grows, shrinks, is rewritten or replaced) is an InputError at the end of the read.
+
 Duplicate ids are not detected here (that needs an index on disk; see requests.py).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
+import json
+import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +43,16 @@ from batchpipe.errors import InputError
 if TYPE_CHECKING:
     from batchpipe.config import InputConfig
 
-__all__ = ["Row", "display_path", "iter_rows"]
+__all__ = ["InputDigest", "Row", "display_path", "dumps_row", "iter_rows"]
 
 _BOM = b"\xef\xbb\xbf"
 # csv refuses fields over 128 KiB by default; long documents in one cell are normal input.
 # 256 MiB is beyond the 200 MB a whole batch file may hold, so nothing useful is refused.
 _CSV_FIELD_LIMIT = 256 * 1024 * 1024
+# orjson reads integers from -2**63 to 2**64-1 exactly and any other as a float. Those all have
+# fewer than 19 digits, or 19 or 20; a run of 19 or more digits (in a number, or harmlessly in
+# a string) sends the line to the stdlib parser, which keeps every integer exact.
+_LONG_DIGITS = re.compile(rb"[0-9]{19,}")
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,81 @@ class Row:
     data: dict[str, Any]
 
 
+@dataclass
+class InputDigest:
+    """Size and sha256 of the bytes one read of the input consumed; set when the read reaches
+    the end of the file unchanged (an error before that leaves it empty)."""
+
+    bytes: int = 0
+    sha256: str = ""
+
+
+class _HashingReader(io.RawIOBase):
+    """A raw file that hashes every byte handed out: the parser reads through it."""
+
+    def __init__(self, raw: io.FileIO) -> None:
+        self._raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001 - a writable buffer
+        n = self._raw.readinto(buffer)
+        if n:
+            self.hash.update(memoryview(buffer)[:n])
+            self.size += n
+        return n
+
+
+class _Source:
+    """The input opened for one read: a buffered binary stream over a hashing raw file, and
+    the file's identity (device, inode, size, mtime) when it was opened."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise _open_error(path, exc) from None
+        self.opened = _identity(os.fstat(raw.fileno()))
+        self.hashing = _HashingReader(raw)
+        self.stream = io.BufferedReader(self.hashing, 1 << 20)
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def finish(self, digest: InputDigest | None) -> None:
+        """At the end of the file: refuse a file that changed while it was read; fill `digest`."""
+        try:
+            now = _identity(os.stat(self.path))
+        except OSError:
+            now = None  # deleted or unreadable now: changed as far as this read is concerned
+        if now != self.opened or self.hashing.size != self.opened[2]:
+            raise InputError(
+                f"{display_path(self.path)}: the file changed while it was being read "
+                "(it grew, shrank, or was rewritten or replaced)",
+                hint="wait until whatever writes the file has finished (or work on a copy of it), "
+                "then run the command again",
+            )
+        if digest is not None:
+            digest.bytes, digest.sha256 = self.hashing.size, self.hashing.hash.hexdigest()
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def dumps_row(data: dict[str, Any]) -> bytes:
+    """A row as one compact JSON line (trailing newline included), integers of any size exact."""
+    try:
+        return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        # orjson refuses integers beyond 64 bits; the stdlib writes them digit for digit.
+        return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
 def display_path(path: Path) -> str:
     """`path` as a user would type it: relative to the working directory when inside it."""
     try:
@@ -60,16 +151,17 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
-def iter_rows(cfg: InputConfig) -> Iterator[Row]:
+def iter_rows(cfg: InputConfig, digest: InputDigest | None = None) -> Iterator[Row]:
     """Yield the rows of `cfg.path` in file order; raises InputError naming file and line.
 
     A file with no data rows at all is an InputError too: a run with nothing in it is
-    almost always a wrong path or an export that failed.
+    almost always a wrong path or an export that failed. When the last row has been read,
+    `digest` (if given) holds the size and sha256 of the bytes the rows were parsed from.
     """
     if cfg.format == "jsonl":
-        rows = _iter_jsonl(Path(cfg.path))
+        rows = _iter_jsonl(Path(cfg.path), digest)
     elif cfg.format == "csv":
-        rows = _iter_csv(Path(cfg.path))
+        rows = _iter_csv(Path(cfg.path), digest)
     else:
         raise InputError(
             f"{display_path(cfg.path)}: unknown input format {cfg.format!r}",
@@ -97,15 +189,12 @@ def _open_error(path: Path, exc: OSError) -> InputError:
     return InputError(f"{name}: cannot read the file ({exc.strerror or exc})")
 
 
-def _iter_jsonl(path: Path) -> Iterator[Row]:
+def _iter_jsonl(path: Path, digest: InputDigest | None) -> Iterator[Row]:
     name = display_path(path)
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed by the with below; open errors are reported apart
-    except OSError as exc:
-        raise _open_error(path, exc) from None
+    source = _Source(path)
     row_no = 0
-    with f:
-        for line_no, raw in enumerate(f, start=1):
+    try:
+        for line_no, raw in enumerate(source.stream, start=1):
             if line_no == 1 and raw.startswith(_BOM):
                 raw = raw[len(_BOM) :]
             if not raw.strip():
@@ -114,6 +203,8 @@ def _iter_jsonl(path: Path) -> Iterator[Row]:
                 data = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
                 raise _bad_json(name, line_no, raw, exc) from None
+            if _LONG_DIGITS.search(raw):
+                data = json.loads(raw)  # valid JSON (orjson read it); the stdlib keeps big integers exact
             if not isinstance(data, dict):
                 raise InputError(
                     f"{name} line {line_no}: expected a JSON object ({{...}}), got {_json_kind(data)}",
@@ -121,6 +212,9 @@ def _iter_jsonl(path: Path) -> Iterator[Row]:
                 )
             row_no += 1
             yield Row(row_no, line_no, data)
+        source.finish(digest)
+    finally:
+        source.close()
 
 
 def _bad_json(name: str, line_no: int, raw: bytes, exc: orjson.JSONDecodeError) -> InputError:
@@ -155,16 +249,13 @@ def _json_kind(value: Any) -> str:
     return "a number"
 
 
-def _iter_csv(path: Path) -> Iterator[Row]:
+def _iter_csv(path: Path, digest: InputDigest | None) -> Iterator[Row]:
     name = display_path(path)
     if csv.field_size_limit() < _CSV_FIELD_LIMIT:
         csv.field_size_limit(_CSV_FIELD_LIMIT)
+    source = _Source(path)
     try:
-        f = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
-    except OSError as exc:
-        raise _open_error(path, exc) from None
-    with f:
-        reader = csv.reader(f)
+        reader = csv.reader(io.TextIOWrapper(source.stream, encoding="utf-8-sig", newline=""))
         header: list[str] | None = None
         header_line = 0
         row_no = 0
@@ -201,6 +292,9 @@ def _iter_csv(path: Path) -> Iterator[Row]:
                 )
             row_no += 1
             yield Row(row_no, start, dict(zip(header, fields)))
+        source.finish(digest)
+    finally:
+        source.close()
 
 
 def _check_header(name: str, line: int, header: list[str]) -> None:

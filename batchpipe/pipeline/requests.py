@@ -23,7 +23,7 @@ import orjson
 
 from batchpipe.config import NO_SYSTEM_ENDPOINTS, RESERVED_PARAMS, JobConfig
 from batchpipe.errors import ConfigError, InputError
-from batchpipe.pipeline.inputs import Row, display_path, iter_rows
+from batchpipe.pipeline.inputs import InputDigest, Row, display_path, iter_rows
 from batchpipe.pipeline.template import (
     MissingField,
     Template,
@@ -128,11 +128,12 @@ def _compile(cfg: JobConfig, key: str, text: str) -> Template:
         ) from None
 
 
-def render_requests(cfg: JobConfig) -> Iterator[Request]:
+def render_requests(cfg: JobConfig, digest: InputDigest | None = None) -> Iterator[Request]:
     """Yield one Request per input row, in file order.
 
     Raises InputError for a bad row (file, line, row id, field) and ConfigError for a
     config that load_config would have refused (when a JobConfig is built by hand).
+    After the last request, `digest` holds the size and sha256 of the input bytes read.
     """
     reserved = sorted(k for k in cfg.params if k in RESERVED_PARAMS)
     if reserved:
@@ -146,8 +147,10 @@ def render_requests(cfg: JobConfig) -> Iterator[Request]:
     build_body(cfg, "" if system_t is not None else None, "")
     endpoint = cfg.endpoint
     id_segments = _id_segments(cfg)
-    for row in iter_rows(cfg.input):
+    output_fields = _output_fields(cfg.output.key)
+    for row in iter_rows(cfg.input, digest):
         cid = _custom_id(cfg, row, id_segments)
+        _check_output_fields(cfg, row, cid, output_fields)
         system = _render(cfg, system_t, "prompt.system", row, cid) if system_t is not None else None
         user = _render(cfg, user_t, "prompt.user", row, cid)
         line = orjson.dumps(
@@ -155,6 +158,25 @@ def render_requests(cfg: JobConfig) -> Iterator[Request]:
             option=orjson.OPT_APPEND_NEWLINE,
         )
         yield Request(custom_id=cid, row_no=row.row_no, line_no=row.line_no, line=line)
+
+
+def _output_fields(key: str) -> tuple[str, ...]:
+    """The fields `process` writes into every output row (see README, "The output")."""
+    return (key, f"{key}_error", f"{key}_attempts")
+
+
+def _check_output_fields(cfg: JobConfig, row: Row, cid: str, fields: tuple[str, ...]) -> None:
+    """A row that already has a field the output writes would lose it (or keep a stale error
+    beside a fresh answer): refuse it before anything is paid."""
+    for name in fields:
+        if name in row.data:
+            label = f"row id {cid}" if cfg.input.id is not None else f"row {row.row_no}"
+            raise InputError(
+                f"{display_path(cfg.input.path)} line {row.line_no} ({label}): the row already has a field "
+                f"'{name}', which the output writes (output.key is '{cfg.output.key}')",
+                hint=f"choose another output.key in {display_path(cfg.source)} (for example "
+                f"key: {cfg.output.key}_2), or rename the field '{name}' in the input",
+            )
 
 
 def _id_segments(cfg: JobConfig) -> tuple[str, ...] | None:

@@ -13,10 +13,11 @@ Syntax
 
 Values
 ------
-A text value is inserted as is; a number or boolean as JSON (`1.5`, `true`); an object or
-list as compact JSON with non-ASCII characters kept (`{"a":"é"}`). A missing field, a list
-index past the end, or a null value raises `MissingField`: an empty string silently
-standing in for a missing field would be paid for and would be wrong.
+A text value is inserted as is; a number or boolean as JSON (`1.5`, `true`; integers of any
+size digit for digit); an object or list as compact JSON with non-ASCII characters kept
+(`{"a":"é"}`). A missing field, a list index past the end, or a null value raises
+`MissingField`: an empty string silently standing in for a missing field would be paid for
+and would be wrong.
 """
 
 from __future__ import annotations

@@ -20,6 +20,11 @@ What is counted, per endpoint:
 * `/v1/embeddings`, `/v1/moderations` (`input`) and `/v1/completions` (`prompt`): the text, or
   the sum over a list of texts; a list of token ids counts its length.
 
+A text the tokenizer will not take (bpe-openai refuses a million characters, or 200,000
+tokens, in one go) is counted as `ceil(UTF-8 bytes / 4)` too; `TokenCounter.notes()` says how
+many were. Such a request is not refused: only the service decides what is too long (a
+request past the model's context fails alone, unbilled).
+
 Not counted anywhere: `tools`, function definitions and `response_format` schemas, which the
 service adds to the prompt. The service's count for a chat request may differ from this one by
 a few tokens per request; the BPE count of the texts themselves is exact.
@@ -112,6 +117,7 @@ class TokenCounter:
             self.method = f"bpe-openai {name}"
         else:
             self.method = ESTIMATE_METHOD
+        self.too_long = 0  # texts the tokenizer refused, counted by bytes instead
 
     @property
     def exact(self) -> bool:
@@ -122,8 +128,21 @@ class TokenCounter:
         if not text:
             return 0
         if self._encode is not None:
-            return len(self._encode(text))
+            try:
+                return len(self._encode(text))
+            except ValueError:  # bpe-openai: "Input too long to encode safely", or its TokenLimitError
+                self.too_long += 1
         return math.ceil(len(text.encode("utf-8", "surrogatepass")) / BYTES_PER_TOKEN)
+
+    def notes(self) -> list[str]:
+        """What a user should know about the counts made so far (empty when nothing to say)."""
+        if not self.too_long:
+            return []
+        texts = "1 text was" if self.too_long == 1 else f"{self.too_long:,} texts were"
+        return [
+            f"{texts} too long for the tokenizer (it takes under a million characters and 200,000 tokens "
+            "at once) and counted as UTF-8 bytes / 4: an estimate"
+        ]
 
     def messages(self, messages: Any) -> int:
         """Chat messages, with the cookbook's per-message overhead and the reply priming."""
