@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 
 from batchpipe import crash, fsio
 from batchpipe.errors import ExitCode, InputError
