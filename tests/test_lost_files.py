@@ -66,7 +66,7 @@ def test_a_lost_error_file_retries_what_the_output_does_not_hold(cli, emulator, 
     emulator.options.lose_errors_of_batches = (1,)
     rows = review_rows(4)
     rows[1]["text"] += " [[fail:400]]"  # fails in every attempt; its error line was in the lost file
-    cli("run", write_job(tmp_path / "job", rows), "--run", "lost", "--wait", "--poll-interval", "0")
+    cli("run", write_job(tmp_path / "job", rows), "--run", "lost", "--wait", "--poll-interval", "0", code=6)  # a row failed for good
     out = read_jsonl(runs_dir / "lost" / "output.jsonl")
     assert [r["verdict"] for r in out] == [expected_answer(rows[0]), None, expected_answer(rows[2]), expected_answer(rows[3])]
     assert [r["verdict_attempts"] for r in out] == [1, 2, 1, 1]  # only the request missing from the output was sent again
@@ -78,7 +78,7 @@ def test_a_lost_output_file_on_the_last_attempt_is_reported_on_its_rows(cli, emu
     emulator.options.lose_output_of_batches = (1,)
     rows = review_rows(3)
     cli("run", write_job(tmp_path / "job", rows, limits={"max_requests_per_shard": 3, "max_attempts": 1}),
-        "--run", "lost", "--wait", "--poll-interval", "0")
+        "--run", "lost", "--wait", "--poll-interval", "0", code=6)
     out = read_jsonl(runs_dir / "lost" / "output.jsonl")
     assert [r["verdict"] for r in out] == [None, None, None]
     assert {r["verdict_error"]["code"] for r in out} == {"result_file_lost"}
