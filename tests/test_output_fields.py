@@ -34,7 +34,7 @@ def test_the_output_of_a_run_feeds_a_second_job_under_another_key(cli, emulator,
     rows = review_rows(3)
     rows[1]["text"] = "broken [[fail:400]]"
     first = write_job(tmp_path / "one", rows)
-    cli("run", first, "--run", "one", "--wait", "--poll-interval", "0")
+    cli("run", first, "--run", "one", "--wait", "--poll-interval", "0", code=6)  # one row failed for good
     second = write_job(
         tmp_path / "two", [], output={"key": "second"}, prompt={"user": "Again: {review_id}"},
         input={"path": str(runs_dir / "one" / "output.jsonl"), "id": "review_id"},
