@@ -17,7 +17,7 @@ import typer
 
 from batchpipe import __version__, ops, render
 from batchpipe.errors import BatchpipeError, ExitCode, MissingApiKey, UsageError
-from batchpipe.paths import runs_dir_from_env
+from batchpipe.paths import RunPaths, runs_dir_from_env
 
 app = typer.Typer(
     name="batchpipe",
@@ -107,9 +107,12 @@ def create(
     Example: `batchpipe create configs/reviews.yaml --run reviews-nov`
     """
     c = ops.create(config, runs_dir=_runs_dir(ctx), run_id=run_id)
-    data = {"run": c.run_id, "path": str(c.root), "created": c.created, "shards": c.shards, "requests": c.requests}
+    data = {"run": c.run_id, "path": str(c.root), "created": c.created, "shards": c.shards, "requests": c.requests,
+            "cleaned": c.cleaned}
     if as_json:
         return render.envelope("create", data)
+    for note in c.cleaned:
+        render.line(note)
     verb = "created" if c.created else "already exists:"
     render.line(f"{verb} run {c.run_id}: {c.requests} requests in {c.shards} shard(s) at {c.root}")
     render.line(f"next: batchpipe submit {c.run_id}   (or: batchpipe run {c.run_id} --wait)")
@@ -246,8 +249,8 @@ def recover(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
 
     Example: `batchpipe recover reviews-nov`
     """
-    paths = ops.run_paths(_runs_dir(ctx), run)
-    r = ops.recover(paths, _provider(paths, optional=True))
+    paths = RunPaths.of(_runs_dir(ctx), run)  # a run whose create was interrupted has no state.json yet
+    r = ops.recover(paths, _provider(paths, optional=True) if paths.config.is_file() else None)
     code = ExitCode.OK if r.ok else ExitCode.ATTENTION
     if as_json:
         render.envelope("recover", {"run": run, "actions": r.actions, "problems": r.problems}, int(code))

@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,6 +41,7 @@ class Created:
     created: bool  # False when the run already existed (the second create is a no-op)
     shards: int
     requests: int
+    cleaned: list[str] = field(default_factory=list)  # build dirs of interrupted creates removed on the way
 
 
 def default_run_id(config_path: Path, digest: str) -> str:
@@ -59,18 +60,17 @@ def create(config_path: Path, *, runs_dir: Path, run_id: str | None = None) -> C
     if paths.root.exists():
         return _existing(paths, config_sha, input_sha)
 
-    tmp = fsio.make_temp_dir(Path(runs_dir), run_id)
-    try:
+    # Creates killed mid-way leave their build dirs behind (up to a shard each): clear those first.
+    cleaned = [f"removed {d.path.name} ({d.bytes:,} bytes), left by an interrupted create"
+               for d in fsio.remove_stale_build_dirs(Path(runs_dir))]
+    with fsio.building_dir(Path(runs_dir), run_id) as tmp:
         state = _build(RunPaths(tmp), cfg, snapshot, run_id, config_sha, (input_size, input_sha))
         crash.point("run_create:before_publish")
         try:
             fsio.publish_dir(tmp, paths.root)
         except OSError:
             raise RunExists(f"{paths.root} appeared while this run was being created", hint="run create again") from None
-    except BaseException:
-        fsio.remove_tree(tmp)
-        raise
-    return Created(run_id, paths.root, True, len(state.shards), state.run.requests)
+    return Created(run_id, paths.root, True, len(state.shards), state.run.requests, cleaned)
 
 
 def _existing(paths: RunPaths, config_sha: str, input_sha: str) -> Created:
@@ -201,7 +201,7 @@ def _build(
     files = _ShardFiles(paths)
     current = 0
     rows = 0
-    with Index(paths.index) as index:
+    with Index(paths.index, create=True) as index:
         try:
             for planned in plan_shards(cfg):
                 if planned.shard != current:

@@ -22,6 +22,7 @@ from batchpipe.ledger.index import Index, Outcome
 from batchpipe.ledger.model import FileRef, Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress, run_config, usage_tokens
+from batchpipe.ops.reindex import intact, open_index, restore_shard_file
 from batchpipe.paths import RunPaths
 from batchpipe.pipeline.inputs import iter_rows
 from batchpipe.pipeline.results import BadLine, Parsed, is_retryable, parse_lines
@@ -101,6 +102,11 @@ def _outcomes(
             yield Outcome(custom_id, False, None, error, retryable=is_retryable(error), attempt=shard.attempt)
 
 
+def replay(ledger: Ledger, shard: Shard, index: Index) -> Iterator[Outcome]:
+    """A merged shard's outcomes once more, from its result files (to rebuild the index)."""
+    return _outcomes(ledger, shard, index, Processed(ledger.run.id), {"input_tokens": 0, "output_tokens": 0})
+
+
 def _plan_retry(ledger: Ledger, shard: Shard, index: Index, max_attempts: int, result: Processed) -> None:
     """Put this attempt's retryable failures into a new attempt of the shard (data before pointer)."""
     if shard.retry is not None or shard.attempt >= max_attempts or shard.batch.status == "failed":
@@ -108,6 +114,14 @@ def _plan_retry(ledger: Ledger, shard: Shard, index: Index, max_attempts: int, r
     wanted = dict(index.retryable(shard.id, shard.file.path))  # line in this attempt's file -> custom_id
     if not wanted:
         return
+    if not intact(ledger, shard):  # the retry is cut from this file: make it again, or say what is lost
+        if why := restore_shard_file(ledger, shard, index):
+            result.warnings.append(
+                f"shard {shard.id}: {len(wanted)} failed request(s) cannot be retried: {shard.file.path} is damaged "
+                f"and {why}; they keep their error in the output (see `batchpipe recover {ledger.run.id}`)"
+            )
+            return
+        result.warnings.append(f"shard {shard.id}: {shard.file.path} was damaged; rendered it again (sha256 matches)")
     new_id = shard_id(shard.index, shard.attempt + 1)
     path = ledger.paths.shard_file(new_id)
     with open(ledger.verify(shard.file), "rb") as src:
@@ -178,7 +192,7 @@ def process(paths: RunPaths) -> Processed:
     with fsio.run_lock(paths.root):
         ledger = Ledger.load(paths)
         max_attempts = run_config(paths).limits.max_attempts
-        with Index(paths.index) as index:
+        with open_index(ledger, replay, result.warnings) as index:  # rebuilt first if it is lost or damaged
             for shard in list(ledger.shards):
                 if shard.state == ShardState.COMPLETED:
                     usage = {"input_tokens": 0, "output_tokens": 0}  # a running sum: bounded, whatever the shard
