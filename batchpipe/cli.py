@@ -107,8 +107,8 @@ def create(
     Example: `batchpipe create configs/reviews.yaml --run reviews-nov`
     """
     c = ops.create(config, runs_dir=_runs_dir(ctx), run_id=run_id)
-    data = {"run": c.run_id, "path": str(c.root), "created": c.created, "shards": c.shards, "requests": c.requests,
-            "cleaned": c.cleaned}
+    data = {"run": c.run_id, "path": str(c.root), "created": c.created, "shards": c.shards, "requests": c.requests}
+    data |= {"cleaned": c.cleaned} if c.cleaned else {}  # killed creates' build dirs removed on the way
     if as_json:
         return render.envelope("create", data)
     for note in c.cleaned:
@@ -259,7 +259,7 @@ def recover(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
             render.line(action)
         for problem in r.problems:
             render.warn(problem)
-        if r.ok:
+        if r.ok and paths.state.is_file():  # (a run whose create was killed is not there to continue)
             render.line(f"run {run} is consistent{'' if r.actions else ': nothing to do'}; "
                         f"continue with `batchpipe run {run}`")
     raise typer.Exit(int(code))
