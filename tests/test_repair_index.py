@@ -140,7 +140,8 @@ def test_a_shard_file_that_cannot_be_rendered_again_says_what_is_lost(cli, emula
     crashed_before_retry(cli, emulator, runs_dir, tmp_path)
     # the config snapshot no longer renders the same requests (as if it had been edited)
     snapshot = runs_dir / "rs" / "config.yaml"
-    snapshot.write_text(snapshot.read_text().replace("You judge film reviews.", "You judge films."))
+    original = snapshot.read_text()
+    snapshot.write_text(original.replace("You judge film reviews.", "You judge films."))
 
     result = cli.json("recover", "rs", code=5)
     [problem] = result["data"]["problems"]
@@ -152,3 +153,11 @@ def test_a_shard_file_that_cannot_be_rendered_again_says_what_is_lost(cli, emula
     cli("run", "rs", "--wait", "--poll-interval", "0")
     rows = read_jsonl(runs_dir / "rs" / "output.jsonl")
     assert rows[4]["verdict"] is None and rows[4]["verdict_error"] and rows[4]["verdict_attempts"] == 1
+    assert cli.json("process", "rs")["data"]["warnings"] == []  # said once, not re-rendered on every tick
+
+    # once the snapshot is put back, recover makes the file again and the retries go ahead after all
+    snapshot.write_text(original)
+    result = cli("recover", "rs")
+    assert "rendered it again" in result.stdout and "will retry its 1 failed request(s)" in result.stdout
+    cli("run", "rs", "--wait", "--poll-interval", "0")
+    assert read_jsonl(runs_dir / "rs" / "output.jsonl")[4]["verdict_attempts"] == 3

@@ -29,6 +29,9 @@ from batchpipe.pipeline.results import BadLine, Parsed, is_retryable, parse_line
 from batchpipe.pipeline.shards import shard_id
 
 MISSING = {"code": "missing_result", "message": "the service returned no result for this request"}
+# In a shard's `merged`: how many failed requests cannot be retried because its request file is
+# damaged and could not be made again (recover removes it once the file is whole).
+RETRY_LOST = "retry_lost"
 
 
 @dataclass
@@ -111,11 +114,16 @@ def _plan_retry(ledger: Ledger, shard: Shard, index: Index, max_attempts: int, r
     """Put this attempt's retryable failures into a new attempt of the shard (data before pointer)."""
     if shard.retry is not None or shard.attempt >= max_attempts or shard.batch.status == "failed":
         return
+    if (shard.merged or {}).get(RETRY_LOST):
+        return  # its file could not be made again; `recover` lifts this once it can
     wanted = dict(index.retryable(shard.id, shard.file.path))  # line in this attempt's file -> custom_id
     if not wanted:
         return
     if not intact(ledger, shard):  # the retry is cut from this file: make it again, or say what is lost
         if why := restore_shard_file(ledger, shard, index):
+            # Say it once and let the run finish: these rows keep their error rather than block every row.
+            shard.merged = {**(shard.merged or {}), RETRY_LOST: len(wanted)}
+            ledger.commit({"event": "retry_lost", "shard": shard.id, "requests": len(wanted)})
             result.warnings.append(
                 f"shard {shard.id}: {len(wanted)} failed request(s) cannot be retried: {shard.file.path} is damaged "
                 f"and {why}; they keep their error in the output (see `batchpipe recover {ledger.run.id}`)"
@@ -124,7 +132,7 @@ def _plan_retry(ledger: Ledger, shard: Shard, index: Index, max_attempts: int, r
         result.warnings.append(f"shard {shard.id}: {shard.file.path} was damaged; rendered it again (sha256 matches)")
     new_id = shard_id(shard.index, shard.attempt + 1)
     path = ledger.paths.shard_file(new_id)
-    with open(ledger.verify(shard.file), "rb") as src:
+    with open(ledger.paths.root / shard.file.path, "rb") as src:  # checked just above
         lines = (line for n, line in enumerate(src, 1) if n in wanted)
         size, sha = fsio.write_lines_atomic(path, lines)
     crash.point("retry:after_shard_file")

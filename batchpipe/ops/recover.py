@@ -26,7 +26,7 @@ from batchpipe.ledger.index import Index
 from batchpipe.ledger.model import Batch, Shard, ShardState, Upload
 from batchpipe.ledger.store import Ledger, LedgerDamaged, restore_previous
 from batchpipe.ops.common import bind_provider, run_config
-from batchpipe.ops.process import replay
+from batchpipe.ops.process import RETRY_LOST, replay
 from batchpipe.ops.reindex import index_problem, rebuild_index, restore_shard_file
 from batchpipe.ops.remote import batch_record, batch_tag, cancel_duplicate, tagged_batches
 from batchpipe.paths import RunPaths
@@ -130,6 +130,13 @@ def _check_shard_files(ledger: Ledger, result: Recovered) -> None:
                     )
             else:
                 result.actions.append(f"shard {shard.id}: {problem} (it was sent already; only a retry would need it)")
+    for shard in ledger.shards:
+        lost = (shard.merged or {}).get(RETRY_LOST)
+        if lost and not _damage(ledger, shard.file):  # whole again: let process retry them after all
+            shard.merged = {k: v for k, v in shard.merged.items() if k != RETRY_LOST}
+            ledger.commit({"event": "retry_restored", "shard": shard.id})
+            result.actions.append(f"shard {shard.id}: its request file is whole again; `batchpipe process` will "
+                                  f"retry its {lost} failed request(s)")
 
 
 def _check_files(ledger: Ledger, provider: Provider | None, result: Recovered) -> None:
