@@ -114,6 +114,10 @@ def append_line(path: Path, line: bytes) -> None:
         fsync_dir(path.parent)
 
 
+class _Mismatch(Exception):
+    pass
+
+
 def write_lines_checked(path: Path, lines: Iterable[bytes], size: int, sha256: str) -> bool:
     """Stream `lines` into `path` only if they come to exactly `size` bytes with this sha256.
 
@@ -121,10 +125,6 @@ def write_lines_checked(path: Path, lines: Iterable[bytes], size: int, sha256: s
     atomically if they match, and otherwise nothing changes. Returns whether they matched.
     """
     digest, written = hashlib.sha256(), 0
-
-    class Mismatch(Exception):
-        pass
-
     try:
         with atomic_writer(path) as f:
             for line in lines:
@@ -132,8 +132,8 @@ def write_lines_checked(path: Path, lines: Iterable[bytes], size: int, sha256: s
                 digest.update(line)
                 written += len(line)
             if (written, digest.hexdigest()) != (size, sha256):
-                raise Mismatch  # leaves `path` as it was
-    except Mismatch:
+                raise _Mismatch  # leaves `path` as it was
+    except _Mismatch:
         return False
     return True
 

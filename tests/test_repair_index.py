@@ -161,3 +161,19 @@ def test_a_shard_file_that_cannot_be_rendered_again_says_what_is_lost(cli, emula
     assert "rendered it again" in result.stdout and "will retry its 1 failed request(s)" in result.stdout
     cli("run", "rs", "--wait", "--poll-interval", "0")
     assert read_jsonl(runs_dir / "rs" / "output.jsonl")[4]["verdict_attempts"] == 3
+
+
+def test_a_lost_index_and_a_damaged_retry_file_are_both_made_again(cli, emulator, runs_dir, tmp_path):
+    good = finished(cli, tmp_path, runs_dir)
+    run = runs_dir / "idx"
+    retry_file = run / "shards" / "00002.a2.jsonl"
+    whole = retry_file.read_bytes()
+    retry_file.write_bytes(b"")
+    (run / "index.sqlite").unlink()
+    (run / "output.jsonl").unlink()
+
+    result = cli("recover", "idx")
+    assert "rebuilt it" in result.stdout
+    assert retry_file.read_bytes() == whole  # the retry's lines, cut again from attempt 1 and checked
+    cli("process", "idx")
+    assert read_jsonl(run / "output.jsonl") == good

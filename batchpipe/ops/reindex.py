@@ -78,6 +78,12 @@ def rebuild_index(ledger: Ledger, replay: Replay, why: str) -> str:
         for attempt in sorted({s.attempt for s in ledger.shards}):
             for shard in (s for s in ledger.shards if s.attempt == attempt):
                 index.add_shard_file(shard.file.path, _ids(ledger, shard, index))
+                if not intact(ledger, shard) and (why := restore_shard_file(ledger, shard, index)):
+                    # the ids above were derived, not read: only a file that matches its sha256 confirms them
+                    raise LedgerError(
+                        f"cannot rebuild {paths.index.name}: {shard.file.path} is damaged, and {why}",
+                        hint="put back the input and config the run was created from, or a backup of the run dir",
+                    )
                 if shard.state == ShardState.MERGED:
                     counts = index.put_results(shard.id, replay(ledger, shard, index))
                     replayed += 1
@@ -105,16 +111,19 @@ def _check_input(ledger: Ledger, doing: str) -> None:
 
 
 def _ids(ledger: Ledger, shard: Shard, index: Index) -> list[str]:
-    """The custom_ids on the lines of a shard's file, in order, without trusting the old index."""
-    if not intact(ledger, shard):
-        if shard.attempt > 1:  # what process put in this retry: the retryable failures of the attempt before
-            previous = _previous(ledger, shard)
-            return [cid for _, cid in index.retryable(previous.id, previous.file.path)]
-        if why := restore_shard_file(ledger, shard, index):
-            raise LedgerError(f"cannot rebuild {ledger.paths.index.name}: {shard.file.path} is damaged, and {why}",
-                              hint="put back the input and config the run was created from, or a backup of the run dir")
-    with open(ledger.paths.root / shard.file.path, "rb") as f:
-        return [orjson.loads(line)["custom_id"] for line in f]
+    """The custom_ids on the lines of a shard's file, in order, without trusting the old index.
+
+    From the file if it is intact; else derived (the caller then makes the file again, which
+    checks them): a retry holds the retryable failures of the attempt before it (just replayed),
+    attempt 1 what rendering the input gives.
+    """
+    if intact(ledger, shard):
+        with open(ledger.paths.root / shard.file.path, "rb") as f:
+            return [orjson.loads(line)["custom_id"] for line in f]
+    if shard.attempt > 1:
+        previous = _previous(ledger, shard)
+        return [cid for _, cid in index.retryable(previous.id, previous.file.path)]
+    return [orjson.loads(line)["custom_id"] for line in _rendered(ledger, shard, index)]
 
 
 def intact(ledger: Ledger, shard: Shard) -> bool:
