@@ -17,7 +17,7 @@ import typer
 
 from batchpipe import __version__, ops, render
 from batchpipe.errors import BatchpipeError, ExitCode, MissingApiKey, UsageError
-from batchpipe.paths import runs_dir_from_env
+from batchpipe.paths import RunPaths, runs_dir_from_env
 
 app = typer.Typer(
     name="batchpipe",
@@ -114,8 +114,11 @@ def create(
     data = {"run": c.run_id, "path": str(c.root), "created": c.created, "shards": c.shards, "requests": c.requests}
     if c.notes:
         data["warnings"] = list(c.notes)
+    data |= {"cleaned": c.cleaned} if c.cleaned else {}  # killed creates' build dirs removed on the way
     if as_json:
         return render.envelope("create", data)
+    for note in c.cleaned:
+        render.line(note)
     verb = "created" if c.created else "already exists:"
     render.line(f"{verb} run {c.run_id}: {c.requests} requests in {c.shards} shard(s) at {c.root}")
     for note in c.notes:
@@ -282,8 +285,8 @@ def recover(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
 
     Example: `batchpipe recover reviews-nov`
     """
-    paths = ops.run_paths(_runs_dir(ctx), run)
-    r = ops.recover(paths, _provider(paths, optional=True))
+    paths = RunPaths.of(_runs_dir(ctx), run)  # a run whose create was interrupted has no state.json yet
+    r = ops.recover(paths, _provider(paths, optional=True) if paths.config.is_file() else None)
     code = ExitCode.OK if r.ok else ExitCode.ATTENTION
     if as_json:
         render.envelope("recover", {"run": run, "actions": r.actions, "problems": r.problems}, int(code))
@@ -292,7 +295,7 @@ def recover(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
             render.line(action)
         for problem in r.problems:
             render.warn(problem)
-        if r.ok:
+        if r.ok and paths.state.is_file():  # (a run whose create was killed is not there to continue)
             render.line(f"run {run} is consistent{'' if r.actions else ': nothing to do'}; "
                         f"continue with `batchpipe run {run}`")
     raise typer.Exit(int(code))

@@ -18,7 +18,9 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -27,6 +29,8 @@ from filelock import FileLock, Timeout
 from batchpipe.errors import RunLocked
 
 TEMP_SUFFIX = ".tmp"
+NEW_SUFFIX = ".new"  # a build dir's name for the instant before its lock is held (see building_dir)
+STALE_NEW_SECONDS = 3600.0
 LOCK_NAME = ".lock"
 DEFAULT_LOCK_TIMEOUT = 10.0
 
@@ -92,19 +96,74 @@ def append_line(path: Path, line: bytes) -> None:
     """Append one whole line to an append-only log and fsync it.
 
     Readers must skip a torn last line (a crash can cut a line short); the log is never
-    rewritten in place.
+    rewritten in place. A torn last line is ended first, so the new line stays whole on its own.
     """
     if not line.endswith(b"\n"):
         line += b"\n"
     existed = path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
         os.write(fd, line)
         os.fsync(fd)
     finally:
         os.close(fd)
     if not existed:
         fsync_dir(path.parent)
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def write_lines_checked(path: Path, lines: Iterable[bytes], size: int, sha256: str) -> bool:
+    """Stream `lines` into `path` only if they come to exactly `size` bytes with this sha256.
+
+    For re-making a file the ledger names (and checksums): the new bytes replace the old file
+    atomically if they match, and otherwise nothing changes. Returns whether they matched.
+    """
+    digest, written = hashlib.sha256(), 0
+    try:
+        with atomic_writer(path) as f:
+            for line in lines:
+                f.write(line)
+                digest.update(line)
+                written += len(line)
+            if (written, digest.hexdigest()) != (size, sha256):
+                raise _Mismatch  # leaves `path` as it was
+    except _Mismatch:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temp file beside `path` for a writer that needs a file name (sqlite), put in place at the end.
+
+    The writer must make its own data durable (sqlite does, on commit); the file is fsynced
+    again, renamed over `path` and the directory fsynced. A stale sqlite journal of the old file
+    is removed first: left beside the new one, sqlite would "roll it back" into it.
+    """
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        Path(f"{path}-journal").unlink(missing_ok=True)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        Path(f"{tmp}-journal").unlink(missing_ok=True)
+    fsync_dir(path.parent)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[int, str]:
@@ -130,10 +189,106 @@ def publish_dir(tmp_dir: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def make_temp_dir(parent: Path, name: str) -> Path:
-    """A fresh, uniquely named hidden directory under `parent` (for publish_dir)."""
+@contextlib.contextmanager
+def building_dir(parent: Path, name: str) -> Iterator[Path]:
+    """A fresh hidden dir under `parent` to build `name` in (then publish_dir it), locked while the block runs.
+
+    A create killed mid-way leaves this dir behind (up to a shard's worth of data); the lock is how
+    remove_stale_build_dirs tells such a leftover from a create still writing. The lock file
+    (`.lock` inside, which becomes the published run's own lock file) is taken before the dir gets
+    its `.tmp` name, so no live build is ever seen without its lock held. On error the dir is removed.
+    """
     parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=TEMP_SUFFIX))
+    fresh = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=NEW_SUFFIX))
+    lock = FileLock(fresh / LOCK_NAME)
+    lock.acquire(timeout=0)  # nobody else knows this dir yet
+    tmp = fresh.with_suffix(TEMP_SUFFIX)
+    try:
+        os.rename(fresh, tmp)
+        yield tmp
+    except BaseException:
+        remove_tree(fresh)
+        remove_tree(tmp)  # nothing there once it was published
+        raise
+    finally:
+        lock.release()
+
+
+@dataclass(frozen=True)
+class BuildDir:
+    """A hidden dir a create builds a run in, found beside the runs (see building_dir)."""
+
+    path: Path
+    run_id: str
+    live: bool | None  # a create is writing it (None: cannot tell, e.g. on a read-only disk)
+    bytes: int
+
+
+def build_dirs(parent: Path, name: str = "*") -> list[BuildDir]:
+    """The build dirs under `parent` (of run `name`, or of every run), live or left by a killed create."""
+    found = []
+    for path in sorted(Path(parent).glob(f".{name}.*{TEMP_SUFFIX}")):
+        if not path.is_dir():
+            continue
+        run_id = path.name[1:].rsplit(".", 2)[0]
+        if name != "*" and run_id != name:
+            continue  # `.a.*` also matches the build dirs of run `a.b`
+        found.append(BuildDir(path, run_id, _is_locked(path / LOCK_NAME), _tree_size(path)))
+    return found
+
+
+def remove_stale_build_dirs(parent: Path, name: str = "*") -> list[BuildDir]:
+    """Remove the build dirs no live create is writing; return them.
+
+    A dir is removed only while its lock is held here, so a create that is still running (it
+    holds the lock from the start) is never touched. A dir without a lock file was left by an
+    older batchpipe; a dir still named `.new` by a create killed before it took its `.tmp` name.
+    """
+    removed = []
+    for stray in build_dirs(parent, name):
+        lock_file = stray.path / LOCK_NAME
+        if not lock_file.exists():
+            remove_tree(stray.path)
+            removed.append(stray)
+            continue
+        lock = FileLock(lock_file)
+        try:
+            lock.acquire(timeout=0)
+        except (Timeout, OSError):
+            continue  # a create is writing it (or it cannot be locked here): leave it
+        try:
+            remove_tree(stray.path)
+            removed.append(stray)
+        finally:
+            lock.release()
+    for fresh in Path(parent).glob(f".{name}.*{NEW_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            if time.time() - fresh.stat().st_mtime > STALE_NEW_SECONDS:
+                remove_tree(fresh)
+    return removed
+
+
+def _is_locked(lock_file: Path) -> bool | None:
+    if not lock_file.exists():
+        return False
+    lock = FileLock(lock_file)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    except OSError:
+        return None
+    lock.release()
+    return False
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, f)).st_size
+    return total
 
 
 def remove_tree(path: Path) -> None:

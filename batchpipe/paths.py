@@ -54,6 +54,11 @@ class RunPaths:
         return self.root / "state.json"
 
     @property
+    def state_prev(self) -> Path:
+        """The ledger as it was before its last commit: what `recover` restores if state.json is damaged."""
+        return self.root / "state.json.prev"
+
+    @property
     def config(self) -> Path:
         return self.root / "config.yaml"
 

@@ -64,7 +64,7 @@ def test_kill_at_a_crash_point_then_resume(cli, emulator, runs_dir, tmp_path, cr
         cli("run", "crashy", "--canary", "2", "--wait", "--poll-interval", "0", code=6)
     else:  # killed before create published the run: creating again is the resume
         cli("run", config, "--run", "crashy", "--canary", "2", "--wait", "--poll-interval", "0", code=6)
-        assert [p.name for p in runs_dir.iterdir() if p.name.startswith(".crashy.")] != []  # the stray temp dir
+        assert [p.name for p in runs_dir.iterdir() if p.name.startswith(".crashy.")] == []  # create removed the stray
         cli("recover", "crashy")
     assert [p.name for p in runs_dir.iterdir() if p.name.startswith(".")] == []  # no stray temp dir left
 

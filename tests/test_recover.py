@@ -46,6 +46,8 @@ def test_a_damaged_unsent_shard_needs_a_person(cli, emulator, runs_dir, tmp_path
     cli("create", write_job(tmp_path / "job", review_rows(6)), "--run", "rec")
     shard = runs_dir / "rec" / "shards" / "00002.a1.jsonl"
     shard.write_bytes(b"")
+    # and it cannot be rendered again from the input (recover would otherwise repair it)
+    (tmp_path / "job" / "job.jsonl").write_text("{}\n")
     result = cli.json("recover", "rec", code=5)
     [problem] = result["data"]["problems"]
     assert "shard 00002.a1" in problem and "missing" not in problem and "changed" in problem

@@ -5,17 +5,23 @@ It keeps `create`'s duplicate-id check, the validation-error line mapping and th
 in memory that does not grow with the dataset. It is derived data with a durable commit:
 results are committed here before the ledger marks their shard merged, and re-processing a
 shard replaces its rows, so a crash between the two is repaired by running `process` again.
+A lost or damaged index is rebuilt from the run's files (ops/reindex.py); an sqlite error
+(damage, a full disk) leaves here as an IndexFailure with a message and a hint, never a traceback.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+
+from batchpipe.errors import LedgerError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (      -- one per input row, written at create
@@ -62,9 +68,68 @@ class DuplicateId(Exception):
         self.first_line = first_line
 
 
+class IndexFailure(LedgerError):
+    """index.sqlite cannot be read or written (missing, damaged, or the disk is full)."""
+
+    def __init__(self, message: str, *, hint: str, damaged: bool) -> None:
+        super().__init__(message, hint=hint)
+        self.damaged = damaged  # True: rebuilding the index repairs it
+
+
+# sqlite's words for "the file is not a sound database" (anything else: disk full, I/O, locked...)
+_DAMAGE = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _failure(path: Path, exc: sqlite3.Error) -> IndexFailure:
+    run = path.parent.name
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith(_DAMAGE):
+        return IndexFailure(
+            f"{path} is damaged ({exc})", damaged=True,
+            hint=f"run `batchpipe recover {run}`: the index is derived data and is rebuilt from the run's files",
+        )
+    return IndexFailure(
+        f"{path}: {exc}", damaged=False,
+        hint="free disk space (or fix what the message names) and run the same command again; "
+        "the change in flight was rolled back and nothing else was written",
+    )
+
+
+def _guarded(method: F) -> F:
+    """Turn an sqlite error inside `method` (a plain method or a generator) into an IndexFailure."""
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def gen(self: Index, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from method(self, *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise _failure(self.path, exc) from None
+
+        return gen  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def call(self: Index, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise _failure(self.path, exc) from None
+
+    return call  # type: ignore[return-value]
+
+
 class Index:
-    def __init__(self, path: Path) -> None:
+    @_guarded
+    def __init__(self, path: Path, *, create: bool = False) -> None:
+        """Open a run's index; `create` makes a new one (anything else must find it there)."""
         self.path = path
+        if not create and not path.is_file():
+            raise IndexFailure(
+                f"{path} is missing", damaged=True,
+                hint=f"run `batchpipe recover {path.parent.name}`: it rebuilds the index from the run's files",
+            )
         self.db = sqlite3.connect(path)
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
@@ -83,6 +148,7 @@ class Index:
         self.close()
 
     # -- requests (written once, at create) -----------------------------------------------
+    @_guarded
     def add_request(self, custom_id: str, row_no: int, line_no: int, file: str, shard_line: int) -> None:
         try:
             self.db.execute("INSERT INTO requests VALUES (?, ?, ?)", (custom_id, row_no, line_no))
@@ -91,6 +157,7 @@ class Index:
             raise DuplicateId(custom_id, line_no, first) from None
         self.db.execute("INSERT INTO shard_lines VALUES (?, ?, ?)", (file, shard_line, custom_id))
 
+    @_guarded
     def add_shard_file(self, file: str, custom_ids: Iterable[str]) -> None:
         """Record which request is on each line of a new shard file, and commit.
 
@@ -103,13 +170,16 @@ class Index:
                 "INSERT INTO shard_lines VALUES (?, ?, ?)", ((file, n, cid) for n, cid in enumerate(custom_ids, 1))
             )
 
+    @_guarded
     def commit(self) -> None:
         self.db.commit()
 
+    @_guarded
     def shard_ids(self, file: str) -> Iterator[tuple[int, str]]:
         """(line, custom_id) of the requests in a shard file, in file order."""
         yield from self.db.execute("SELECT line, custom_id FROM shard_lines WHERE file = ? ORDER BY line", (file,))
 
+    @_guarded
     def request_at(self, file: str, line: int) -> tuple[str, int, int] | None:
         """(custom_id, row_no, line_no) of the request on a 1-based line of a shard file."""
         return self.db.execute(
@@ -118,6 +188,7 @@ class Index:
             (file, line),
         ).fetchone()
 
+    @_guarded
     def retryable(self, shard: str, file: str, *, every_failure: bool = False) -> Iterator[tuple[int, str]]:
         """(line, custom_id) of the requests of `shard` (in `file`) whose latest outcome may be retried;
         with `every_failure`, of every request whose latest outcome there is a failure."""
@@ -127,6 +198,7 @@ class Index:
             (file, shard, every_failure),
         )
 
+    @_guarded
     def truncated_retryable(self, shard: str, *, every_failure: bool = False) -> int:
         """How many of the requests `retryable` yields for `shard` failed as answers cut at the output limit."""
         return self.db.execute(
@@ -135,7 +207,27 @@ class Index:
             (shard, every_failure),
         ).fetchone()[0]
 
+    @_guarded
+    def add_requests(self, requests: Iterable[tuple[str, int, int]]) -> None:
+        """(custom_id, row_no, line_no) of every input row, in one transaction (a rebuild)."""
+        with self.db:
+            self.db.executemany("INSERT INTO requests VALUES (?, ?, ?)", requests)
+
+    # -- what a consistency check needs ---------------------------------------------------
+    @_guarded
+    def quick_check(self) -> str:
+        return "; ".join(str(r[0]) for r in self.db.execute("PRAGMA quick_check"))
+
+    @_guarded
+    def count(self, table: str, file: str | None = None) -> int:
+        """Rows in `table` (requests, shard_lines, results); for shard_lines, those of one `file`."""
+        assert table in ("requests", "shard_lines", "results")
+        if file is None:
+            return self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        return self.db.execute("SELECT count(*) FROM shard_lines WHERE file = ?", (file,)).fetchone()[0]
+
     # -- results (written at process) -----------------------------------------------------
+    @_guarded
     def put_results(self, shard: str, outcomes: Iterable[Outcome]) -> dict[str, int]:
         """Record the outcomes of one shard attempt in one transaction; return {"ok": n, "failed": n,
         "truncated": n} (truncated: answers cut at the output limit, kept or failed).
@@ -164,6 +256,7 @@ class Index:
                 counts["truncated"] += o.finish_reason == "length"
         return counts
 
+    @_guarded
     def joined(self) -> Iterator[tuple[int, str, Outcome | None]]:
         """Every request in row order with its outcome (None if it has none yet)."""
         rows = self.db.execute(

@@ -4,6 +4,10 @@ Every commit rewrites the whole document atomically (fsio.write_bytes_atomic) wi
 checksum over its content, so a torn or hand-edited ledger is detected on load and refused
 with a clear message instead of being silently "repaired". Each shard transition is its own
 commit, so a crash loses at most the step in flight.
+
+Before each commit replaces state.json, the version it replaces is kept as state.json.prev
+(atomically, fsynced). Restoring it (`recover` does, see restore_previous) is the same as a
+crash just before the last commit, which every step is built to survive.
 """
 
 from __future__ import annotations
@@ -34,38 +38,96 @@ def encode(state: RunState) -> bytes:
     return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
+class LedgerDamaged(LedgerError):
+    """state.json is truncated, damaged or edited by hand (not merely from a newer batchpipe)."""
+
+
 def decode(raw: bytes, path: Path) -> RunState:
     hint = "run `batchpipe recover` to check the run; do not edit state.json by hand"
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise LedgerError(f"{path} is not valid JSON (truncated or damaged)", hint=hint) from None
+        raise LedgerDamaged(f"{path} is not valid JSON (truncated or damaged)", hint=hint) from None
     if not isinstance(doc, dict):
-        raise LedgerError(f"{path} is not a batchpipe ledger", hint=hint)
+        raise LedgerDamaged(f"{path} is not a batchpipe ledger", hint=hint)
     doc = migrate(doc, path)
     stored = doc.pop("checksum", None)
     if stored != _checksum(doc):
-        raise LedgerError(f"{path} has a wrong checksum: it was changed outside batchpipe or damaged", hint=hint)
+        raise LedgerDamaged(f"{path} has a wrong checksum: it was changed outside batchpipe or damaged", hint=hint)
     try:
         return RunState.from_dict(doc)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise LedgerError(f"{path} does not match schema {SCHEMA_VERSION}: {exc}", hint=hint) from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise LedgerDamaged(f"{path} does not match schema {SCHEMA_VERSION}: {exc}", hint=hint) from None
+
+
+def _previous(paths: RunPaths) -> tuple[bytes, RunState] | None:
+    """The good copy kept before the last commit, if there is one."""
+    try:
+        raw = paths.state_prev.read_bytes()
+        return raw, decode(raw, paths.state_prev)
+    except (OSError, LedgerError):
+        return None
+
+
+def damage_hint(paths: RunPaths) -> str:
+    """What a person can do about a damaged state.json: say what `recover` can and cannot do."""
+    if _previous(paths) is not None:
+        return (
+            f"run `batchpipe recover {paths.run_id}`: it restores the last good copy (state.json.prev, one "
+            f"step older) and reconciles it with the provider. Do not edit state.json by hand"
+        )
+    return (
+        f"there is no good earlier copy ({paths.state_prev.name}) to restore, so `batchpipe recover` cannot "
+        f"repair it: put back a backup of state.json, or create the job again as a new run "
+        f"(`batchpipe create CONFIG --run NEW_ID`)"
+    )
+
+
+def restore_previous(paths: RunPaths) -> str:
+    """Replace a damaged (or missing) state.json with state.json.prev; return what was done.
+
+    The damaged file is kept beside it (state.json.damaged) for a person to look at. Raises
+    LedgerError, saying what cannot be done, when there is no good copy to restore.
+    """
+    previous = _previous(paths)
+    if previous is None:
+        raise LedgerError(
+            f"{paths.state} is damaged and there is no good earlier copy ({paths.state_prev.name}) to restore",
+            hint=damage_hint(paths),
+        )
+    raw, state = previous
+    kept = ""
+    if paths.state.exists():
+        damaged = paths.root / "state.json.damaged"
+        fsio.write_bytes_atomic(damaged, paths.state.read_bytes())
+        kept = f"; the damaged file is kept as {damaged.name}"
+    fsio.write_bytes_atomic(paths.state, raw)
+    merged = sum(s.state == ShardState.MERGED for s in state.shards)
+    return (
+        f"state.json was damaged: restored the last good copy from {paths.state_prev.name} (one commit older: "
+        f"{len(state.shards)} shard(s), {merged} merged){kept}"
+    )
 
 
 class Ledger:
     """A run's ledger in memory, committed to disk after every change."""
 
-    def __init__(self, paths: RunPaths, state: RunState) -> None:
+    def __init__(self, paths: RunPaths, state: RunState, raw: bytes | None = None) -> None:
         self.paths = paths
         self.state = state
+        self._raw = raw  # state.json as loaded or last committed: what the next commit keeps as .prev
 
     @classmethod
     def load(cls, paths: RunPaths) -> Ledger:
         try:
             raw = paths.state.read_bytes()
         except FileNotFoundError:
-            raise LedgerError(f"{paths.state} is missing", hint="is this a batchpipe run directory?") from None
-        return cls(paths, decode(raw, paths.state))
+            hint = damage_hint(paths) if paths.state_prev.exists() else "is this a batchpipe run directory?"
+            raise LedgerError(f"{paths.state} is missing", hint=hint) from None
+        try:
+            return cls(paths, decode(raw, paths.state), raw)
+        except LedgerDamaged as exc:
+            raise LedgerDamaged(exc.message, hint=damage_hint(paths)) from None
 
     @property
     def run(self):  # noqa: ANN201 - the Run record
@@ -79,7 +141,10 @@ class Ledger:
         """Write the ledger durably; then log `event` (the log follows the ledger, never leads it)."""
         data = encode(self.state)
         crash.point("ledger:before_commit")
+        if self._raw is not None and self._raw != data:
+            fsio.write_bytes_atomic(self.paths.state_prev, self._raw)  # the last good copy, before it is replaced
         fsio.write_bytes_atomic(self.paths.state, data)
+        self._raw = data
         crash.point("ledger:after_commit")
         if event is not None:
             self.log(event)

@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,6 +46,7 @@ class Created:
     shards: int
     requests: int
     notes: tuple[str, ...] = ()  # what the user should know about the counts (a text counted by bytes)
+    cleaned: list[str] = field(default_factory=list)  # build dirs of interrupted creates removed on the way
 
 
 def default_run_id(config_path: Path, digest: str) -> str:
@@ -73,19 +74,18 @@ def create(
     if paths.root.exists():
         return _existing(paths, config_sha, expected_sha or fsio.sha256_file(cfg.input.path)[1])
 
-    tmp = fsio.make_temp_dir(Path(runs_dir), run_id)
+    # Creates killed mid-way leave their build dirs behind (up to a shard each): clear those first.
+    cleaned = [f"removed {d.path.name} ({d.bytes:,} bytes), left by an interrupted create"
+               for d in fsio.remove_stale_build_dirs(Path(runs_dir))]
     counter = counter_for(cfg.model)
-    try:
+    with fsio.building_dir(Path(runs_dir), run_id) as tmp:
         state = _build(RunPaths(tmp), cfg, snapshot, run_id, config_sha, expected_sha, counter, on_progress)
         crash.point("run_create:before_publish")
         try:
             fsio.publish_dir(tmp, paths.root)
         except OSError:
             raise RunExists(f"{paths.root} appeared while this run was being created", hint="run create again") from None
-    except BaseException:
-        fsio.remove_tree(tmp)
-        raise
-    return Created(run_id, paths.root, True, len(state.shards), state.run.requests, tuple(counter.notes()))
+    return Created(run_id, paths.root, True, len(state.shards), state.run.requests, tuple(counter.notes()), cleaned)
 
 
 def _existing(paths: RunPaths, config_sha: str, input_sha: str) -> Created:
@@ -229,7 +229,7 @@ def _build(
     current = 0
     rows = 0
     digest = InputDigest()  # the hash of exactly the bytes the requests are rendered from
-    with Index(paths.index) as index:
+    with Index(paths.index, create=True) as index:
         try:
             for planned in plan_shards(cfg, counter, digest):
                 if planned.shard != current:

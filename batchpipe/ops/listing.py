@@ -1,10 +1,15 @@
-"""`list`: the runs in a runs dir at a glance, from their ledgers alone (no network)."""
+"""`list`: the runs in a runs dir at a glance, from their ledgers alone (no network, no lock).
+
+The build dirs of creates (hidden, beside the runs) are listed too: a create killed mid-way
+leaves one behind, and it takes disk space until the next create or `recover RUN` removes it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from batchpipe import fsio
 from batchpipe.errors import LedgerError
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress
@@ -35,4 +40,12 @@ def list_runs(runs_dir: Path) -> list[RunSummary]:
             summaries.append(RunSummary(paths.run_id, None, None, None, exc.message))
             continue
         summaries.append(RunSummary(paths.run_id, ledger.run.created_at, ledger.run.model, Progress.of(ledger)))
+    for build in fsio.build_dirs(runs_dir):
+        size = f"{build.bytes / 1e6:.1f} MB"
+        if build.live:
+            problem = f"being created ({build.path.name}, {size} so far)"
+        else:
+            problem = (f"left by an interrupted create: {build.path.name} ({size}); the next create or "
+                       f"`batchpipe recover {build.run_id}` removes it")
+        summaries.append(RunSummary(build.run_id, None, None, None, problem))
     return sorted(summaries, key=lambda s: (s.created_at or 0, s.run_id))

@@ -28,6 +28,7 @@ from batchpipe.ledger.model import FileRef, Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress, run_config, usage_tokens
 from batchpipe.ops.lost import billed_usage, lost_error
+from batchpipe.ops.reindex import intact, open_index, restore_shard_file
 from batchpipe.paths import RunPaths
 from batchpipe.pipeline.inputs import InputDigest, display_path, dumps_row, iter_rows
 from batchpipe.pipeline.results import TRUNCATED, BadLine, Parsed, is_retryable, parse_lines
@@ -38,6 +39,9 @@ TRUNCATED_ERROR = {
     "code": "truncated",
     "message": "the answer was cut at the output limit (finish_reason: length) and output.truncated is fail",
 }
+# In a shard's `merged`: how many failed requests cannot be retried because its request file is
+# damaged and could not be made again (recover removes it once the file is whole).
+RETRY_LOST = "retry_lost"
 
 
 @dataclass
@@ -129,13 +133,33 @@ def _outcomes(
             yield Outcome(custom_id, False, None, error, retryable=is_retryable(error), attempt=shard.attempt)
 
 
+def replay(ledger: Ledger, shard: Shard, index: Index) -> Iterator[Outcome]:
+    """A merged shard's outcomes once more, from its result files (to rebuild the index)."""
+    fail_truncated = run_config(ledger.paths).output.truncated == "fail"
+    return _outcomes(ledger, shard, index, Processed(ledger.run.id), {"input_tokens": 0, "output_tokens": 0}, fail_truncated)
+
+
 def _plan_retry(ledger: Ledger, shard: Shard, index: Index, max_attempts: int, result: Processed) -> None:
     """Put this attempt's retryable failures into a new attempt of the shard (data before pointer)."""
     if shard.retry is not None or shard.attempt >= max_attempts or shard.batch.status == "failed":
         return
+    if (shard.merged or {}).get(RETRY_LOST):
+        return  # its file could not be made again; `recover` lifts this once it can
     wanted = dict(index.retryable(shard.id, shard.file.path))  # line in this attempt's file -> custom_id
-    if wanted:
-        _new_attempt(ledger, index, shard, [(shard, wanted)], result)
+    if not wanted:
+        return
+    if not intact(ledger, shard):  # the retry is cut from this file: make it again, or say what is lost
+        if why := restore_shard_file(ledger, shard, index):
+            # Say it once and let the run finish: these rows keep their error rather than block every row.
+            shard.merged = {**(shard.merged or {}), RETRY_LOST: len(wanted)}
+            ledger.commit({"event": "retry_lost", "shard": shard.id, "requests": len(wanted)})
+            result.warnings.append(
+                f"shard {shard.id}: {len(wanted)} failed request(s) cannot be retried: {shard.file.path} is damaged "
+                f"and {why}; they keep their error in the output (see `batchpipe recover {ledger.run.id}`)"
+            )
+            return
+        result.warnings.append(f"shard {shard.id}: {shard.file.path} was damaged; rendered it again (sha256 matches)")
+    _new_attempt(ledger, index, shard, [(shard, wanted)], result)
 
 
 def _retry_failed(ledger: Ledger, index: Index, result: Processed) -> None:
@@ -293,7 +317,7 @@ def process(paths: RunPaths, *, retry_failed: bool = False) -> Processed:
         ledger = Ledger.load(paths)
         cfg = run_config(paths)
         max_attempts, fail_truncated = cfg.limits.max_attempts, cfg.output.truncated == "fail"
-        with Index(paths.index) as index:
+        with open_index(ledger, replay, result.warnings) as index:  # rebuilt first if it is lost or damaged
             for shard in list(ledger.shards):
                 if shard.state == ShardState.COMPLETED:
                     usage = {"input_tokens": 0, "output_tokens": 0}  # a running sum: bounded, whatever the shard

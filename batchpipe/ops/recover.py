@@ -1,9 +1,14 @@
 """`recover`: reconcile a run with the provider and the disk after a crash.
 
-- removes temp files a crash left mid-write (never a file the ledger names);
-- checks every file the ledger names (size + sha256): result files are downloaded again
-  from the provider, a damaged output is rewritten by the next `process`, and anything that
-  cannot be repaired is reported with what to do;
+- removes temp files a crash left mid-write (never a file the ledger names), and the build dirs
+  of creates that were killed (never one a live create is writing);
+- restores a damaged state.json from state.json.prev (the ledger as it was one commit earlier,
+  which is what a crash just before the last commit leaves) and then looks the shards' tags up,
+  so a batch that commit recorded is adopted, not created again;
+- checks every file the ledger names (size + sha256): result files are downloaded again from
+  the provider, the index is rebuilt from the run's files, a shard file is rendered again from
+  the input and the config snapshot (if the bytes match), a damaged output is rewritten by the
+  next `process`, and anything that cannot be repaired is reported with exactly what is lost;
 - adopts uploads and batches whose create was sent but whose answer never reached the ledger;
 - finds every batch the provider holds for this run, and cancels (and reports) a second live
   batch for one shard;
@@ -20,13 +25,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from batchpipe import fsio
-from batchpipe.errors import LedgerError, RemoteNotFound
-from batchpipe.ledger.model import TERMINAL_BATCH_STATUSES, Shard, ShardState, Upload
-from batchpipe.ledger.store import Ledger
-from batchpipe.ops.common import bind_provider
+from batchpipe.errors import BatchpipeError, LedgerError, RemoteNotFound, RunNotFound
+from batchpipe.ledger.index import Index
+from batchpipe.ledger.model import TERMINAL_BATCH_STATUSES, Batch, Shard, ShardState, Upload
+from batchpipe.ledger.store import Ledger, LedgerDamaged, restore_previous
+from batchpipe.ops.common import bind_provider, run_config
 from batchpipe.ops.download import download_shard
 from batchpipe.ops.lost import back_to_upload
-from batchpipe.ops.remote import batch_record, cancel_duplicate, refresh, tagged_batches
+from batchpipe.ops.process import RETRY_LOST, replay
+from batchpipe.ops.reindex import index_problem, rebuild_index, restore_shard_file
+from batchpipe.ops.remote import batch_record, batch_tag, cancel_duplicate, refresh, tagged_batches
 from batchpipe.paths import RunPaths
 from batchpipe.providers import Provider, RemoteBatch
 
@@ -46,10 +54,40 @@ def _remove_temp_files(paths: RunPaths, result: Recovered) -> None:
     for stray in fsio.stray_temp_files(paths.root):
         fsio.remove_tree(stray) if stray.is_dir() else stray.unlink(missing_ok=True)
         result.actions.append(f"removed {stray.relative_to(paths.root)}, left by an interrupted write")
-    # A `create` interrupted before it published the run leaves a hidden temp dir beside it.
-    for stray in paths.root.parent.glob(f".{paths.run_id}.*{fsio.TEMP_SUFFIX}"):
-        fsio.remove_tree(stray)
-        result.actions.append(f"removed {stray.name}, left by an interrupted create")
+
+
+def _remove_build_dirs(paths: RunPaths, result: Recovered) -> None:
+    """A `create` killed before it published the run leaves its build dir beside it."""
+    for stray in fsio.remove_stale_build_dirs(paths.root.parent, paths.run_id):
+        result.actions.append(f"removed {stray.path.name} ({stray.bytes:,} bytes), left by an interrupted create")
+
+
+def _load(paths: RunPaths, result: Recovered) -> tuple[Ledger, float | None]:
+    """The ledger; a damaged (or lost) state.json is first restored from state.json.prev.
+
+    Returns, after a restore, the time the lost commit was made: what it recorded (a batch
+    create, say) is looked up at the provider from then on.
+    """
+    try:
+        return Ledger.load(paths), None
+    except LedgerError as exc:
+        if paths.state.is_file() and not isinstance(exc, LedgerDamaged):
+            raise  # e.g. from a newer batchpipe: nothing to restore
+    since = paths.state_prev.stat().st_mtime if paths.state_prev.is_file() else None
+    result.actions.append(restore_previous(paths))  # raises, saying what cannot be done, if there is no good copy
+    return Ledger.load(paths), since
+
+
+def _reopen_intents(ledger: Ledger, since: float, result: Recovered) -> None:
+    """After a restore, the lost commit may have recorded a batch create that then happened:
+    treat it as an open intent of every shard that is waiting for its batch, so the lookup
+    below adopts such a batch instead of `submit` creating (and paying for) a second one."""
+    waiting = [s for s in ledger.shards if s.state == ShardState.UPLOADED and s.batch is None]
+    for shard in waiting:
+        shard.batch = Batch(metadata=batch_tag(ledger.run.id, shard), intent_at=since)
+    if waiting:
+        ledger.commit({"event": "intent", "call": "lookup_after_restore", "shards": [s.id for s in waiting]})
+        result.actions.append(f"looking up the batches of {len(waiting)} shard(s) the lost commit may have created")
 
 
 def _damage(ledger: Ledger, ref) -> str | None:  # noqa: ANN001 - a FileRef
@@ -60,16 +98,55 @@ def _damage(ledger: Ledger, ref) -> str | None:  # noqa: ANN001 - a FileRef
     return None
 
 
+def _check_index(ledger: Ledger, result: Recovered) -> bool:
+    """Rebuild a missing, damaged or incomplete index; return whether the index can be used."""
+    try:
+        if problem := index_problem(ledger, thorough=True):
+            result.actions.append(rebuild_index(ledger, replay, problem))
+    except BatchpipeError as exc:
+        result.problems.append(f"{exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+        return False
+    return True
+
+
+def _check_shard_files(ledger: Ledger, result: Recovered) -> None:
+    """Render a damaged shard file again; if that cannot be done, say exactly what is lost."""
+    max_attempts = run_config(ledger.paths).limits.max_attempts
+    with Index(ledger.paths.index) as index:
+        for shard in ledger.shards:
+            if not (problem := _damage(ledger, shard.file)):
+                continue
+            if not (why := restore_shard_file(ledger, shard, index)):
+                result.actions.append(f"shard {shard.id}: {problem}; rendered it again from the input and the "
+                                      f"config snapshot (sha256 matches)")
+            elif shard.state == ShardState.PREPARED:
+                result.problems.append(
+                    f"shard {shard.id}: {problem}, and {why}. Its {shard.requests} request(s) were never sent and "
+                    f"cannot be now: put the original input back and run recover again, or create the job again "
+                    f"as a new run: batchpipe create CONFIG --run NEW_ID"
+                )
+            elif shard.state == ShardState.MERGED and shard.retry is None and shard.attempt < max_attempts:
+                lost = [cid for _, cid in index.retryable(shard.id, shard.file.path)]
+                if lost:
+                    shown = ", ".join(lost[:10]) + (f" and {len(lost) - 10} more" if len(lost) > 10 else "")
+                    result.problems.append(
+                        f"shard {shard.id}: {problem}, and {why}. Lost: another attempt for its {len(lost)} failed "
+                        f"request(s) (ids {shown}); they keep their error in the output. Put the original input "
+                        f"back and run recover again to retry them"
+                    )
+            else:
+                result.actions.append(f"shard {shard.id}: {problem} (it was sent already; only a retry would need it)")
+    for shard in ledger.shards:
+        lost = (shard.merged or {}).get(RETRY_LOST)
+        if lost and not _damage(ledger, shard.file):  # whole again: let process retry them after all
+            shard.merged = {k: v for k, v in shard.merged.items() if k != RETRY_LOST}
+            ledger.commit({"event": "retry_restored", "shard": shard.id})
+            result.actions.append(f"shard {shard.id}: its request file is whole again; `batchpipe process` will "
+                                  f"retry its {lost} failed request(s)")
+
+
 def _check_files(ledger: Ledger, provider: Provider | None, result: Recovered) -> None:
     for shard in ledger.shards:
-        problem = _damage(ledger, shard.file)
-        if problem and shard.state == ShardState.PREPARED:
-            result.problems.append(
-                f"shard {shard.id}: {problem}; nothing was sent for it yet. Create the job again as a new run: "
-                f"batchpipe create CONFIG --run NEW_ID"
-            )
-        elif problem and shard.retry is None and shard.state != ShardState.MERGED:
-            result.actions.append(f"shard {shard.id}: {problem} (already uploaded; only a retry would need it)")
         for kind, attr in (("output", "outputs"), ("errors", "errors_file")):
             ref = getattr(shard, attr)
             if ref is None or not (problem := _damage(ledger, ref)):
@@ -91,6 +168,9 @@ def _check_files(ledger: Ledger, provider: Provider | None, result: Recovered) -
                     f"shard {shard.id}: {path.name} downloaded again differs from the first download; "
                     f"the provider's file {file_id} changed. Check it before trusting this shard"
                 )
+
+
+def _check_output(ledger: Ledger, result: Recovered) -> None:
     if ledger.run.output is not None and (problem := _damage(ledger, ledger.run.output)):
         ledger.run.output = None
         ledger.commit({"event": "output_damaged"})
@@ -165,10 +245,25 @@ def _earliest_intent(shards: list[Shard]) -> float | None:
 
 def recover(paths: RunPaths, provider: Provider | None) -> Recovered:
     result = Recovered(paths.run_id)
+    _remove_build_dirs(paths, result)
+    if not paths.state.is_file() and not paths.state_prev.is_file():
+        if live := [d.path.name for d in fsio.build_dirs(paths.root.parent, paths.run_id) if d.live]:
+            raise RunNotFound(f"run {paths.run_id!r} is still being created ({live[0]})",
+                              hint="wait for its create to finish")
+        if not result.actions:
+            raise RunNotFound(f"no run {paths.run_id!r} in {paths.root.parent}",
+                              hint="see `batchpipe list` for the runs there, or pass --runs-dir")
+        result.actions.append(f"run {paths.run_id} was never published (its create was interrupted): create it again")
+        return result
     with fsio.run_lock(paths.root):
         _remove_temp_files(paths, result)
-        ledger = Ledger.load(paths)  # a damaged ledger is refused here, with its own message
+        ledger, restored_at = _load(paths, result)
         _check_files(ledger, provider, result)
+        if _check_index(ledger, result):
+            _check_shard_files(ledger, result)
+        _check_output(ledger, result)
+        if restored_at is not None:
+            _reopen_intents(ledger, restored_at, result)
         if provider is None:
             result.problems.append("not checked with the provider: OPENAI_API_KEY is not set")
             return result

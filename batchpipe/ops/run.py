@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from batchpipe.errors import ProviderError
+from batchpipe.errors import BatchpipeError, ProviderError, RunLocked
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.changes import Watch
 from batchpipe.ops.common import Progress
@@ -87,7 +87,7 @@ def run(
     wait: bool = False,
     poll_interval: float = 30.0,
     on_progress: Callable[[Progress], None] | None = None,
-    on_problem: Callable[[ProviderError], None] | None = None,
+    on_problem: Callable[[BatchpipeError], None] | None = None,
     on_change: Callable[[str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     options: SubmitOptions = SubmitOptions(),
@@ -98,7 +98,8 @@ def run(
     `poll_interval` and keep growing (up to MAX_BACKOFF intervals) while nothing changes: see
     next_delay. `on_change` gets one line per change seen after each pass (see ops/changes.py).
     The run lock is held during each pass only, not while sleeping, so `status` in another
-    terminal can still refresh between passes.
+    terminal can still refresh between passes. While waiting, a run another process holds (past
+    BATCHPIPE_LOCK_TIMEOUT, on a busy machine) is waited for, not given up on.
     """
     passes = failures = 0
     notes: list[str] = []
@@ -111,6 +112,13 @@ def run(
             finally:  # what a failed pass did before it failed is news too
                 for line in watch.changes() if watch is not None else []:
                     on_change(line)
+        except RunLocked as exc:
+            if not wait:
+                raise
+            if on_problem is not None:
+                on_problem(exc)  # say so, then keep waiting: the other process will let go
+            sleep(poll_interval)
+            continue
         except ProviderError as exc:
             # While waiting, a service hiccup is not the end of the run: the next pass starts by
             # looking up whatever the failed one may have left open.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 from batchpipe import fsio
@@ -37,10 +38,14 @@ def status(paths: RunPaths, provider: Provider | None) -> Status:
 
     Refreshing writes the ledger, so it needs the run lock; if another process holds it (a
     `run --wait` in another terminal, say), the last recorded state is shown instead of waiting.
+    A run with no batch running has nothing to refresh: it is read without the lock, so the
+    status of a finished run works on a read-only disk and creates no file.
     """
+    ledger = Ledger.load(paths)
     if provider is None:
-        ledger = Ledger.load(paths)
         return Status(ledger, Progress.of(ledger, with_cost=True), False, "not refreshed: no API key")
+    if not any(s.state == ShardState.SUBMITTED for s in ledger.shards):
+        return Status(ledger, Progress.of(ledger, with_cost=True), True)
     try:
         with fsio.run_lock(paths.root, timeout=0):
             ledger = Ledger.load(paths)
@@ -48,4 +53,10 @@ def status(paths: RunPaths, provider: Provider | None) -> Status:
     except RunLocked:
         ledger = Ledger.load(paths)
         return Status(ledger, Progress.of(ledger, with_cost=True), False, "not refreshed: another batchpipe process is working on this run")
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        ledger = Ledger.load(paths)  # a read-only run dir: show what is recorded
+        return Status(ledger, Progress.of(ledger, with_cost=True), False,
+                      f"not refreshed: the run dir cannot be written ({exc.strerror})")
     return Status(ledger, Progress.of(ledger, with_cost=True), True)
