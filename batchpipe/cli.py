@@ -342,6 +342,7 @@ def emulator(
     request_failure_rate: Annotated[float, typer.Option(help="Share of requests in a batch that fail with a 500 line.", rich_help_panel="Faults")] = 0.0,
     expire_after_requests: Annotated[int | None, typer.Option(help="Batches expire after running this many requests.", rich_help_panel="Faults")] = None,
     enqueued_token_limit: Annotated[int | None, typer.Option(help="Per-model queue limit; over it, batches fail with token_limit_exceeded.", rich_help_panel="Faults")] = None,
+    token_limit_message_without_number: Annotated[bool, typer.Option(help="token_limit_exceeded messages do not state the limit.", rich_help_panel="Faults")] = False,
     file_visibility_delay: Annotated[int, typer.Option(help="Creates that answer 400 'file not found' before a new file is seen.", rich_help_panel="Faults")] = 0,
     fault_seed: Annotated[int | None, typer.Option(help="Seed for the fault dice, to replay a run.", rich_help_panel="Faults")] = None,
 ) -> None:
@@ -362,6 +363,7 @@ def emulator(
         lost_answer_rate=lost_answer_rate, request_failure_rate=request_failure_rate,
         expire_after_requests=expire_after_requests, enqueued_token_limit=enqueued_token_limit,
         file_visibility_delay=file_visibility_delay, fault_seed=fault_seed,
+        token_limit_message_has_number=not token_limit_message_without_number,
     )
     serve_forever(host, port, options)
 

@@ -10,6 +10,7 @@ from batchpipe.ledger.model import ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress, bind_provider
 from batchpipe.ops.remote import refresh
+from batchpipe.ops.schedule import learn_from_rejection
 from batchpipe.paths import RunPaths
 from batchpipe.providers import Provider
 
@@ -29,6 +30,8 @@ def refresh_submitted(ledger: Ledger, provider: Provider) -> int:
         if shard.state == ShardState.SUBMITTED:
             bind_provider(ledger, provider)
             changed += refresh(ledger, shard, provider)
+            if shard.state == ShardState.UPLOADED:  # refused for the queue: learn its limit
+                learn_from_rejection(ledger, shard)
     return changed
 
 

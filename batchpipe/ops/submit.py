@@ -6,11 +6,13 @@ import time
 from dataclasses import dataclass, field
 
 from batchpipe import fsio
-from batchpipe.ledger.model import ShardState
+from batchpipe.ledger.index import Index
+from batchpipe.ledger.model import Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.canary import canary_gate, split_canary
 from batchpipe.ops.cancel import release_hold
 from batchpipe.ops.common import bind_provider, run_config
+from batchpipe.ops.recut import recut
 from batchpipe.ops.remote import ensure_submitted, ensure_uploaded
 from batchpipe.ops.schedule import Schedule
 from batchpipe.paths import RunPaths
@@ -26,6 +28,7 @@ class Submitted:
     held: str | None = None  # why nothing was submitted (tick on a held run)
     over_budget: list[str] = field(default_factory=list)  # shards the budget keeps back (a person must act)
     queued: list[str] = field(default_factory=list)  # shards waiting for room in the provider's queue
+    too_big: list[str] = field(default_factory=list)  # requests the provider's queue can never take (a person must act)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class SubmitOptions:
     respect_hold: bool = False  # leave a held (cancelled) run alone: what unattended `tick` wants
     budget_usd: float | None = None  # replace the run's budget, from now on
     canary: int | None = None  # send the first N requests alone first (see ops/canary.py)
+    poll_interval: float = 30.0  # the caller's poll interval: paces retries after a queue refusal
 
 
 def submit(
@@ -65,9 +69,14 @@ def submit(
             result.held = ledger.run.hold
             return result
         cfg = run_config(paths)
-        schedule = Schedule.of(ledger, ledger.run.budget_usd, cfg.limits.enqueued_tokens, cfg)
+        schedule = Schedule.of(ledger, ledger.run.budget_usd, cfg.limits.enqueued_tokens, cfg, options.poll_interval)
+        result.notes += _recut_too_big(ledger, schedule)
         canary_index = ledger.state.shard(ledger.run.canary).index if ledger.run.canary else None
         for shard in ledger.shards:
+            if shard.batch is None and shard.state in (ShardState.PREPARED, ShardState.UPLOADED) and (
+                    schedule.too_big(shard) and schedule.limit.definitive):
+                result.too_big.append(_too_big(ledger, shard, schedule))
+                continue
             if waiting and shard.index != canary_index and shard.state in (ShardState.PREPARED, ShardState.UPLOADED):
                 result.queued.append(f"shard {shard.id}: {waiting}")
                 continue
@@ -86,3 +95,24 @@ def submit(
                 result.notes += ensure_submitted(ledger, shard, provider, sleep=sleep)
                 result.submitted.append(shard.id)
     return result
+
+
+def _recut_too_big(ledger: Ledger, schedule: Schedule) -> list[str]:
+    """Re-cut every shard not yet sent that the queue's limit can never take whole."""
+    notes = []
+    for shard in list(ledger.shards):
+        if shard.requests > 1 and shard.batch is None and shard.state in (ShardState.PREPARED, ShardState.UPLOADED) \
+                and schedule.too_big(shard):
+            pieces = recut(ledger, shard, schedule.limit.tokens)
+            notes.append(f"shard {shard.id} ({shard.est_tokens} tokens) is bigger than the queue limit of "
+                         f"{ledger.run.model}, {schedule.limit.describe()}: re-cut into {', '.join(p.id for p in pieces)}")
+    return notes
+
+
+def _too_big(ledger: Ledger, shard: Shard, schedule: Schedule) -> str:
+    """What to tell a person about a request the queue can never take: its row, and what to do."""
+    with Index(ledger.paths.index) as index:
+        found = index.request_at(shard.file.path, 1)
+    where = f"row {found[1]} (id {found[0]}, input line {found[2]})" if found else f"the request of shard {shard.id}"
+    return (f"{where} is {shard.est_tokens} tokens, more than the queue limit of {ledger.run.model}, "
+            f"{schedule.limit.describe()}: it can never be queued and was not sent; shorten it")
