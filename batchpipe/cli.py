@@ -140,12 +140,12 @@ def submit(
     """
     paths = ops.run_paths(_runs_dir(ctx), run)
     s = ops.submit(paths, _provider(paths), ops.SubmitOptions(budget_usd=budget, canary=canary))
-    code = ExitCode.ATTENTION if s.over_budget or s.held else ExitCode.OK
+    code = ExitCode.ATTENTION if s.over_budget or s.held or s.too_big else ExitCode.OK
     if as_json:
         render.envelope("submit", {"run": run, "uploaded": s.uploaded, "submitted": s.submitted, "notes": s.notes,
-                                   "over_budget": s.over_budget, "queued": s.queued}, int(code))
+                                   "over_budget": s.over_budget, "queued": s.queued, "too_big": s.too_big}, int(code))
         raise typer.Exit(int(code))
-    for note in s.notes + s.over_budget + s.queued + ([f"held: {s.held}"] if s.held else []):
+    for note in s.notes + s.over_budget + s.too_big + s.queued + ([f"held: {s.held}"] if s.held else []):
         render.warn(note)
     if s.submitted:
         render.line(f"submitted {len(s.submitted)} batch(es) for run {run}: {', '.join(s.submitted)}")
@@ -183,6 +183,8 @@ def status(
             render.line(f"running for {render.duration(time.time() - p.started_at)}: {render.describe_progress(p)}")
         if st.note:
             render.warn(st.note)
+        if queue := render.queue_summary(data["queue"]):
+            render.line(queue)
         if data.get("hold"):
             render.warn(f"held ({data['hold']}): resume with `batchpipe run {data['run']}`")
         if p.done:
@@ -295,16 +297,18 @@ def run_(
             options=ops.SubmitOptions(budget_usd=budget, canary=canary),
         )
     p = report.processed
-    attention = p.batch_errors or report.stuck_on_budget or report.held
+    attention = p.batch_errors or report.stuck_on_budget or report.held or report.stuck_on_queue
     code = ExitCode.ATTENTION if attention else (ExitCode.OK if p.done else ExitCode.PENDING)
-    for note in report.notes + report.over_budget + ([f"held: {report.held}"] if report.held else []):
+    for note in report.notes + report.over_budget + report.too_big + ([f"held: {report.held}"] if report.held else []):
         render.warn(note)
     if as_json:
         data = ops.describe_run(paths)
         render.envelope("run", data | {"batch_errors": p.batch_errors, "warnings": p.warnings,
-                                      "over_budget": report.over_budget}, int(code))
+                                      "over_budget": report.over_budget, "too_big": report.too_big}, int(code))
     else:
         _processed(p, paths)
+        if queue := render.queue_summary(ops.describe_run(paths)["queue"]):
+            render.line(queue)
         if not p.done and not attention:
             prog = report.progress
             render.line(f"run {target}: {prog.finished}/{prog.requests} requests finished after {render.elapsed(start)}; "

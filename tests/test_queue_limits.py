@@ -5,12 +5,13 @@ and shards too big for it are re-cut instead of being rejected forever."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from conftest import INSTANT, expected_answer, read_jsonl, review_rows, write_job
 
-from batchpipe.emulator import Emulator
-from dataclasses import replace
+from batchpipe import ops
+from batchpipe.emulator import Emulator, ManualClock
 
 
 def job_tokens(cli, config) -> int:
@@ -40,3 +41,142 @@ def test_a_shard_bigger_than_the_queue_is_recut_and_the_run_finishes(cli, limite
     assert counts["max_enqueued_tokens"]["gpt-4o-mini"] <= limited.options.enqueued_token_limit
     state = json.loads((runs_dir / "big" / "state.json").read_text())
     assert all(len(s["history"]) <= 1 for s in state["shards"])  # no history growing without bound
+
+
+# --- a job four times the queue, with no limit configured (issue 8) ---------------------------
+
+POLL = 30.0  # seconds between polls; the emulator's batches take minutes, as the service's do
+SLOW = replace(INSTANT, validating_seconds=30.0, in_progress_seconds=240.0, finalizing_seconds=30.0)
+
+
+def simulated_run(config, run_id: str, limit: int, message_has_number: bool = True) -> tuple[float, dict]:
+    """`run --wait` of a job against an emulator whose clock moves only while batchpipe sleeps
+    between polls: returns (makespan in the emulator's seconds, the emulator's counts)."""
+    clock = ManualClock()
+    options = replace(SLOW, enqueued_token_limit=limit, token_limit_message_has_number=message_has_number)
+    with Emulator(options=options, port=0, clock=clock) as emu:
+        created = ops.create(config, runs_dir=ops_runs_dir(), run_id=run_id)
+        paths = ops.run_paths(ops_runs_dir(), created.run_id)
+        start = clock()
+        report = ops.run(paths, ops.provider_for(paths, api_key="k", base_url=emu.base_url), wait=True,
+                         poll_interval=POLL, sleep=clock.advance)
+        assert report.progress.done
+        return clock() - start, emu.counts
+
+
+def ops_runs_dir():
+    import os
+    from pathlib import Path
+    return Path(os.environ["BATCHPIPE_RUNS_DIR"])
+
+
+def test_without_a_configured_limit_the_service_refuses_one_batch_and_the_job_takes_no_longer(
+        cli, runs_dir, tmp_path):
+    rows = review_rows(44)  # 11 shards of 4
+    unknown = write_job(tmp_path / "a", rows, limits={"max_requests_per_shard": 4})
+    limit = job_tokens(cli, unknown) // 4  # the queue holds a quarter of the job
+    known = write_job(tmp_path / "b", rows, limits={"max_requests_per_shard": 4, "enqueued_tokens": limit})
+
+    learned_makespan, learned = simulated_run(unknown, "unknown", limit)
+    configured_makespan, configured = simulated_run(known, "known", limit)
+
+    for run_id in ("unknown", "known"):
+        out = read_jsonl(runs_dir / run_id / "output.jsonl")
+        assert [r["verdict"] for r in out] == [expected_answer(r) for r in rows]
+    assert configured["token_limit_failures"] == 0
+    assert learned["token_limit_failures"] == 1  # one refusal taught the limit: no storm
+    assert learned["max_enqueued_tokens"]["gpt-4o-mini"] <= limit
+    print(f"makespan: learned {learned_makespan:.0f} s, configured {configured_makespan:.0f} s")
+    assert learned_makespan <= 1.2 * configured_makespan
+
+
+def test_a_message_without_a_number_teaches_the_tokens_in_flight(cli, runs_dir, tmp_path):
+    rows = review_rows(44)
+    config = write_job(tmp_path / "a", rows, limits={"max_requests_per_shard": 4})
+    limit = job_tokens(cli, config) // 4
+    _, counts = simulated_run(config, "quiet", limit, message_has_number=False)
+    out = read_jsonl(runs_dir / "quiet" / "output.jsonl")
+    assert [r["verdict"] for r in out] == [expected_answer(r) for r in rows]
+    assert counts["token_limit_failures"] == 1  # the working limit (what was in flight) is never refused
+    (learned,) = json.loads((runs_dir / ".queue-limits.json").read_text())["limits"].values()
+    assert "in flight" in learned["source"] and not learned["definitive"]
+    assert 0 < learned["tokens"] <= limit
+    status = cli.json("status", "quiet")["data"]
+    assert status["queue"]["rejected"] == 1 and status["queue"]["limit"] == learned["tokens"]
+    assert "in flight" in status["queue"]["source"]
+
+
+def test_the_emulator_answers_in_the_services_wording_with_or_without_the_number(limited):
+    from conftest import sdk
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a review " * 50}]}
+    line = json.dumps({"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": body})
+    client = sdk(limited)
+    messages = []
+    for has_number in (True, False):
+        limited.options.enqueued_token_limit = 2_000_000 if has_number else 5
+        limited.options.token_limit_message_has_number = has_number
+        if has_number:  # fill the queue first: the limit is far above one request
+            limited.options.validating_seconds = 3600
+            limited.options.enqueued_token_limit = 1
+        f = client.files.create(file=("x.jsonl", line.encode()), purpose="batch")
+        b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        (error,) = client.batches.retrieve(b.id).errors.data
+        assert error.code == "token_limit_exceeded" and error.line is None and error.param is None
+        messages.append(error.message)
+    assert messages == [
+        "Enqueued token limit reached for gpt-4o-mini in organization org-emulator. Limit: 1 enqueued tokens. "
+        "Please try again once some in_progress batches have been completed.",
+        "Enqueued token limit reached for gpt-4o-mini in organization org-emulator. "
+        "Please try again once some in_progress batches have been completed.",
+    ]
+
+
+def test_the_limit_is_read_from_the_services_message_and_absent_without_a_number():
+    from batchpipe.ops.queue_limits import parse_limit
+
+    assert parse_limit("Enqueued token limit reached for gpt-4o-mini in organization org-xxx. Limit: 2,000,000 "
+                       "enqueued tokens. Please try again once some in_progress batches have been completed.") == 2_000_000
+    assert parse_limit("The number of enqueued tokens has surpassed the configured limit of 30K for the "
+                       "deployment 'gpt-4o'.") == 30_000
+    assert parse_limit("Enqueued token limit reached for gpt-4o-mini in organization org-xxx. Please try again "
+                       "once some in_progress batches have been completed.") is None
+
+
+def test_two_runs_ticked_together_share_the_learned_limit(cli, runs_dir, tmp_path, monkeypatch):
+    first = write_job(tmp_path / "a", review_rows(12), limits={"max_requests_per_shard": 4})
+    second = write_job(tmp_path / "b", review_rows(16)[4:], limits={"max_requests_per_shard": 4})
+    shard = job_tokens(cli, first) // 3
+    clock = ManualClock()
+    options = replace(SLOW, enqueued_token_limit=int(shard * 2.5))  # two and a half shards
+    with Emulator(options=options, port=0, clock=clock) as emu:
+        monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        cli("create", first, "--run", "one")
+        cli("create", second, "--run", "two")
+        for _ in range(200):
+            if cli("tick", "--all", code=None).exit_code == 0:
+                break
+            clock.advance(POLL)
+        counts = emu.counts
+    for run_id, rows in (("one", review_rows(12)), ("two", review_rows(16)[4:])):
+        out = read_jsonl(runs_dir / run_id / "output.jsonl")
+        assert [r["verdict"] for r in out] == [expected_answer(r) for r in rows]
+    assert counts["token_limit_failures"] == 1  # after the first refusal, the two together stayed within it
+    assert counts["max_enqueued_tokens"]["gpt-4o-mini"] >= 2 * shard * 0.9  # and both used the queue
+
+
+def test_a_single_request_bigger_than_the_queue_stops_with_its_row_named(cli, limited, runs_dir, tmp_path):
+    rows = review_rows(8)
+    rows[1]["text"] = "a very long review " * 200
+    config = write_job(tmp_path / "job", rows, limits={"max_requests_per_shard": 4})
+    short = write_job(tmp_path / "short", review_rows(1), limits={"max_requests_per_shard": 4})
+    limited.options.enqueued_token_limit = job_tokens(cli, short) * 3  # three short rows, not the long one
+    result = cli.json("run", config, "--run", "long", "--wait", "--poll-interval", "0", code=5)
+    problems = result["data"]["too_big"]
+    assert len(problems) == 1 and "row 2 (id r0002, input line 2)" in problems[0] and "shorten it" in problems[0]
+    assert limited.counts["token_limit_failures"] == 1
+    status = cli.json("status", "long")["data"]
+    assert status["finished"] == 7  # every other row was answered
+    ticked = cli.json("tick", "long", code=5)["data"]["runs"][0]
+    assert ticked["outcome"] == "attention" and "row 2" in ticked["message"]

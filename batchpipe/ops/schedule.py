@@ -74,7 +74,8 @@ def _other_ledgers(ledger: Ledger):  # noqa: ANN202 - the other runs of the same
             other = Ledger.load(RunPaths(state.parent))
         except LedgerError:
             continue  # a damaged run is for `recover` to report, not for the scheduler
-        if other.run.model == ledger.run.model and other.run.base_url in (None, ledger.run.base_url):
+        same_service = None in (ledger.run.base_url, other.run.base_url) or other.run.base_url == ledger.run.base_url
+        if other.run.model == ledger.run.model and same_service:
             yield other
 
 
@@ -128,9 +129,19 @@ def queue_waited(ledger: Ledger, now: float | None = None) -> float:
     return total
 
 
-def limit_in_force(ledger: Ledger, configured: int | None, poll_interval: float = 30.0) -> Limit:
-    return queue_limits.in_force(ledger.paths.root.parent, ledger.run.base_url, ledger.run.model, configured,
-                                 poll_interval)
+def limit_in_force(ledger: Ledger, configured: int | None, poll_interval: float = 30.0,
+                   base_url: str | None = None) -> Limit:
+    """The queue limit `submit` schedules with (`base_url`: the provider's, for a run not yet bound to one)."""
+    return queue_limits.in_force(ledger.paths.root.parent, ledger.run.base_url or base_url, ledger.run.model,
+                                 configured, poll_interval)
+
+
+def queue_figures(ledger: Ledger, configured: int | None) -> dict:
+    """What `status` and the run's summary say about the provider's queue."""
+    limit = limit_in_force(ledger, configured)
+    return {"limit": limit.tokens, "source": limit.source, "learned_at": limit.learned_at,
+            "rejected": rejections(ledger), "waited_seconds": round(queue_waited(ledger), 1),
+            "recut": sorted({s.recut_from for s in ledger.shards if s.recut_from})}
 
 
 @dataclass
@@ -146,7 +157,7 @@ class Schedule:
 
     @classmethod
     def of(cls, ledger: Ledger, budget_usd: float | None, queue_limit: int | None, cfg,  # noqa: ANN001
-           poll_interval: float = 30.0) -> Schedule:
+           poll_interval: float = 30.0, base_url: str | None = None) -> Schedule:
         price = None
         if budget_usd is not None:
             try:
@@ -155,7 +166,7 @@ class Schedule:
                 raise ConfigError(
                     f"limits.budget_usd needs the price of {ledger.run.model}: {exc.message}", hint=exc.hint
                 ) from None
-        limit = limit_in_force(ledger, queue_limit, poll_interval)
+        limit = limit_in_force(ledger, queue_limit, poll_interval, base_url)
         others = list(_other_ledgers(ledger))
         elsewhere = sum(_queued_tokens(o) for o in others)
         unconfirmed = [f"{o.run.id}/{s.id}" for o in others for s in o.shards if _unconfirmed(s)]

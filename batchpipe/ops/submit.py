@@ -69,7 +69,8 @@ def submit(
             result.held = ledger.run.hold
             return result
         cfg = run_config(paths)
-        schedule = Schedule.of(ledger, ledger.run.budget_usd, cfg.limits.enqueued_tokens, cfg, options.poll_interval)
+        schedule = Schedule.of(ledger, ledger.run.budget_usd, cfg.limits.enqueued_tokens, cfg, options.poll_interval,
+                               provider.base_url)
         result.notes += _recut_too_big(ledger, schedule)
         canary_index = ledger.state.shard(ledger.run.canary).index if ledger.run.canary else None
         for shard in ledger.shards:
