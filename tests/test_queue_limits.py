@@ -46,7 +46,7 @@ def test_a_shard_bigger_than_the_queue_is_recut_and_the_run_finishes(cli, limite
 # --- a job four times the queue, with no limit configured (issue 8) ---------------------------
 
 POLL = 30.0  # seconds between polls; the emulator's batches take minutes, as the service's do
-SLOW = replace(INSTANT, validating_seconds=30.0, in_progress_seconds=240.0, finalizing_seconds=30.0)
+SLOW = replace(INSTANT, validating_seconds=30.0, in_progress_seconds=120.0, finalizing_seconds=30.0)
 
 
 def simulated_run(config, run_id: str, limit: int, message_has_number: bool = True) -> tuple[float, dict]:
@@ -180,3 +180,28 @@ def test_a_single_request_bigger_than_the_queue_stops_with_its_row_named(cli, li
     assert status["finished"] == 7  # every other row was answered
     ticked = cli.json("tick", "long", code=5)["data"]["runs"][0]
     assert ticked["outcome"] == "attention" and "row 2" in ticked["message"]
+    checks = {c["name"]: c for c in cli.json("doctor", config)["data"]["checks"]}
+    limit = limited.options.enqueued_token_limit
+    assert checks["queue limit"]["detail"].startswith(f"gpt-4o-mini: {limit:,} tokens (the service's token_limit_exceeded")
+    assert status["queue"] | {"learned_at": None} == {
+        "limit": limit, "source": "the service's token_limit_exceeded message", "learned_at": None, "rejected": 1,
+        "waited_seconds": status["queue"]["waited_seconds"], "recut": ["00001.a1", "00002.a1"]}  # 4 rows > 3
+    summary = cli("status", "long").stdout
+    assert f"queue limit: {limit:,} enqueued tokens" in summary and "1 batch(es) refused for the queue" in summary
+
+
+def test_a_lone_request_refused_without_a_number_stops_after_a_few_tries(cli, limited, runs_dir, tmp_path):
+    rows = review_rows(4)
+    rows[2]["text"] = "a very long review " * 200
+    config = write_job(tmp_path / "job", rows, limits={"max_requests_per_shard": 4})
+    short = write_job(tmp_path / "short", review_rows(1), limits={"max_requests_per_shard": 4})
+    limited.options.enqueued_token_limit = job_tokens(cli, short) * 3
+    limited.options.token_limit_message_has_number = False
+    result = cli.json("run", config, "--run", "quiet", "--wait", "--poll-interval", "0", code=5)
+    (problem,) = result["data"]["too_big"]
+    assert problem.startswith("row 3 (id r0003, input line 3)") and "refused it for the queue 3 times" in problem
+    assert cli.json("status", "quiet")["data"]["finished"] == 3
+    refused = limited.counts["token_limit_failures"]
+    assert refused <= 5  # the whole shard once, a half of it at most once, then the row alone 3 times
+    cli("tick", "quiet", code=5)
+    assert limited.counts["token_limit_failures"] == refused  # and never again

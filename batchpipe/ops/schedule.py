@@ -99,10 +99,14 @@ def learn_from_rejection(ledger: Ledger, shard: Shard) -> None:
                 "source": entry.get("source")})
 
 
+def queue_refusals(shard: Shard) -> int:
+    """Batches of the shard's requests the service refused for the queue (token_limit_exceeded)."""
+    return sum(1 for h in shard.history if any(e.get("code") == TOKEN_LIMIT_CODE for e in h.get("errors") or []))
+
+
 def rejections(ledger: Ledger) -> int:
-    """Batches of the run the service refused for the queue (token_limit_exceeded)."""
-    return sum(1 for s in ledger.shards for h in s.history
-               if any(e.get("code") == TOKEN_LIMIT_CODE for e in h.get("errors") or []))
+    """Batches of the run the service refused for the queue."""
+    return sum(queue_refusals(s) for s in ledger.shards)
 
 
 def queue_waited(ledger: Ledger, now: float | None = None) -> float:

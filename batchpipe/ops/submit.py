@@ -14,7 +14,11 @@ from batchpipe.ops.cancel import release_hold
 from batchpipe.ops.common import bind_provider, run_config
 from batchpipe.ops.recut import recut
 from batchpipe.ops.remote import ensure_submitted, ensure_uploaded
-from batchpipe.ops.schedule import Schedule
+from batchpipe.ops.schedule import Schedule, queue_refusals
+
+# A lone request the service refused this many times for the queue, without stating its limit,
+# is taken to be too big for it: asking again would only collect more refusals.
+MAX_ALONE_REFUSALS = 3
 from batchpipe.paths import RunPaths
 from batchpipe.providers import Provider
 
@@ -75,8 +79,8 @@ def submit(
         canary_index = ledger.state.shard(ledger.run.canary).index if ledger.run.canary else None
         for shard in ledger.shards:
             if shard.batch is None and shard.state in (ShardState.PREPARED, ShardState.UPLOADED) and (
-                    schedule.too_big(shard) and schedule.limit.definitive):
-                result.too_big.append(_too_big(ledger, shard, schedule))
+                    why := _never_queued(ledger, shard, schedule)):
+                result.too_big.append(why)
                 continue
             if waiting and shard.index != canary_index and shard.state in (ShardState.PREPARED, ShardState.UPLOADED):
                 result.queued.append(f"shard {shard.id}: {waiting}")
@@ -110,10 +114,23 @@ def _recut_too_big(ledger: Ledger, schedule: Schedule) -> list[str]:
     return notes
 
 
-def _too_big(ledger: Ledger, shard: Shard, schedule: Schedule) -> str:
-    """What to tell a person about a request the queue can never take: its row, and what to do."""
+def _never_queued(ledger: Ledger, shard: Shard, schedule: Schedule) -> str | None:
+    """Why this shard's lone request can never be queued, naming its row (None: it may be).
+
+    Either it is bigger than a limit the config or the service stated, or the service refused
+    it alone MAX_ALONE_REFUSALS times without saying its limit.
+    """
+    if shard.requests != 1:
+        return None
+    model, refused = ledger.run.model, queue_refusals(shard)
+    if schedule.too_big(shard) and schedule.limit.definitive:
+        why = f"more than the queue limit of {model}, {schedule.limit.describe()}: it can never be queued"
+    elif refused >= MAX_ALONE_REFUSALS and not (schedule.limit.tokens and schedule.limit.tokens >= shard.est_tokens):
+        why = (f"and the service refused it for the queue {refused} times with no limit stated: it is probably "
+               f"more than your enqueued-token limit for {model} (see your account's limits page)")
+    else:
+        return None
     with Index(ledger.paths.index) as index:
         found = index.request_at(shard.file.path, 1)
     where = f"row {found[1]} (id {found[0]}, input line {found[2]})" if found else f"the request of shard {shard.id}"
-    return (f"{where} is {shard.est_tokens} tokens, more than the queue limit of {ledger.run.model}, "
-            f"{schedule.limit.describe()}: it can never be queued and was not sent; shorten it")
+    return f"{where} is {shard.est_tokens} tokens, {why}; it was not sent (again): shorten it"
