@@ -73,6 +73,7 @@ class Limit:
     definitive: bool = False  # the config or the service said so: a request over it can never be queued
     learned_at: float | None = None
     paused_until: float | None = None  # no create of this model before then (a refusal with nothing in flight)
+    floor: int = 0  # while not known: tokens the service has accepted together (the limit is at least that)
 
     def describe(self) -> str:
         if self.tokens is None:
@@ -102,14 +103,26 @@ def in_force(runs_dir: Path, base_url: str | None, model: str, configured: int |
     if configured is not None:
         return Limit(configured, CONFIGURED, definitive=True)
     entry = load_all(runs_dir).get(service_key(base_url, model))
-    if not entry:
-        return Limit(None, "learned from the service's first token_limit_exceeded")
+    if not entry or (entry.get("tokens") is None and not entry.get("pauses")):
+        return Limit(None, "learned from the service's first token_limit_exceeded", floor=(entry or {}).get("floor", 0))
     paused_until = None
     if entry.get("pauses"):
         paused_until = entry["rejected_at"] + min(poll_interval * 2 ** (entry["pauses"] - 1),
                                                   poll_interval * MAX_PAUSE_POLLS)
-    return Limit(entry.get("tokens"), entry.get("source", "learned"), bool(entry.get("definitive")),
-                 entry.get("learned_at"), paused_until)
+    return Limit(entry.get("tokens"), entry.get("source", "learned"), definitive=bool(entry.get("definitive")),
+                 learned_at=entry.get("learned_at"), paused_until=paused_until, floor=entry.get("floor", 0))
+
+
+def raise_floor(runs_dir: Path, base_url: str | None, model: str, accepted: int) -> None:
+    """Remember that the service has held `accepted` tokens of the model at once (limit unknown)."""
+    with fsio.file_lock(Path(runs_dir) / LOCK_NAME, "the learned queue limits"):
+        limits = load_all(runs_dir)
+        key = service_key(base_url, model)
+        entry = limits.get(key) or {"model": model, "service": key.split(" @ ", 1)[1]}
+        if accepted <= entry.get("floor", 0):
+            return
+        limits[key] = {**entry, "floor": accepted}
+        fsio.write_bytes_atomic(_path(runs_dir), orjson.dumps({"limits": limits}, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
 
 
 def learn(runs_dir: Path, base_url: str | None, model: str, *, message: str | None, in_flight: int,

@@ -19,7 +19,7 @@ before the limit is learned.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from batchpipe.errors import ConfigError, LedgerError
@@ -172,6 +172,14 @@ class Schedule:
                 ) from None
         limit = limit_in_force(ledger, queue_limit, poll_interval, base_url)
         others = list(_other_ledgers(ledger))
+        if limit.tokens is None:
+            # What the service holds now, past validating, it has accepted: the limit is at least that.
+            accepted = sum(s.est_tokens for o in [ledger, *others] for s in o.shards
+                           if _queued(s) and s.batch.status != "validating")
+            if accepted > limit.floor:
+                queue_limits.raise_floor(ledger.paths.root.parent, ledger.run.base_url or base_url, ledger.run.model,
+                                         accepted)
+                limit = replace(limit, floor=accepted)
         elsewhere = sum(_queued_tokens(o) for o in others)
         unconfirmed = [f"{o.run.id}/{s.id}" for o in others for s in o.shards if _unconfirmed(s)]
         return cls(ledger, budget_usd, limit, price, elsewhere, unconfirmed)
@@ -205,7 +213,10 @@ class Schedule:
             return (f"shard {shard.id} waits for the queue: the service refused a batch of {model} with nothing "
                     f"of ours in flight; next try in {wait} s")
         if self.limit.tokens is None:
-            pending = self.unconfirmed_elsewhere + [s.id for s in self.ledger.shards if _unconfirmed(s)]
+            queued = self.elsewhere + _queued_tokens(self.ledger)
+            if queued + shard.est_tokens <= self.limit.floor:
+                return None  # the service has held this much at once before
+            pending = self.unconfirmed_elsewhere + [s.id for s in self.ledger.shards if _unconfirmed(s) and s is not shard]
             if pending:
                 return (f"shard {shard.id} waits: the queue limit for {model} is not known yet, so one batch at "
                         f"a time goes until the service has accepted it (waiting for {pending[0]})")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from batchpipe import fsio
 from batchpipe.errors import RunLocked
-from batchpipe.ledger.model import ShardState
+from batchpipe.ledger.model import Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress, bind_provider
 from batchpipe.ops.remote import refresh
@@ -29,9 +29,15 @@ def refresh_submitted(ledger: Ledger, provider: Provider) -> int:
     for shard in ledger.shards:
         if shard.state == ShardState.SUBMITTED:
             bind_provider(ledger, provider)
-            changed += refresh(ledger, shard, provider)
-            if shard.state == ShardState.UPLOADED:  # refused for the queue: learn its limit
-                learn_from_rejection(ledger, shard)
+            changed += refresh_shard(ledger, shard, provider)
+    return changed
+
+
+def refresh_shard(ledger: Ledger, shard: Shard, provider: Provider) -> bool:
+    """Refresh one submitted shard; a batch refused for the queue teaches the queue's limit."""
+    changed = refresh(ledger, shard, provider)
+    if shard.state == ShardState.UPLOADED:
+        learn_from_rejection(ledger, shard)
     return changed
 
 

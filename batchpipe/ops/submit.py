@@ -15,6 +15,7 @@ from batchpipe.ops.common import bind_provider, run_config
 from batchpipe.ops.recut import recut
 from batchpipe.ops.remote import ensure_submitted, ensure_uploaded
 from batchpipe.ops.schedule import Schedule, queue_refusals
+from batchpipe.ops.status import refresh_shard
 
 # A lone request the service refused this many times for the queue, without stating its limit,
 # is taken to be too big for it: asking again would only collect more refusals.
@@ -75,13 +76,19 @@ def submit(
         cfg = run_config(paths)
         schedule = Schedule.of(ledger, ledger.run.budget_usd, cfg.limits.enqueued_tokens, cfg, options.poll_interval,
                                provider.base_url)
-        result.notes += _recut_too_big(ledger, schedule)
-        canary_index = ledger.state.shard(ledger.run.canary).index if ledger.run.canary else None
-        for shard in ledger.shards:
-            if shard.batch is None and shard.state in (ShardState.PREPARED, ShardState.UPLOADED) and (
-                    why := _never_queued(ledger, shard, schedule)):
+        at = 0
+        while at < len(ledger.shards):  # by position: a re-cut replaces the shard there with its pieces
+            shard = ledger.shards[at]
+            at += 1
+            unsent = shard.batch is None and shard.state in (ShardState.PREPARED, ShardState.UPLOADED)
+            if unsent and shard.requests > 1 and schedule.too_big(shard):
+                result.notes.append(_recut(ledger, shard, schedule))
+                at -= 1
+                continue
+            if unsent and (why := _never_queued(ledger, shard, schedule)):
                 result.too_big.append(why)
                 continue
+            canary_index = ledger.state.shard(ledger.run.canary).index if ledger.run.canary else None
             if waiting and shard.index != canary_index and shard.state in (ShardState.PREPARED, ShardState.UPLOADED):
                 result.queued.append(f"shard {shard.id}: {waiting}")
                 continue
@@ -99,19 +106,21 @@ def submit(
                 bind_provider(ledger, provider)
                 result.notes += ensure_submitted(ledger, shard, provider, sleep=sleep)
                 result.submitted.append(shard.id)
+                if schedule.limit.tokens is None:
+                    # The queue's limit is not known: look at this batch once now. If the service
+                    # took it already, the next may go in this pass; if it refused it, the limit
+                    # it learned schedules the rest.
+                    refresh_shard(ledger, shard, provider)
+                    schedule = Schedule.of(ledger, ledger.run.budget_usd, cfg.limits.enqueued_tokens, cfg,
+                                           options.poll_interval, provider.base_url)
     return result
 
 
-def _recut_too_big(ledger: Ledger, schedule: Schedule) -> list[str]:
-    """Re-cut every shard not yet sent that the queue's limit can never take whole."""
-    notes = []
-    for shard in list(ledger.shards):
-        if shard.requests > 1 and shard.batch is None and shard.state in (ShardState.PREPARED, ShardState.UPLOADED) \
-                and schedule.too_big(shard):
-            pieces = recut(ledger, shard, schedule.limit.tokens)
-            notes.append(f"shard {shard.id} ({shard.est_tokens} tokens) is bigger than the queue limit of "
-                         f"{ledger.run.model}, {schedule.limit.describe()}: re-cut into {', '.join(p.id for p in pieces)}")
-    return notes
+def _recut(ledger: Ledger, shard: Shard, schedule: Schedule) -> str:
+    """Re-cut a shard the queue's limit can never take whole; say so."""
+    pieces = recut(ledger, shard, schedule.limit.tokens)
+    return (f"shard {shard.id} ({shard.est_tokens} tokens) is bigger than the queue limit of {ledger.run.model}, "
+            f"{schedule.limit.describe()}: re-cut into {', '.join(p.id for p in pieces)}")
 
 
 def _never_queued(ledger: Ledger, shard: Shard, schedule: Schedule) -> str | None:
