@@ -205,3 +205,18 @@ def test_a_lone_request_refused_without_a_number_stops_after_a_few_tries(cli, li
     assert refused <= 5  # the whole shard once, a half of it at most once, then the row alone 3 times
     cli("tick", "quiet", code=5)
     assert limited.counts["token_limit_failures"] == refused  # and never again
+
+
+def test_a_refusal_below_the_stated_limit_by_our_counts_lowers_the_working_limit(tmp_path):
+    from batchpipe.ops import queue_limits
+
+    def learn(in_flight: int, shard: int) -> dict:
+        return queue_limits.learn(tmp_path, "http://user:secret@host:1/v1/", "m", in_flight=in_flight,
+                                  shard_tokens=shard, shard_requests=4, run_id="r",
+                                  message="Enqueued token limit reached for m in organization o. Limit: 1,000 enqueued tokens.")
+
+    assert learn(800, 300)["tokens"] == 1000  # over it by our counts: the stated limit
+    entry = learn(500, 300)  # within it by our counts, yet refused: our counts run low
+    assert entry["tokens"] == 799 and not entry["definitive"]
+    assert queue_limits.in_force(tmp_path, "http://host:1/v1", "m", None).tokens == 799
+    assert "secret" not in (tmp_path / ".queue-limits.json").read_text()  # credentials never on disk

@@ -31,6 +31,7 @@ FILE_NAME = ".queue-limits.json"
 LOCK_NAME = ".queue-limits.lock"
 CONFIGURED = "limits.enqueued_tokens in the config"
 STATED = "the service's token_limit_exceeded message"
+SCALED = "the service's message (limit {stated:,}), below it by our token counts, which run low"
 IN_FLIGHT = "tokens in flight when the service refused a batch (its message named no limit)"
 HALF_SHARD = "half a shard the service refused with nothing else in flight (its message named no limit)"
 # While nothing of the model was in flight, the pause after a refusal without a number doubles
@@ -137,8 +138,13 @@ def learn(runs_dir: Path, base_url: str | None, model: str, *, message: str | No
         entry: dict[str, Any] = {**old, "model": model, "service": key.split(" @ ", 1)[1], "rejected_at": now,
                                  "run": run_id, "message": (message or "")[:300]}
         stated = parse_limit(message)
-        if stated is not None:
+        if stated is not None and in_flight + shard_tokens > stated:
             entry |= {"tokens": stated, "source": STATED, "definitive": True, "learned_at": now, "pauses": 0}
+        elif stated is not None:
+            # By our counts it fitted, yet it was refused: the service counts more tokens than we do
+            # (bytes/4 without a tokenizer, say). Schedule below what was refused, in our units.
+            entry |= {"tokens": max(1, in_flight + shard_tokens - 1), "source": SCALED.format(stated=stated),
+                      "definitive": False, "learned_at": now, "pauses": 0}
         elif old.get("definitive"):
             # The service stated the limit before: this refusal is someone else's share of the
             # queue. Keep the number, and wait a little before the next try.

@@ -84,13 +84,20 @@ def queued_elsewhere(ledger: Ledger) -> int:
     return sum(_queued_tokens(other) for other in _other_ledgers(ledger))
 
 
-def learn_from_rejection(ledger: Ledger, shard: Shard) -> None:
+def queued_here(ledger: Ledger) -> dict[str, int]:
+    """Shard id -> tokens of this run's batches in the queue, as last seen (taken before a refresh)."""
+    return {s.id: s.est_tokens for s in ledger.shards if _queued(s)}
+
+
+def learn_from_rejection(ledger: Ledger, shard: Shard, before: dict[str, int]) -> None:
     """A batch of `shard` was just refused for the queue: remember what that says about the limit.
 
-    The tokens in flight are those of every other unfinished batch of the model, in every run.
+    The tokens in flight are those of every other unfinished batch of the model, in every run,
+    as last seen before this refresh (`before`, from queued_here): a batch seen finished in the
+    same refresh may well have been in the queue when the service refused this one.
     """
     message = next((e.get("message") for e in shard.history[-1].get("errors", []) if e.get("code") == TOKEN_LIMIT_CODE), None)
-    in_flight = _queued_tokens(ledger) + queued_elsewhere(ledger)
+    in_flight = sum(t for sid, t in before.items() if sid != shard.id) + queued_elsewhere(ledger)
     entry = queue_limits.learn(
         ledger.paths.root.parent, ledger.run.base_url, ledger.run.model, message=message, in_flight=in_flight,
         shard_tokens=shard.est_tokens, shard_requests=shard.requests, run_id=ledger.run.id,
