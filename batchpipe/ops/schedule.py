@@ -11,9 +11,11 @@ at the same service, in every run under the runs dir, stay within the limit in f
 are cut to fit a configured limit at create; a shard bigger than a learned one is re-cut
 (ops/recut.py). As batches finish, the next ones go. A `token_limit_exceeded` from the service
 sends the shard back to wait, without counting as an attempt, and teaches the limit.
-While no limit is known, one batch of the model at a time may be unconfirmed (still
-`validating`, where the service refuses a batch for the queue): so at most one batch is refused
-before the limit is learned.
+While no limit is known, batches go up to the floor (the tokens the service has been seen to
+hold at once, remembered in the runs dir), and beyond it one batch of the model at a time may be
+unconfirmed (still `validating`, where the service refuses a batch for the queue): so at most
+one batch is refused before the limit is learned. The price is a slower start for a job far
+below an unknown limit: one batch per validation until the floor has grown.
 """
 
 from __future__ import annotations
