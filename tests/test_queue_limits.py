@@ -5,10 +5,12 @@ and shards too big for it are re-cut instead of being rejected forever."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
-from conftest import INSTANT, expected_answer, read_jsonl, review_rows, write_job
+from conftest import INSTANT, expected_answer, read_jsonl, review_rows, sdk, write_job
 
 from batchpipe import ops
 from batchpipe.emulator import Emulator, ManualClock
@@ -64,9 +66,7 @@ def simulated_run(config, run_id: str, limit: int, message_has_number: bool = Tr
         return clock() - start, emu.counts
 
 
-def ops_runs_dir():
-    import os
-    from pathlib import Path
+def ops_runs_dir() -> Path:
     return Path(os.environ["BATCHPIPE_RUNS_DIR"])
 
 
@@ -107,25 +107,22 @@ def test_a_message_without_a_number_teaches_the_tokens_in_flight(cli, runs_dir, 
 
 
 def test_the_emulator_answers_in_the_services_wording_with_or_without_the_number(limited):
-    from conftest import sdk
-
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a review " * 50}]}
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a review " * 1000}]}
     line = json.dumps({"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": body})
     client = sdk(limited)
+    limited.options.enqueued_token_limit = 1_000  # the request alone is over it
     messages = []
     for has_number in (True, False):
-        limited.options.enqueued_token_limit = 2_000_000 if has_number else 5
         limited.options.token_limit_message_has_number = has_number
-        if has_number:  # fill the queue first: the limit is far above one request
-            limited.options.validating_seconds = 3600
-            limited.options.enqueued_token_limit = 1
         f = client.files.create(file=("x.jsonl", line.encode()), purpose="batch")
         b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
-        (error,) = client.batches.retrieve(b.id).errors.data
-        assert error.code == "token_limit_exceeded" and error.line is None and error.param is None
+        assert b.status == "validating"  # the create is answered 200; the batch fails at validation
+        b = client.batches.retrieve(b.id)
+        (error,) = b.errors.data
+        assert b.status == "failed" and error.code == "token_limit_exceeded" and error.line is None and error.param is None
         messages.append(error.message)
     assert messages == [
-        "Enqueued token limit reached for gpt-4o-mini in organization org-emulator. Limit: 1 enqueued tokens. "
+        "Enqueued token limit reached for gpt-4o-mini in organization org-emulator. Limit: 1,000 enqueued tokens. "
         "Please try again once some in_progress batches have been completed.",
         "Enqueued token limit reached for gpt-4o-mini in organization org-emulator. "
         "Please try again once some in_progress batches have been completed.",
