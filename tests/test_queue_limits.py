@@ -217,3 +217,19 @@ def test_a_refusal_below_the_stated_limit_by_our_counts_lowers_the_working_limit
     assert entry["tokens"] == 799 and not entry["definitive"]
     assert queue_limits.in_force(tmp_path, "http://host:1/v1", "m", None).tokens == 799
     assert "secret" not in (tmp_path / ".queue-limits.json").read_text()  # credentials never on disk
+
+
+def test_while_the_limit_is_unknown_one_run_waits_for_the_other_runs_probe(cli, runs_dir, tmp_path, monkeypatch):
+    clock = ManualClock()
+    with Emulator(options=SLOW, port=0, clock=clock) as emu:
+        monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        cli("run", write_job(tmp_path / "a", review_rows(8), limits={"max_requests_per_shard": 4}), "--run", "first",
+            code=3)
+        other = write_job(tmp_path / "b", review_rows(8)[4:], name="other")
+        waiting = cli.json("submit", cli.json("create", other, "--run", "other")["data"]["run"])["data"]
+        assert waiting["submitted"] == [] and "waiting for first/00001.a1" in waiting["queued"][0]
+        assert emu.counts["batch_creates"] == 1  # first's second shard waits for its probe too
+        clock.advance(SLOW.validating_seconds)  # the service has accepted the probe
+        cli("tick", "--all", code=3)
+        assert emu.counts["batch_creates"] == 2 and emu.counts["token_limit_failures"] == 0

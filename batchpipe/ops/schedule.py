@@ -33,6 +33,9 @@ from batchpipe.ops.remote import RUNNING_STATUSES, TOKEN_LIMIT_CODE
 from batchpipe.paths import RunPaths
 from batchpipe.pricing import Price, cost_usd, format_usd, price_for
 
+# Another run's batch last seen `validating` longer ago than this no longer holds back a probe.
+STALE_SECONDS = 15 * 60
+
 # a batch in these states still holds its tokens in the provider's queue
 QUEUED_STATUSES = RUNNING_STATUSES | {"cancelling"}
 
@@ -190,7 +193,11 @@ class Schedule:
                                          accepted)
                 limit = replace(limit, floor=accepted)
         elsewhere = sum(_queued_tokens(o) for o in others)
-        unconfirmed = [f"{o.run.id}/{s.id}" for o in others for s in o.shards if _unconfirmed(s)]
+        # Another run's probe counts while its news is fresh: a run nobody polls any more must not
+        # hold this one back for ever.
+        fresh = time.time() - STALE_SECONDS
+        unconfirmed = [f"{o.run.id}/{s.id}" for o in others for s in o.shards
+                       if _unconfirmed(s) and max(s.batch.refreshed_at or 0, s.batch.intent_at) > fresh]
         return cls(ledger, budget_usd, limit, price, elsewhere, unconfirmed)
 
     @property
