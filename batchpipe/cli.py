@@ -151,12 +151,12 @@ def submit(
     """
     paths = ops.run_paths(_runs_dir(ctx), run)
     s = ops.submit(paths, _provider(paths), ops.SubmitOptions(budget_usd=budget, canary=canary))
-    code = ExitCode.ATTENTION if s.over_budget or s.held else ExitCode.OK
+    code = ExitCode.ATTENTION if s.over_budget or s.held or s.too_big else ExitCode.OK
     if as_json:
         render.envelope("submit", {"run": run, "uploaded": s.uploaded, "submitted": s.submitted, "notes": s.notes,
-                                   "over_budget": s.over_budget, "queued": s.queued}, int(code))
+                                   "over_budget": s.over_budget, "queued": s.queued, "too_big": s.too_big}, int(code))
         raise typer.Exit(int(code))
-    for note in s.notes + s.over_budget + s.queued + ([f"held: {s.held}"] if s.held else []):
+    for note in s.notes + s.over_budget + s.too_big + s.queued + ([f"held: {s.held}"] if s.held else []):
         render.warn(note)
     if s.submitted:
         render.line(f"submitted {len(s.submitted)} batch(es) for run {run}: {', '.join(s.submitted)}")
@@ -195,6 +195,8 @@ def status(
             render.line(f"running for {render.duration(time.time() - p.started_at)}: {render.describe_progress(p)}")
         if st.note:
             render.warn(st.note)
+        if queue := render.queue_summary(data["queue"]):
+            render.line(queue)
         if data.get("hold"):
             render.warn(f"held ({data['hold']}): resume with `batchpipe run {data['run']}`")
         if p.done:
@@ -347,16 +349,18 @@ def run_(
             options=ops.SubmitOptions(budget_usd=budget, canary=canary),
         )
     p = report.processed
-    attention = p.batch_errors or report.stuck_on_budget or report.held
+    attention = p.batch_errors or report.stuck_on_budget or report.held or report.stuck_on_queue
     code = ExitCode.ATTENTION if attention else p.exit_code
-    for note in report.notes + report.over_budget + ([f"held: {report.held}"] if report.held else []):
+    for note in report.notes + report.over_budget + report.too_big + ([f"held: {report.held}"] if report.held else []):
         render.warn(note)
     if as_json:
         data = ops.describe_run(paths)
         render.envelope("run", data | {"batch_errors": p.batch_errors, "warnings": p.warnings,
-                                      "over_budget": report.over_budget}, int(code))
+                                      "over_budget": report.over_budget, "too_big": report.too_big}, int(code))
     else:
         _processed(p, paths)
+        if queue := render.queue_summary(ops.describe_run(paths)["queue"]):
+            render.line(queue)
         if not p.done and not attention:
             prog = report.progress
             render.line(f"run {target}: {prog.finished}/{prog.requests} requests finished after {render.elapsed(start)}; "
@@ -394,6 +398,7 @@ def emulator(
     request_failure_rate: Annotated[float, typer.Option(help="Share of requests in a batch that fail with a 500 line.", rich_help_panel="Faults")] = 0.0,
     expire_after_requests: Annotated[int | None, typer.Option(help="Batches expire after running this many requests.", rich_help_panel="Faults")] = None,
     enqueued_token_limit: Annotated[int | None, typer.Option(help="Per-model queue limit; over it, batches fail with token_limit_exceeded.", rich_help_panel="Faults")] = None,
+    token_limit_message_without_number: Annotated[bool, typer.Option(help="token_limit_exceeded messages do not state the limit.", rich_help_panel="Faults")] = False,
     file_visibility_delay: Annotated[int, typer.Option(help="Creates that answer 400 'file not found' before a new file is seen.", rich_help_panel="Faults")] = 0,
     fault_seed: Annotated[int | None, typer.Option(help="Seed for the fault dice, to replay a run.", rich_help_panel="Faults")] = None,
     lose_output_of_batch: Annotated[list[int] | None, typer.Option(metavar="N", help="The N-th batch's output file is deleted once written (repeatable).", rich_help_panel="Faults")] = None,
@@ -419,6 +424,7 @@ def emulator(
         file_visibility_delay=file_visibility_delay, fault_seed=fault_seed,
         lose_output_of_batches=tuple(lose_output_of_batch or ()),
         lose_errors_of_batches=tuple(lose_errors_of_batch or ()), lose_uploads=tuple(lose_upload or ()),
+        token_limit_message_has_number=not token_limit_message_without_number,
     )
     serve_forever(host, port, options)
 

@@ -311,6 +311,21 @@ def lock_timeout() -> float:
 
 
 @contextlib.contextmanager
+def file_lock(path: Path, what: str, timeout: float | None = None) -> Iterator[None]:
+    """Hold a sidecar lock file for a short read-modify-write of a shared file (not a run)."""
+    lock = FileLock(path, is_singleton=True)
+    try:
+        lock.acquire(timeout=lock_timeout() if timeout is None else timeout)
+    except Timeout:
+        raise RunLocked(f"{what} is busy: another batchpipe process holds {path}",
+                        hint="wait for it to finish (or set BATCHPIPE_LOCK_TIMEOUT to wait longer) and try again") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
 def run_lock(run_dir: Path, timeout: float | None = None) -> Iterator[None]:
     """Hold the run's sidecar lock (never state.json itself) for a mutating command.
 

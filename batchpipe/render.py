@@ -167,6 +167,17 @@ def outcome_notes(run_id: str, output: Any, failed: int, truncated: int) -> list
     return notes
 
 
+def queue_summary(queue: dict[str, Any]) -> str | None:
+    """The provider's queue, for people, from describe()["queue"]: the limit in force and what it cost."""
+    if queue["limit"] is None and not queue["rejected"]:
+        return None  # nothing learned, nothing refused: nothing worth a line
+    limit = f"{queue['limit']:,} enqueued tokens ({queue['source']})" if queue["limit"] else f"not known ({queue['source']})"
+    cost = (f"{queue['rejected']} batch(es) refused for the queue, shards waited {duration(queue['waited_seconds'])} for it"
+            if queue["rejected"] else "no batch refused for the queue")
+    recut = f"; re-cut: {', '.join(queue['recut'])}" if queue["recut"] else ""
+    return f"queue limit: {limit}; {cost}{recut}"
+
+
 def runs_table(runs: list[dict[str, Any]]) -> None:
     if not runs:
         line("no runs yet: start one with `batchpipe run CONFIG --wait`")

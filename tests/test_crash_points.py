@@ -116,7 +116,8 @@ def test_ctrl_c_during_run_wait_exits_130_and_resumes(cli, runs_dir, tmp_path, m
     with Emulator(options=options, port=0, clock=clock) as emu:
         monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "k")
-        config = write_job(tmp_path / "job", review_rows(6), limits={"max_requests_per_shard": 3})
+        # a known queue limit, so both batches go at once (without one, the second waits for the first)
+        config = write_job(tmp_path / "job", review_rows(6), limits={"max_requests_per_shard": 3, "enqueued_tokens": 10**6})
         proc = subprocess.Popen([sys.executable, "-m", "batchpipe", "run", str(config), "--run", "intr", "--wait",
                                  "--poll-interval", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30

@@ -24,8 +24,10 @@ def slow_emulator(monkeypatch):
 
 
 def test_a_cron_loop_of_tick_all_brings_every_run_to_done(cli, slow_emulator, runs_dir, tmp_path):
+    # A known queue limit: without one, the first batches of a model go one at a time (test_queue_limits.py).
+    limits = {"max_requests_per_shard": 5, "enqueued_tokens": 1_000_000}
     for name in ("alpha", "beta", "gamma"):
-        cli("create", write_job(tmp_path / name, review_rows(7), name=name), "--run", name)
+        cli("create", write_job(tmp_path / name, review_rows(7), name=name, limits=limits), "--run", name)
     first = cli.json("tick", "--all", code=3)["data"]["runs"]
     assert [(r["run"], r["outcome"]) for r in first] == [("alpha", "pending"), ("beta", "pending"), ("gamma", "pending")]
     assert slow_emulator.counts["batch_creates"] == 6  # 2 shards each, all submitted in one pass
@@ -68,7 +70,8 @@ def test_status_all_lists_every_run(cli, emulator, tmp_path):
 
 def test_cancel_keeps_finished_work_holds_the_run_and_resumes(cli, slow_emulator, runs_dir, tmp_path):
     rows = review_rows(6)
-    cli("run", write_job(tmp_path / "job", rows, limits={"max_requests_per_shard": 3}), "--run", "c", code=3)
+    limits = {"max_requests_per_shard": 3, "enqueued_tokens": 1_000_000}  # known: both batches go at once
+    cli("run", write_job(tmp_path / "job", rows, limits=limits), "--run", "c", code=3)
     cancelled = cli.json("cancel", "c")["data"]["cancelled"]
     assert len(cancelled) == 2 and slow_emulator.counts["cancels"] == 2
 

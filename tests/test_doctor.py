@@ -12,7 +12,7 @@ def test_all_checks_pass_and_the_key_is_never_shown(cli, emulator, tmp_path):
     doc = cli.json("doctor", config)
     checks = {c["name"]: c for c in doc["data"]["checks"]}
     assert {name: c["ok"] for name, c in checks.items()} == {
-        "api key": True, "service": True, "config": True, "runs dir": True, "tokenizer": True,
+        "api key": True, "service": True, "config": True, "runs dir": True, "tokenizer": True, "queue limit": True,
     }
     assert emulator.base_url in checks["service"]["detail"]
     assert "SECRET" not in str(doc)

@@ -68,6 +68,9 @@ class EmulatorOptions:
     # model's non-terminal batches over it answers 200 (`validating`) and the batch is `failed`
     # with `token_limit_exceeded` at its first read. Tokens: `answers.estimate_batch_tokens`.
     enqueued_token_limit: int | None = None
+    # The service's message states the limit ("Limit: 2,000,000 enqueued tokens."); with False the
+    # message names no number, as some services and older API versions answer.
+    token_limit_message_has_number: bool = True
     # The first N batch creates naming a given input file answer 400 "Cannot find file ..."
     # (reference §1.4) without creating anything; the (N+1)-th works.
     file_visibility_delay: int = 0

@@ -394,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a bigger batch runs only its first N requests, then expires")
     faults.add_argument("--enqueued-token-limit", type=int, default=defaults.enqueued_token_limit,
                         help="enqueued prompt tokens per model before token_limit_exceeded")
+    faults.add_argument("--token-limit-message-without-number", action="store_true",
+                        help="token_limit_exceeded messages do not state the limit")
     faults.add_argument("--file-visibility-delay", type=int, default=defaults.file_visibility_delay,
                         help="the first N creates naming a file answer 400 'Cannot find file'")
     faults.add_argument("--creates-per-hour-limit", type=int, default=defaults.creates_per_hour_limit,
@@ -424,6 +426,7 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         request_failure_rate=args.request_failure_rate,
         expire_after_requests=args.expire_after_requests,
         enqueued_token_limit=args.enqueued_token_limit,
+        token_limit_message_has_number=not args.token_limit_message_without_number,
         file_visibility_delay=args.file_visibility_delay,
         creates_per_hour_limit=args.creates_per_hour_limit,
         lose_output_of_batches=tuple(args.lose_output_of_batch),

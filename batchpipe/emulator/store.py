@@ -48,6 +48,15 @@ PROJECT = "proj_emulator"
 HOUR = 3600
 
 
+def token_limit_message(model: str, limit: int, opts: EmulatorOptions) -> str:
+    """The service's wording (reference §2.4), with the limit as it prints it, or without it."""
+    stated = f" Limit: {limit:,} enqueued tokens." if opts.token_limit_message_has_number else ""
+    return (
+        f"Enqueued token limit reached for {model} in organization {ORG}.{stated} "
+        "Please try again once some in_progress batches have been completed."
+    )
+
+
 class ManualClock:
     """A clock tests move by hand: `clock.advance(5)`. Pass it as `Emulator(clock=...)`."""
 
@@ -454,11 +463,7 @@ class Store:
             if limit is not None and queued + tokens > limit:
                 # OpenAI answers the create with 200 and fails the batch (reference §5.1).
                 enqueued, refused, requests = False, True, []
-                errors = [batch_error(
-                    "token_limit_exceeded",
-                    f"Enqueued token limit reached for {model} in organization {ORG}. Limit: {limit} enqueued "
-                    "tokens. Please try again once some in_progress batches have been completed.",
-                )]
+                errors = [batch_error("token_limit_exceeded", token_limit_message(model, limit, opts))]
                 self._counts.token_limit_failures += 1
             else:
                 high = self._counts.max_enqueued_tokens

@@ -72,6 +72,7 @@ class Shard:
     history: list[dict[str, Any]] = field(default_factory=list)  # earlier batches of this attempt
     max_output_tokens: int = 0  # sum of the requests' output bounds (for the worst-case cost)
     usage: dict[str, int] | None = None  # {"input_tokens", "output_tokens"} the service reported, once merged
+    recut_from: str | None = None  # the shard this one was re-cut from, too big for the provider's queue
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Shard:

@@ -12,6 +12,7 @@ from batchpipe.config import JobConfig, load_config
 from batchpipe.errors import BatchpipeError, UsageError
 from batchpipe.ledger.model import Shard, ShardState
 from batchpipe.ledger.store import Ledger
+from batchpipe.ops.schedule import queue_figures
 from batchpipe.paths import RunPaths
 from batchpipe.pricing import cost_usd, price_for
 from batchpipe.providers import Provider, open_provider
@@ -187,6 +188,13 @@ def describe_run(paths: RunPaths) -> dict:
     return describe(Ledger.load(paths))
 
 
+def _configured_queue_limit(ledger: Ledger) -> int | None:
+    try:
+        return run_config(ledger.paths).limits.enqueued_tokens
+    except BatchpipeError:
+        return None  # a damaged snapshot is for `recover` to report; the learned limit still shows
+
+
 def describe(ledger: Ledger) -> dict:
     """The run as plain data: what `status --json` prints and what the status table shows."""
     progress = Progress.of(ledger)
@@ -213,6 +221,7 @@ def describe(ledger: Ledger) -> dict:
         "cost_usd": cost.usd,
         "cost_note": cost.note,
         "price_source": cost.price_source,
+        "queue": queue_figures(ledger, _configured_queue_limit(ledger)),
         "shards": [
             {
                 "shard": s.id,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from batchpipe.config import load_config
 from batchpipe.errors import BatchpipeError
+from batchpipe.ops import queue_limits
 from batchpipe.providers import base_url_from_env, key_source, open_provider
 
 
@@ -73,10 +74,30 @@ def _tokenizer() -> Check:
                  "pip install 'batchpipe[tokens]' for exact token counts")
 
 
+def _queue(runs_dir: Path, config: Path | None, base_url: str | None) -> Check:
+    """The enqueued-token limit in force for the config's model, or every one learned in the runs dir."""
+    try:
+        cfg = load_config(config) if config is not None else None
+    except BatchpipeError:
+        cfg = None  # the config check says what is wrong with it
+    if cfg is not None:
+        limit = queue_limits.in_force(runs_dir, base_url, cfg.model, cfg.limits.enqueued_tokens)
+        return Check("queue limit", True, f"{cfg.model}: {limit.describe()}")
+    learned = queue_limits.load_all(runs_dir)
+    if not learned:
+        return Check("queue limit", True, "none learned yet: learned from the service's first token_limit_exceeded "
+                                          "(or set limits.enqueued_tokens)")
+    return Check("queue limit", True, "; ".join(
+        f"{key}: {e['tokens']:,} tokens ({e.get('source')})" if e.get("tokens") else f"{key}: not known"
+        for key, e in sorted(learned.items())))
+
+
 def doctor(runs_dir: Path, config: Path | None = None) -> list[Check]:
     key_check, key = _key()
     config_check, config_base_url = _config(config)
-    checks = [key_check, _service(key, config_base_url or base_url_from_env()), _runs_dir(Path(runs_dir)), _tokenizer()]
+    base_url = config_base_url or base_url_from_env()
+    checks = [key_check, _service(key, base_url), _runs_dir(Path(runs_dir)), _tokenizer(),
+              _queue(Path(runs_dir), config, base_url)]
     if config_check is not None:
         checks.insert(2, config_check)
     return checks

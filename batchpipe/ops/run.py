@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from batchpipe.errors import BatchpipeError, ProviderError, RunLocked
 from batchpipe.ledger.store import Ledger
@@ -30,6 +30,13 @@ class RunReport:
     held: str | None = None
     over_budget: list[str] = field(default_factory=list)
     queued: list[str] = field(default_factory=list)
+    too_big: list[str] = field(default_factory=list)  # requests the provider's queue can never take
+
+    @property
+    def stuck_on_queue(self) -> bool:
+        """Only requests the queue can never take are left: a person must shorten them."""
+        s = self.progress.shards
+        return bool(self.too_big) and s["merged"] + len(self.too_big) == sum(s.values())
 
     @property
     def stuck_on_budget(self) -> bool:
@@ -77,6 +84,7 @@ def step(
         held=submitted.held,
         over_budget=submitted.over_budget,
         queued=submitted.queued,
+        too_big=submitted.too_big,
     )
 
 
@@ -101,6 +109,7 @@ def run(
     terminal can still refresh between passes. While waiting, a run another process holds (past
     BATCHPIPE_LOCK_TIMEOUT, on a busy machine) is waited for, not given up on.
     """
+    options = replace(options, poll_interval=poll_interval)
     passes = failures = 0
     notes: list[str] = []
     delay, last = min(FIRST_POLL, poll_interval), None
@@ -135,7 +144,7 @@ def run(
         report.passes, report.notes = passes, notes
         if on_progress is not None:
             on_progress(report.progress)
-        if report.progress.done or not wait or report.stuck_on_budget or report.held:
+        if report.progress.done or not wait or report.stuck_on_budget or report.held or report.stuck_on_queue:
             return report
         moved = (report.progress.finished, report.progress.shards, report.progress.phases)
         delay = next_delay(delay, poll_interval, moved=moved != last, submitted=bool(report.submitted))

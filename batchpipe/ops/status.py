@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 from batchpipe import fsio
 from batchpipe.errors import RunLocked
-from batchpipe.ledger.model import ShardState
+from batchpipe.ledger.model import Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress, bind_provider
 from batchpipe.ops.remote import refresh
+from batchpipe.ops.schedule import learn_from_rejection, queued_here
 from batchpipe.paths import RunPaths
 from batchpipe.providers import Provider
 
@@ -26,10 +27,20 @@ class Status:
 def refresh_submitted(ledger: Ledger, provider: Provider) -> int:
     """Refresh every submitted shard; return how many changed."""
     changed = 0
+    before = queued_here(ledger)
     for shard in ledger.shards:
         if shard.state == ShardState.SUBMITTED:
             bind_provider(ledger, provider)
-            changed += refresh(ledger, shard, provider)
+            changed += refresh_shard(ledger, shard, provider, before)
+    return changed
+
+
+def refresh_shard(ledger: Ledger, shard: Shard, provider: Provider, before: dict[str, int] | None = None) -> bool:
+    """Refresh one submitted shard; a batch refused for the queue teaches the queue's limit."""
+    before = queued_here(ledger) if before is None else before
+    changed = refresh(ledger, shard, provider)
+    if shard.state == ShardState.UPLOADED:
+        learn_from_rejection(ledger, shard, before)
     return changed
 
 

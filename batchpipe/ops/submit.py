@@ -7,16 +7,23 @@ from dataclasses import dataclass, field
 
 from batchpipe import fsio
 from batchpipe.errors import ProviderError
-from batchpipe.ledger.model import ShardState
+from batchpipe.ledger.index import Index
+from batchpipe.ledger.model import Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.canary import canary_gate, split_canary
 from batchpipe.ops.cancel import release_hold
 from batchpipe.ops.common import bind_provider, run_config
 from batchpipe.ops.lost import back_to_upload, input_file_gone
+from batchpipe.ops.recut import recut
 from batchpipe.ops.remote import ensure_submitted, ensure_uploaded
-from batchpipe.ops.schedule import Schedule
+from batchpipe.ops.schedule import Schedule, queue_refusals
+from batchpipe.ops.status import refresh_shard
 from batchpipe.paths import RunPaths
 from batchpipe.providers import Provider
+
+# A lone request the service refused this many times for the queue, without stating its limit,
+# is taken to be too big for it: asking again would only collect more refusals.
+MAX_ALONE_REFUSALS = 3
 
 
 @dataclass
@@ -28,6 +35,7 @@ class Submitted:
     held: str | None = None  # why nothing was submitted (tick on a held run)
     over_budget: list[str] = field(default_factory=list)  # shards the budget keeps back (a person must act)
     queued: list[str] = field(default_factory=list)  # shards waiting for room in the provider's queue
+    too_big: list[str] = field(default_factory=list)  # requests the provider's queue can never take (a person must act)
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,7 @@ class SubmitOptions:
     respect_hold: bool = False  # leave a held (cancelled) run alone: what unattended `tick` wants
     budget_usd: float | None = None  # replace the run's budget, from now on
     canary: int | None = None  # send the first N requests alone first (see ops/canary.py)
+    poll_interval: float = 30.0  # the caller's poll interval: paces retries after a queue refusal
 
 
 def submit(
@@ -67,9 +76,21 @@ def submit(
             result.held = ledger.run.hold
             return result
         cfg = run_config(paths)
-        schedule = Schedule.of(ledger, ledger.run.budget_usd, cfg.limits.enqueued_tokens, cfg)
-        canary_index = ledger.state.shard(ledger.run.canary).index if ledger.run.canary else None
-        for shard in ledger.shards:
+        schedule = Schedule.of(ledger, ledger.run.budget_usd, cfg.limits.enqueued_tokens, cfg, options.poll_interval,
+                               provider.base_url)
+        at = 0
+        while at < len(ledger.shards):  # by position: a re-cut replaces the shard there with its pieces
+            shard = ledger.shards[at]
+            at += 1
+            unsent = shard.batch is None and shard.state in (ShardState.PREPARED, ShardState.UPLOADED)
+            if unsent and shard.requests > 1 and schedule.too_big(shard):
+                result.notes.append(_recut(ledger, shard, schedule))
+                at -= 1
+                continue
+            if unsent and (why := _never_queued(ledger, shard, schedule)):
+                result.too_big.append(why)
+                continue
+            canary_index = ledger.state.shard(ledger.run.canary).index if ledger.run.canary else None
             if waiting and shard.index != canary_index and shard.state in (ShardState.PREPARED, ShardState.UPLOADED):
                 result.queued.append(f"shard {shard.id}: {waiting}")
                 continue
@@ -96,4 +117,40 @@ def submit(
                     result.notes.append(f"{note}: uploaded it again as {shard.upload.file_id}")
                     result.notes += ensure_submitted(ledger, shard, provider, sleep=sleep)
                 result.submitted.append(shard.id)
+                if schedule.limit.tokens is None:
+                    # The queue's limit is not known: look at this batch once now. If the service
+                    # took it already, the next may go in this pass; if it refused it, the limit
+                    # it learned schedules the rest.
+                    refresh_shard(ledger, shard, provider)
+                    schedule = Schedule.of(ledger, ledger.run.budget_usd, cfg.limits.enqueued_tokens, cfg,
+                                           options.poll_interval, provider.base_url)
     return result
+
+
+def _recut(ledger: Ledger, shard: Shard, schedule: Schedule) -> str:
+    """Re-cut a shard the queue's limit can never take whole; say so."""
+    pieces = recut(ledger, shard, schedule.limit.tokens)
+    return (f"shard {shard.id} ({shard.est_tokens} tokens) is bigger than the queue limit of {ledger.run.model}, "
+            f"{schedule.limit.describe()}: re-cut into {', '.join(p.id for p in pieces)}")
+
+
+def _never_queued(ledger: Ledger, shard: Shard, schedule: Schedule) -> str | None:
+    """Why this shard's lone request can never be queued, naming its row (None: it may be).
+
+    Either it is bigger than a limit the config or the service stated, or the service refused
+    it alone MAX_ALONE_REFUSALS times without saying its limit.
+    """
+    if shard.requests != 1:
+        return None
+    model, refused = ledger.run.model, queue_refusals(shard)
+    if schedule.too_big(shard) and schedule.limit.definitive:
+        why = f"more than the queue limit of {model}, {schedule.limit.describe()}: it can never be queued"
+    elif refused >= MAX_ALONE_REFUSALS and not (schedule.limit.tokens and schedule.limit.tokens >= shard.est_tokens):
+        why = (f"and the service refused it for the queue {refused} times with no limit stated: it is probably "
+               f"more than your enqueued-token limit for {model} (see your account's limits page)")
+    else:
+        return None
+    with Index(ledger.paths.index) as index:
+        found = index.request_at(shard.file.path, 1)
+    where = f"row {found[1]} (id {found[0]}, input line {found[2]})" if found else f"the request of shard {shard.id}"
+    return f"{where} is {shard.est_tokens} tokens, {why}; it was not sent (again): shorten it"

@@ -65,6 +65,8 @@ def _outcome(paths: RunPaths, report: RunReport) -> Ticked:
         return Ticked(paths.run_id, "done", f"{p.requests} requests, {p.failed} failed{truncated}", report)
     if report.stuck_on_budget:
         return Ticked(paths.run_id, "attention", report.over_budget[0] + f"; raise it with `batchpipe submit {paths.run_id} --budget USD`", report)
+    if report.stuck_on_queue:
+        return Ticked(paths.run_id, "attention", report.too_big[0], report)
     if report.held:
         return Ticked(paths.run_id, "attention", f"held ({report.held}): resume with `batchpipe run {paths.run_id}`", report)
     return Ticked(paths.run_id, "pending", f"{p.finished}/{p.requests} requests finished", report)
