@@ -180,9 +180,9 @@ def test_a_single_request_bigger_than_the_queue_stops_with_its_row_named(cli, li
     checks = {c["name"]: c for c in cli.json("doctor", config)["data"]["checks"]}
     limit = limited.options.enqueued_token_limit
     assert checks["queue limit"]["detail"].startswith(f"gpt-4o-mini: {limit:,} tokens (the service's token_limit_exceeded")
-    assert status["queue"] | {"learned_at": None} == {
+    assert status["queue"] | {"learned_at": None, "learned_at_iso": None} == {
         "limit": limit, "source": "the service's token_limit_exceeded message", "learned_at": None, "rejected": 1,
-        "waited_seconds": status["queue"]["waited_seconds"], "recut": ["00001.a1", "00002.a1"]}  # 4 rows > 3
+        "waited_seconds": status["queue"]["waited_seconds"], "recut": ["00001.a1", "00002.a1"], "learned_at_iso": None}  # 4 rows > 3
     summary = cli("status", "long").stdout
     assert f"queue limit: {limit:,} enqueued tokens" in summary and "1 batch(es) refused for the queue" in summary
 

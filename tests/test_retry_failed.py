@@ -184,10 +184,12 @@ def slow_emulator(monkeypatch):
 
 
 def test_tick_all_tells_done_and_clean_from_done_with_failures(cli, slow_emulator, runs_dir, tmp_path):
+    # a known queue limit: every run's batch goes in the first tick (an unknown one is probed batch by batch)
+    limits = {"max_requests_per_shard": 5, "enqueued_tokens": 10**6}
     failing = review_rows(3)
     failing[0]["text"] = "refused [[fail:400]]"
-    cli("create", write_job(tmp_path / "clean", review_rows(3), name="clean"), "--run", "clean")
-    cli("create", write_job(tmp_path / "failing", failing, name="failing"), "--run", "failing")
+    cli("create", write_job(tmp_path / "clean", review_rows(3), name="clean", limits=limits), "--run", "clean")
+    cli("create", write_job(tmp_path / "failing", failing, name="failing", limits=limits), "--run", "failing")
     cli("tick", "--all", code=3)
     slow_emulator.clock.advance(10)
     ticked = cli.json("tick", "--all", code=6)["data"]["runs"]
@@ -195,7 +197,7 @@ def test_tick_all_tells_done_and_clean_from_done_with_failures(cli, slow_emulato
     assert "--retry-failed" in ticked[1]["message"]
 
     # a run still pending outranks a finished one with failures: 6 only once everything is finished
-    cli("create", write_job(tmp_path / "late", review_rows(3), name="late"), "--run", "late")
+    cli("create", write_job(tmp_path / "late", review_rows(3), name="late", limits=limits), "--run", "late")
     cli("tick", "--all", code=3)
     slow_emulator.clock.advance(10)
     cli("tick", "--all", code=6)
