@@ -19,7 +19,7 @@ from batchpipe import fsio
 from batchpipe.errors import LedgerError
 from batchpipe.ledger.model import Shard, ShardState, Upload
 from batchpipe.ledger.store import Ledger
-from batchpipe.ops.common import bind_provider
+from batchpipe.ops.common import bind_provider, record_provider
 from batchpipe.ops.remote import batch_record, cancel_duplicate, tagged_batches
 from batchpipe.paths import RunPaths
 from batchpipe.providers import Provider, RemoteBatch
@@ -87,23 +87,17 @@ def _check_files(ledger: Ledger, provider: Provider | None, result: Recovered) -
         result.actions.append(f"{problem}: it will be written again by `batchpipe process {ledger.run.id}`")
 
 
-def _of_shard(batch: RemoteBatch, shard: Shard) -> bool:
-    """Is this one of the shard's batches: by its tag, or (a service that drops metadata) by its file?"""
-    if batch.metadata.get("batchpipe_shard") == shard.id:
-        return True
-    return shard.upload is not None and batch.input_file_id == shard.upload.file_id
-
-
 def _adopt_open_intents(ledger: Ledger, provider: Provider, result: Recovered, batches: list[RemoteBatch]) -> None:
     for shard in ledger.shards:
         if shard.state == ShardState.PREPARED and shard.upload is not None:
-            found = provider.find_file(shard.upload.filename, shard.upload.intent_at)
+            found = provider.find_file(shard.upload.filename, shard.upload.intent_at, shard.file.bytes)
             if found is not None:
                 upload = Upload(shard.upload.filename, shard.upload.intent_at, found.id)
+                record_provider(ledger, provider)
                 ledger.advance(shard, ShardState.UPLOADED, upload=upload)
                 result.actions.append(f"shard {shard.id}: adopted upload {found.id} (its answer had been lost)")
         if shard.state == ShardState.UPLOADED and shard.batch is not None:
-            live = tagged_batches(shard, [b for b in batches if _of_shard(b, shard)])
+            live = tagged_batches(shard, batches)
             if live:
                 ledger.advance(shard, ShardState.SUBMITTED, batch=batch_record(shard.batch.metadata, shard.batch.intent_at, live[0]))
                 result.actions.append(f"shard {shard.id}: adopted batch {live[0].id} (its answer had been lost)")
@@ -113,8 +107,7 @@ def _cancel_duplicates(ledger: Ledger, provider: Provider, result: Recovered, ba
     for shard in ledger.shards:
         if shard.batch is None or shard.batch.id is None:
             continue
-        mine = [b for b in batches if _of_shard(b, shard)]
-        for dup in tagged_batches(shard, mine):
+        for dup in tagged_batches(shard, batches):
             if dup.id != shard.batch.id:
                 result.actions.append(cancel_duplicate(ledger, shard, provider, dup))
 
@@ -138,8 +131,8 @@ def recover(paths: RunPaths, provider: Provider | None) -> Recovered:
         if since is None and not any(s.upload for s in ledger.shards):
             return result  # nothing was ever sent
         bind_provider(ledger, provider)
-        file_ids = frozenset(s.upload.file_id for s in ledger.shards if s.upload and s.upload.file_id)
-        batches = provider.find_batches({"batchpipe_run": ledger.run.id}, since, file_ids) if since is not None else []
+        # one pass through the batch list, matched against every shard's tag (ops/remote.is_tagged)
+        batches = provider.list_batches(since) if since is not None else []
         _adopt_open_intents(ledger, provider, result, batches)
         _cancel_duplicates(ledger, provider, result, batches)
         ledger.log({"event": "recovered", "actions": len(result.actions), "problems": len(result.problems)})

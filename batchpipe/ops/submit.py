@@ -11,7 +11,7 @@ from batchpipe.ledger.store import Ledger
 from batchpipe.ops.canary import canary_gate, split_canary
 from batchpipe.ops.cancel import release_hold
 from batchpipe.ops.common import bind_provider, run_config
-from batchpipe.ops.remote import ensure_submitted, ensure_uploaded
+from batchpipe.ops.remote import BatchCreates, ensure_uploaded
 from batchpipe.ops.schedule import Schedule
 from batchpipe.paths import RunPaths
 from batchpipe.providers import Provider
@@ -67,6 +67,10 @@ def submit(
         cfg = run_config(paths)
         schedule = Schedule.of(ledger, ledger.run.budget_usd, cfg.limits.enqueued_tokens, cfg)
         canary_index = ledger.state.shard(ledger.run.canary).index if ledger.run.canary else None
+        creates = BatchCreates(ledger, provider, sleep=sleep)
+        if any(s.state == ShardState.UPLOADED and s.batch is not None for s in ledger.shards):
+            bind_provider(ledger, provider)
+            creates.look_up_open()  # intents an earlier process left open: one listing for all of them
         for shard in ledger.shards:
             if waiting and shard.index != canary_index and shard.state in (ShardState.PREPARED, ShardState.UPLOADED):
                 result.queued.append(f"shard {shard.id}: {waiting}")
@@ -83,6 +87,9 @@ def submit(
                     result.queued.append(why)
                     continue
                 bind_provider(ledger, provider)
-                result.notes += ensure_submitted(ledger, shard, provider, sleep=sleep)
-                result.submitted.append(shard.id)
+                creates.add(shard)
+        try:
+            creates.settle()  # the creates whose answer was lost: looked up together
+        finally:
+            result.submitted, result.notes = creates.submitted, result.notes + creates.notes
     return result
