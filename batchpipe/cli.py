@@ -344,6 +344,9 @@ def emulator(
     enqueued_token_limit: Annotated[int | None, typer.Option(help="Per-model queue limit; over it, batches fail with token_limit_exceeded.", rich_help_panel="Faults")] = None,
     file_visibility_delay: Annotated[int, typer.Option(help="Creates that answer 400 'file not found' before a new file is seen.", rich_help_panel="Faults")] = 0,
     fault_seed: Annotated[int | None, typer.Option(help="Seed for the fault dice, to replay a run.", rich_help_panel="Faults")] = None,
+    batch_list_lag: Annotated[int, typer.Option(help="A new batch is missing from the batch list for its first N list calls.", rich_help_panel="Faults")] = 0,
+    html_answer: Annotated[bool, typer.Option(help="Answer every API call with an HTML page (a proxy's sign-in page).", rich_help_panel="Faults")] = False,
+    foreign_batches: Annotated[int, typer.Option(help="Start with N batches of another user in the batch list.", rich_help_panel="Faults")] = 0,
 ) -> None:
     """Start a local OpenAI-compatible Files + Batches server, to rehearse a job for free.
 
@@ -362,6 +365,7 @@ def emulator(
         lost_answer_rate=lost_answer_rate, request_failure_rate=request_failure_rate,
         expire_after_requests=expire_after_requests, enqueued_token_limit=enqueued_token_limit,
         file_visibility_delay=file_visibility_delay, fault_seed=fault_seed,
+        batch_list_lag=batch_list_lag, html_answer=html_answer, foreign_batches=foreign_batches,
     )
     serve_forever(host, port, options)
 

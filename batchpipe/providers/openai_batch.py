@@ -139,7 +139,7 @@ class OpenAIBatchProvider:
             shown = "an HTML page" if kind == "text/html" else f"{kind} content"
             raise ProviderError(
                 f"{action}: the service at {self.base_url} answered with {shown}, not the OpenAI API",
-                hint="check OPENAI_BASE_URL (or provider.base_url in the config): it should end in /v1",
+                hint="check OPENAI_BASE_URL (or provider.base_url in the config): it must be the API itself, such as https://api.openai.com/v1",
             )
         return raw.parse()
 
