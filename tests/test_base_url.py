@@ -4,7 +4,6 @@ never answered the API binds nothing, and an HTML answer is a clear error (item 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from conftest import read_jsonl, review_rows, write_job
 
