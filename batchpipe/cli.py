@@ -404,6 +404,9 @@ def emulator(
     lose_output_of_batch: Annotated[list[int] | None, typer.Option(metavar="N", help="The N-th batch's output file is deleted once written (repeatable).", rich_help_panel="Faults")] = None,
     lose_errors_of_batch: Annotated[list[int] | None, typer.Option(metavar="N", help="The N-th batch's error file is deleted once written (repeatable).", rich_help_panel="Faults")] = None,
     lose_upload: Annotated[list[int] | None, typer.Option(metavar="N", help="The N-th upload is deleted right after it is answered (repeatable).", rich_help_panel="Faults")] = None,
+    batch_list_lag: Annotated[int, typer.Option(help="A new batch is missing from the batch list for its first N list calls.", rich_help_panel="Faults")] = 0,
+    html_answer: Annotated[bool, typer.Option(help="Answer every API call with an HTML page (a proxy's sign-in page).", rich_help_panel="Faults")] = False,
+    foreign_batches: Annotated[int, typer.Option(help="Start with N batches of another user in the batch list.", rich_help_panel="Faults")] = 0,
 ) -> None:
     """Start a local OpenAI-compatible Files + Batches server, to rehearse a job for free.
 
@@ -425,6 +428,7 @@ def emulator(
         lose_output_of_batches=tuple(lose_output_of_batch or ()),
         lose_errors_of_batches=tuple(lose_errors_of_batch or ()), lose_uploads=tuple(lose_upload or ()),
         token_limit_message_has_number=not token_limit_message_without_number,
+        batch_list_lag=batch_list_lag, html_answer=html_answer, foreign_batches=foreign_batches,
     )
     serve_forever(host, port, options)
 

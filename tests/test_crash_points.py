@@ -7,6 +7,7 @@ cleanup, no finally). The resume is the ordinary CLI: `recover`, then `run --wai
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -88,9 +89,10 @@ def test_a_duplicate_batch_is_cancelled_and_reported(cli, emulator, runs_dir, tm
     # Someone (a retrying client, another tool) made a second batch for the same shard.
     client = openai.OpenAI(base_url=emulator.base_url, api_key="k", max_retries=0)
     emulator.options.validating_seconds = 3600  # keep the duplicate running, so there is something to cancel
+    # (it carries the shard's whole tag: a batch with another sha or nonce is not this run's, see test_tags.py)
+    tag = json.loads((runs_dir / "dup" / "state.json").read_text())["shards"][0]["batch"]["metadata"]
     twin = client.batches.create(input_file_id=status["file_id"], endpoint="/v1/chat/completions",
-                                 completion_window="24h", metadata={"batchpipe_run": "dup", "batchpipe_shard": "00001.a1",
-                                                                    "batchpipe_sha": "x"})
+                                 completion_window="24h", metadata=tag)
     killed = batchpipe("recover", "dup", crash_at="cancel:before:1")
     assert killed.returncode == crash.EXIT_CODE
     result = cli("recover", "dup")

@@ -11,6 +11,7 @@ from conftest import review_rows, write_job
 
 from batchpipe import fsio
 from batchpipe.errors import ExitCode, IllegalTransition
+from batchpipe.ledger.migrations import SCHEMA_VERSION
 from batchpipe.ledger.model import ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ledger.transitions import ALLOWED, check
@@ -52,7 +53,7 @@ def test_every_transition_outside_the_table_is_refused(cli, tmp_path, src, dst):
 def test_state_json_has_schema_version_and_checksum(cli, tmp_path):
     paths = make_run(cli, tmp_path)
     doc = json.loads(paths.state.read_text())
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == SCHEMA_VERSION
     assert doc["checksum"].startswith("sha256:")
     assert [s["state"] for s in doc["shards"]] == ["prepared", "prepared"]
 
@@ -62,7 +63,7 @@ def test_state_json_has_schema_version_and_checksum(cli, tmp_path):
     [
         (lambda raw: raw[: len(raw) // 2], "not valid JSON"),
         (lambda raw: raw.replace(b'"requests": 6', b'"requests": 7'), "wrong checksum"),
-        (lambda raw: raw.replace(b'"schema_version": 1', b'"schema_version": 99'), "newer batchpipe"),
+        (lambda raw: raw.replace(b'"schema_version": %d' % SCHEMA_VERSION, b'"schema_version": 99'), "newer batchpipe"),
     ],
     ids=["truncated", "edited", "newer-schema"],
 )

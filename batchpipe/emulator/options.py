@@ -85,3 +85,17 @@ class EmulatorOptions:
     lose_output_of_batches: tuple[int, ...] = ()
     lose_errors_of_batches: tuple[int, ...] = ()
     lose_uploads: tuple[int, ...] = ()
+    # A new batch is left out of GET /v1/batches for its first N list calls (an eventually
+    # consistent listing); retrieve by id sees it at once.
+    batch_list_lag: int = 0
+    # Every /v1 call is answered 200 with an HTML page, as a captive portal, a proxy's login page
+    # or a web server at the wrong URL would answer.
+    html_answer: bool = False
+    # Accept `Authorization: Basic` (credentials in the base URL, `http://user:pass@host/v1`) like a
+    # key, as a gateway in front of the service would; the real service accepts only Bearer keys.
+    accept_basic_auth: bool = False
+
+    # --- scenario ------------------------------------------------------------------------------
+    # Batches of other users of the organisation, made when the emulator starts (completed, one
+    # request each, created at start): a busy organisation whose batch list is many pages long.
+    foreign_batches: int = 0

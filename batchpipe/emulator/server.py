@@ -39,6 +39,9 @@ _NO_KEY = (
     "Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
 )
 
+# What `html_answer` sends instead of the API: a proxy's sign-in page.
+_HTML_PAGE = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body><h1>Proxy sign-in</h1></body></html>\n"
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -80,6 +83,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(200, self.store.counts())
                 return
             self.store.note_request()
+            if self.store.options.html_answer:
+                self._send(200, _HTML_PAGE, "text/html; charset=utf-8")
+                return
             self._authenticate()
             for method, pattern, name in self.ROUTES:
                 match = pattern.fullmatch(path)
@@ -101,6 +107,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _authenticate(self) -> None:
         header = self.headers.get("Authorization", "")
         scheme, _, key = header.partition(" ")
+        if scheme.lower() == "basic" and self.store.options.accept_basic_auth and key.strip():
+            return
         if scheme.lower() != "bearer" or not key.strip():
             raise APIError(401, _NO_KEY)
 
@@ -406,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the N-th batch's error file is deleted once written (repeatable)")
     faults.add_argument("--lose-upload", type=int, action="append", default=[], metavar="N",
                         help="the N-th upload is deleted right after it is answered (repeatable)")
+    faults.add_argument("--batch-list-lag", type=int, default=defaults.batch_list_lag,
+                        help="a new batch is missing from the batch list for its first N list calls")
+    faults.add_argument("--html-answer", action="store_true", help="answer every API call with an HTML page")
+    faults.add_argument("--accept-basic-auth", action="store_true",
+                        help="accept credentials in the base URL (Basic auth), as a gateway would")
+    faults.add_argument("--foreign-batches", type=int, default=defaults.foreign_batches,
+                        help="start with N batches of another user in the batch list")
     return parser
 
 
@@ -432,6 +447,10 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         lose_output_of_batches=tuple(args.lose_output_of_batch),
         lose_errors_of_batches=tuple(args.lose_errors_of_batch),
         lose_uploads=tuple(args.lose_upload),
+        batch_list_lag=args.batch_list_lag,
+        html_answer=args.html_answer,
+        accept_basic_auth=args.accept_basic_auth,
+        foreign_batches=args.foreign_batches,
     )
 
 

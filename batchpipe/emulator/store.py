@@ -20,6 +20,7 @@ Records are never removed: deleting or expiring a file only marks it, so that a 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import math
@@ -127,6 +128,7 @@ class BatchRecord:
     tokens: int  # estimated prompt tokens (what the batch weighs in the enqueued-token queue)
     enqueued: bool  # does it occupy the queue while not terminal (false if it failed at create)
     cancel_at: float | None = None
+    list_lag: int = 0  # GET /v1/batches calls that will still leave it out (batch_list_lag)
     settled: bool = False
     number: int = 0  # 1-based, in create order (what the lose_*_of_batches switches name)
     output_file_id: str | None = None
@@ -146,7 +148,14 @@ class _Counts:
     file_not_visible: int = 0
     create_rate_limited: int = 0
     deleted_files: int = 0
+    batch_list_pages: int = 0
+    file_list_pages: int = 0
     max_enqueued_tokens: dict[str, int] = field(default_factory=dict)
+
+
+def _nonce(b: BatchRecord) -> str | None:
+    """The run nonce in a batch's metadata: two runs of one id (two runs dirs) are not duplicates."""
+    return (b.metadata or {}).get("batchpipe_nonce")
 
 
 class Store:
@@ -159,6 +168,8 @@ class Store:
         self._seq = itertools.count()
         self._counts = _Counts()
         self.faults = Faults()  # HTTP-level fault decisions (the handler asks; counted in counts())
+        if self.options.foreign_batches:
+            self._add_foreign_batches(self.options.foreign_batches)
 
     # --- counters ------------------------------------------------------------------------------
 
@@ -177,6 +188,7 @@ class Store:
         token_limit_failures: batches failed with token_limit_exceeded. file_not_visible: 400s from
         file_visibility_delay. create_rate_limited: 429s from creates_per_hour_limit. deleted_files:
         files deleted by DELETE /v1/files/{id} or made to vanish by the lose_* switches.
+        batch_list_pages / file_list_pages: GET /v1/batches and GET /v1/files calls answered.
         max_enqueued_tokens / enqueued_tokens: per model, the high-water mark / the current sum of
         estimated prompt tokens of accepted non-terminal batches. transient_errors (+ _by_status
         "503"/"500"/"429") and lost_answers (+ _by_kind "http_500"/"dropped", _by_op
@@ -198,6 +210,8 @@ class Store:
                 "file_not_visible": c.file_not_visible,
                 "create_rate_limited": c.create_rate_limited,
                 "deleted_files": c.deleted_files,
+                "batch_list_pages": c.batch_list_pages,
+                "file_list_pages": c.file_list_pages,
                 "max_enqueued_tokens": dict(c.max_enqueued_tokens),
                 "enqueued_tokens": {m: self._enqueued_tokens(m, now) for m in models},
                 **self.faults.counts(),
@@ -270,6 +284,7 @@ class Store:
             raise invalid_value("order", order, ("asc", "desc"))
         with self._lock:
             self._advance(self.clock())
+            self._counts.file_list_pages += 1
             records = sorted(self._files.values(), key=lambda f: (f.created, f.seq), reverse=order == "desc")
             records = after_cursor(records, after, "file")
             matching = [f for f in records if not f.deleted and (purpose is None or f.purpose == purpose)]
@@ -306,6 +321,7 @@ class Store:
                     code="invalid_value",
                 )
             record = self._new_batch(fields, source, now)
+            record.list_lag = self.options.batch_list_lag
             self._count_create(record, now)
             # The create answer is always `validating`, even when phases are 0 (as on the real service).
             return self._batch_api(record, Phase("validating", 0))
@@ -323,8 +339,14 @@ class Store:
         with self._lock:
             now = self.clock()
             self._advance(now)
+            self._counts.batch_list_pages += 1
             records = sorted(self._batches.values(), key=lambda b: (b.created, b.seq), reverse=True)
             records = after_cursor(records, after, "batch")
+            # batch_list_lag: a new batch is left out of the first list calls after its create
+            lagging = [b for b in self._batches.values() if b.list_lag > 0]
+            for b in lagging:
+                b.list_lag -= 1
+            records = [b for b in records if b not in lagging]
             return page([self._batch_api(b, None, now) for b in records[: limit + 1]], limit)
 
     def cancel_batch(self, batch_id: str) -> dict[str, Any]:
@@ -357,6 +379,19 @@ class Store:
             return [self._batch_api(b, None, now) for b in self._batches.values()]
 
     # --- internals -----------------------------------------------------------------------------
+
+    def _add_foreign_batches(self, n: int) -> None:
+        """`foreign_batches`: n one-request batches of another user, created now (not counted as creates)."""
+        line = b'{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", ' \
+               b'"body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}\n'
+        now = self.clock()
+        source = self._new_file("other-team.jsonl", "batch", line, now, 30 * DAY)
+        fields = {"endpoint": "/v1/chat/completions", "completion_window": "24h",
+                  "metadata": {"team": "someone-else"}, "output_expires_seconds": None}
+        first = self._new_batch(fields, source, now)
+        for _ in range(n - 1):  # the same batch under other ids (the records' lists are never changed)
+            other = dataclasses.replace(first, id=f"batch_{uuid.uuid4().hex}", seq=next(self._seq))
+            self._batches[other.id] = other
 
     def _advance(self, now: float) -> None:
         """Expire files and write the result files of batches that became terminal by `now`."""
@@ -529,7 +564,8 @@ class Store:
         by_tag = self._counts.creates_by_tag
         by_tag[record.tag] = by_tag.get(record.tag, 0) + 1
         earlier_live = any(
-            b.tag == record.tag and b is not record and b.timeline.at(now, b.cancel_at).status != "failed"
+            b.tag == record.tag and b is not record and _nonce(b) == _nonce(record)
+            and b.timeline.at(now, b.cancel_at).status != "failed"
             for b in self._batches.values()
         )
         if earlier_live:

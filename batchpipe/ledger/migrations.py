@@ -6,15 +6,33 @@ batchpipe is refused, never rewritten: an older tool cannot know what it would l
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from batchpipe.errors import LedgerError
+from batchpipe.urls import public_url
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
+    """Schema 2: a run nonce in every new tag; no credentials in the recorded base URL.
+
+    The nonce of an older run is derived from what made it unique (its id, config, input and the
+    moment it was created), so every load migrates it the same way. Tags already recorded keep
+    their form: an open intent is looked up by the tag it was sent with.
+    """
+    run = doc["run"]
+    seed = f"{run['id']}|{run['created_at']!r}|{run['config_sha256']}|{run['input'].get('sha256')}"
+    run["nonce"] = hashlib.sha256(seed.encode()).hexdigest()[:12]
+    if run.get("base_url"):
+        run["base_url"] = public_url(run["base_url"])
+    return doc
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 
 def migrate(doc: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -34,14 +34,14 @@ class FileRef:
 
 @dataclass
 class Upload:
-    filename: str  # the tag: <run_id>--<shard>--<sha12>.jsonl
+    filename: str  # the tag: <run_id>--<shard>--<sha12>--<nonce>.jsonl (no nonce before schema 2)
     intent_at: float  # unix time recorded before the upload was sent
     file_id: str | None = None
 
 
 @dataclass
 class Batch:
-    metadata: dict[str, str]  # the tag: batchpipe_run, batchpipe_shard, batchpipe_sha
+    metadata: dict[str, str]  # the tag: batchpipe_run, batchpipe_shard, batchpipe_sha, batchpipe_nonce (schema 2+)
     intent_at: float  # unix time recorded before the create was sent
     id: str | None = None
     status: str | None = None
@@ -95,7 +95,10 @@ class Run:
     endpoint: str
     model: str
     requests: int
-    base_url: str | None = None  # the service the batches live at, recorded at the first remote call
+    # Random, drawn at create: in every tag, so that a run id used again (the run dir removed, the
+    # same job in another runs dir) never takes another run's files or batches for its own.
+    nonce: str = ""
+    base_url: str | None = None  # the service the run's files and batches live at, recorded with the first one
     output: FileRef | None = None
     result_counts: dict[str, int] | None = None  # {"ok": n, "failed": n} of the written output
     budget_usd: float | None = None  # limits.budget_usd at create; `submit --budget` changes it

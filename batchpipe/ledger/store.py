@@ -50,9 +50,10 @@ def decode(raw: bytes, path: Path) -> RunState:
         raise LedgerDamaged(f"{path} is not valid JSON (truncated or damaged)", hint=hint) from None
     if not isinstance(doc, dict):
         raise LedgerDamaged(f"{path} is not a batchpipe ledger", hint=hint)
-    doc = migrate(doc, path)
     stored = doc.pop("checksum", None)
-    if stored != _checksum(doc):
+    intact = stored == _checksum(doc)  # the checksum covers the document as written, before any migration
+    doc = migrate(doc, path)
+    if not intact:
         raise LedgerDamaged(f"{path} has a wrong checksum: it was changed outside batchpipe or damaged", hint=hint)
     try:
         return RunState.from_dict(doc)

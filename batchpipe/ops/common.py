@@ -32,21 +32,38 @@ def provider_for(paths: RunPaths, *, api_key: str | None = None, base_url: str |
     return open_provider(cfg.provider.name, base_url=base_url or cfg.provider.base_url, api_key=api_key)
 
 
+def has_remote_objects(ledger: Ledger) -> bool:
+    """Has the service ever accepted a file or a batch of this run?"""
+    return any((s.upload is not None and s.upload.file_id) or (s.batch is not None and s.batch.id) or s.history
+               for s in ledger.shards)
+
+
 def bind_provider(ledger: Ledger, provider: Provider) -> None:
-    """Record where this run's files and batches live; refuse to look for them anywhere else.
+    """Refuse to look for this run's files and batches anywhere but where they live.
 
     Pointing a run with remote objects at another service would make every lookup come back
-    empty and every shard be submitted again: paid twice.
+    empty and every shard be submitted again: paid twice. The service is recorded with the first
+    object made there (record_provider), so a URL that never answered binds nothing; a URL an
+    older batchpipe recorded before anything existed there is let go.
     """
     recorded = ledger.run.base_url
-    if recorded is None:
-        ledger.run.base_url = provider.base_url
-        ledger.commit({"event": "provider", "base_url": provider.base_url})
-    elif recorded.rstrip("/") != provider.base_url.rstrip("/"):
-        raise UsageError(
+    if recorded is None or recorded.rstrip("/") == provider.base_url.rstrip("/"):
+        return
+    if not has_remote_objects(ledger):
+        ledger.run.base_url = None
+        ledger.commit({"event": "provider", "base_url": None, "was": recorded, "why": "nothing was created there"})
+        return
+    raise UsageError(
             f"run {ledger.run.id} was submitted to {recorded}, but this command would use {provider.base_url}",
             hint=f"set OPENAI_BASE_URL={recorded} (or provider.base_url in the config) and try again",
         )
+
+
+def record_provider(ledger: Ledger, provider: Provider) -> None:
+    """A remote object of this run now exists at `provider`: bind the run to it (once)."""
+    if ledger.run.base_url is None:
+        ledger.run.base_url = provider.base_url
+        ledger.commit({"event": "provider", "base_url": provider.base_url})
 
 
 @dataclass(frozen=True)

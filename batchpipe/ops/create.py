@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -269,6 +270,7 @@ def _build(
             endpoint=cfg.endpoint,
             model=cfg.model,
             requests=rows,
+            nonce=secrets.token_hex(6),
             budget_usd=cfg.limits.budget_usd,
         ),
         shards=files.shards,

@@ -65,7 +65,7 @@ def input_file_gone(shard: Shard, provider: Provider, exc: ProviderError) -> boo
     """Did a batch create fail because the service no longer has the shard's input file?
 
     The create answers 400 "Cannot find file" both for a file deleted and for one uploaded a
-    moment ago that the batch service does not see yet (which ensure_submitted waits out);
+    moment ago that the batch service does not see yet (which BatchCreates waits out);
     the Files API tells the two apart: it answers 404 only for a file that is gone.
     """
     if exc.param not in ("file_id", "input_file_id") or exc.status_code not in (400, 404):

@@ -29,7 +29,7 @@ from batchpipe.errors import BatchpipeError, LedgerError, RemoteNotFound, RunNot
 from batchpipe.ledger.index import Index
 from batchpipe.ledger.model import TERMINAL_BATCH_STATUSES, Batch, Shard, ShardState, Upload
 from batchpipe.ledger.store import Ledger, LedgerDamaged, restore_previous
-from batchpipe.ops.common import bind_provider, run_config
+from batchpipe.ops.common import bind_provider, record_provider, run_config
 from batchpipe.ops.download import download_shard
 from batchpipe.ops.lost import back_to_upload
 from batchpipe.ops.process import RETRY_LOST, replay
@@ -84,7 +84,7 @@ def _reopen_intents(ledger: Ledger, since: float, result: Recovered) -> None:
     below adopts such a batch instead of `submit` creating (and paying for) a second one."""
     waiting = [s for s in ledger.shards if s.state == ShardState.UPLOADED and s.batch is None]
     for shard in waiting:
-        shard.batch = Batch(metadata=batch_tag(ledger.run.id, shard), intent_at=since)
+        shard.batch = Batch(metadata=batch_tag(ledger.run, shard), intent_at=since)
     if waiting:
         ledger.commit({"event": "intent", "call": "lookup_after_restore", "shards": [s.id for s in waiting]})
         result.actions.append(f"looking up the batches of {len(waiting)} shard(s) the lost commit may have created")
@@ -205,23 +205,17 @@ def _lost_remote_files(ledger: Ledger, provider: Provider, result: Recovered, ba
             result.actions.append(f"{note}: `batchpipe submit {ledger.run.id}` uploads it again")
 
 
-def _of_shard(batch: RemoteBatch, shard: Shard) -> bool:
-    """Is this one of the shard's batches: by its tag, or (a service that drops metadata) by its file?"""
-    if batch.metadata.get("batchpipe_shard") == shard.id:
-        return True
-    return shard.upload is not None and batch.input_file_id == shard.upload.file_id
-
-
 def _adopt_open_intents(ledger: Ledger, provider: Provider, result: Recovered, batches: list[RemoteBatch]) -> None:
     for shard in ledger.shards:
         if shard.state == ShardState.PREPARED and shard.upload is not None:
-            found = provider.find_file(shard.upload.filename, shard.upload.intent_at)
+            found = provider.find_file(shard.upload.filename, shard.upload.intent_at, shard.file.bytes)
             if found is not None:
                 upload = Upload(shard.upload.filename, shard.upload.intent_at, found.id)
+                record_provider(ledger, provider)
                 ledger.advance(shard, ShardState.UPLOADED, upload=upload)
                 result.actions.append(f"shard {shard.id}: adopted upload {found.id} (its answer had been lost)")
         if shard.state == ShardState.UPLOADED and shard.batch is not None:
-            live = tagged_batches(shard, [b for b in batches if _of_shard(b, shard)])
+            live = tagged_batches(shard, batches)
             if live:
                 ledger.advance(shard, ShardState.SUBMITTED, batch=batch_record(shard.batch.metadata, shard.batch.intent_at, live[0]))
                 result.actions.append(f"shard {shard.id}: adopted batch {live[0].id} (its answer had been lost)")
@@ -231,8 +225,7 @@ def _cancel_duplicates(ledger: Ledger, provider: Provider, result: Recovered, ba
     for shard in ledger.shards:
         if shard.batch is None or shard.batch.id is None:
             continue
-        mine = [b for b in batches if _of_shard(b, shard)]
-        for dup in tagged_batches(shard, mine):
+        for dup in tagged_batches(shard, batches):
             if dup.id != shard.batch.id:
                 result.actions.append(cancel_duplicate(ledger, shard, provider, dup))
 
@@ -271,8 +264,8 @@ def recover(paths: RunPaths, provider: Provider | None) -> Recovered:
         if since is None and not any(s.upload for s in ledger.shards):
             return result  # nothing was ever sent
         bind_provider(ledger, provider)
-        file_ids = frozenset(s.upload.file_id for s in ledger.shards if s.upload and s.upload.file_id)
-        batches = provider.find_batches({"batchpipe_run": ledger.run.id}, since, file_ids) if since is not None else []
+        # one pass through the batch list, matched against every shard's tag (ops/remote.is_tagged)
+        batches = provider.list_batches(since) if since is not None else []
         _adopt_open_intents(ledger, provider, result, batches)
         _lost_remote_files(ledger, provider, result, batches)
         _cancel_duplicates(ledger, provider, result, batches)

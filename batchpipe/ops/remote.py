@@ -16,8 +16,9 @@ from typing import TypeVar
 
 from batchpipe import crash
 from batchpipe.errors import ProviderError
-from batchpipe.ledger.model import Batch, Shard, ShardState, Upload
+from batchpipe.ledger.model import Batch, Run, Shard, ShardState, Upload
 from batchpipe.ledger.store import Ledger
+from batchpipe.ops.common import record_provider
 from batchpipe.providers import Provider, RemoteBatch, RemoteFile
 
 T = TypeVar("T")
@@ -27,12 +28,13 @@ TOKEN_LIMIT_CODE = "token_limit_exceeded"
 RUNNING_STATUSES = frozenset({"validating", "in_progress", "finalizing"})
 
 
-def upload_tag(run_id: str, shard: Shard) -> str:
-    return f"{run_id}--{shard.id}--{shard.file.sha256[:12]}.jsonl"
+def upload_tag(run: Run, shard: Shard) -> str:
+    return f"{run.id}--{shard.id}--{shard.file.sha256[:12]}--{run.nonce}.jsonl"
 
 
-def batch_tag(run_id: str, shard: Shard) -> dict[str, str]:
-    return {"batchpipe_run": run_id, "batchpipe_shard": shard.id, "batchpipe_sha": shard.file.sha256[:12]}
+def batch_tag(run: Run, shard: Shard) -> dict[str, str]:
+    return {"batchpipe_run": run.id, "batchpipe_shard": shard.id, "batchpipe_sha": shard.file.sha256[:12],
+            "batchpipe_nonce": run.nonce}
 
 
 def backoff(attempt: int, exc: ProviderError | None = None) -> float:
@@ -42,40 +44,58 @@ def backoff(attempt: int, exc: ProviderError | None = None) -> float:
     return min(0.5 * 2.0**attempt, 30.0)
 
 
-def _once(
+def _send(
     send: Callable[[], T],
-    lookup: Callable[[], T | None],
     *,
     sleep: Callable[[float], None],
     also_retry: Callable[[ProviderError], bool] = lambda e: False,
-) -> T:
-    """Send a mutating call; after an unknown outcome, adopt what the lookup finds before resending."""
+) -> T | ProviderError:
+    """Send a mutating call, again after errors that say nothing happened; an error after which
+    something may have happened (5xx, timeout, dropped connection) is returned, not raised: the
+    caller must look the tag up before sending again."""
     for attempt in range(TRIES):
         try:
             return send()
         except ProviderError as exc:
             if exc.outcome_unknown:
-                found = lookup()
-                if found is not None:
-                    return found
+                return exc
             if attempt == TRIES - 1 or not (exc.retryable or also_retry(exc)):
                 raise
             sleep(backoff(attempt, exc))
     raise AssertionError("unreachable")
 
 
+def _once(send: Callable[[], T], lookup: Callable[[], T | None], *, sleep: Callable[[float], None]) -> T:
+    """Send a mutating call; after an unknown outcome, adopt what the lookup finds before resending."""
+    for attempt in range(TRIES):
+        outcome = _send(send, sleep=sleep)
+        if not isinstance(outcome, ProviderError):
+            return outcome
+        found = lookup()
+        if found is not None:
+            return found
+        if attempt == TRIES - 1:
+            raise outcome
+        sleep(backoff(attempt, outcome))
+    raise AssertionError("unreachable")
+
+
 def ensure_uploaded(ledger: Ledger, shard: Shard, provider: Provider, *, sleep=time.sleep) -> None:
-    """PREPARED -> UPLOADED: upload the shard file once, or adopt the upload a crash left behind."""
+    """PREPARED -> UPLOADED: upload the shard file once, or adopt the upload a crash left behind.
+
+    A file is this shard's if it has the intent's name (run id, shard, content sha, run nonce)
+    and, where the service reports sizes, the shard file's size.
+    """
     path = ledger.verify(shard.file)
 
     def lookup() -> RemoteFile | None:
-        found = provider.find_file(upload.filename, upload.intent_at)
+        found = provider.find_file(upload.filename, upload.intent_at, shard.file.bytes)
         ledger.log({"event": "remote", "call": "lookup_file", "shard": shard.id, "found": found and found.id})
         return found
 
     fresh = shard.upload is None
     if fresh:
-        shard.upload = Upload(filename=upload_tag(ledger.run.id, shard), intent_at=time.time())
+        shard.upload = Upload(filename=upload_tag(ledger.run, shard), intent_at=time.time())
         ledger.commit({"event": "intent", "shard": shard.id, "call": "upload", "filename": shard.upload.filename})
     upload = shard.upload
     found = None if fresh else lookup()  # an intent left open by an earlier process: it may have happened
@@ -83,24 +103,44 @@ def ensure_uploaded(ledger: Ledger, shard: Shard, provider: Provider, *, sleep=t
         crash.point("upload:before")
         found = _once(lambda: provider.upload(path, upload.filename), lookup, sleep=sleep)
         crash.point("upload:after")
+    record_provider(ledger, provider)  # the run's first remote object binds it to this service
     ledger.log({"event": "remote", "call": "upload", "shard": shard.id, "file_id": found.id})
     ledger.advance(shard, ShardState.UPLOADED, upload=Upload(upload.filename, upload.intent_at, found.id))
 
 
+def is_tagged(batch: RemoteBatch, shard: Shard) -> bool:
+    """Is `batch` one of this shard attempt's?
+
+    It carries the whole tag the intent recorded: run id, shard, content sha and the run's nonce
+    (a run id used again, or the same job in another runs dir, has another nonce or sha). A
+    service that drops metadata is matched by the input file, which was found by its own tag.
+    """
+    assert shard.batch is not None
+    if "batchpipe_run" in batch.metadata:
+        return all(batch.metadata.get(k) == v for k, v in shard.batch.metadata.items())
+    return shard.upload is not None and shard.upload.file_id is not None and batch.input_file_id == shard.upload.file_id
+
+
 def tagged_batches(shard: Shard, found: list[RemoteBatch]) -> list[RemoteBatch]:
-    """This attempt's batches among those carrying its tag, oldest first.
+    """This attempt's batches among `found`, oldest first.
 
     Batches in the shard's history (an earlier create that failed on the enqueued-token limit)
-    are not this attempt's. Any other one is, whatever its status: it was paid for, or failed
-    for a reason a second create would meet too.
+    are not this attempt's. Any other one carrying its tag is, whatever its status: it was paid
+    for, or failed for a reason a second create would meet too.
     """
     earlier = {h.get("id") for h in shard.history}
-    return sorted((b for b in found if b.id not in earlier), key=lambda b: (b.created_at, b.id))
+    mine = (b for b in found if b.id not in earlier and is_tagged(b, shard))
+    return sorted(mine, key=lambda b: (b.created_at, b.id))
 
 
-def _adopt(shard: Shard, found: list[RemoteBatch]) -> RemoteBatch | None:
-    mine = tagged_batches(shard, found)
-    return mine[0] if mine else None
+def find_tagged(provider: Provider, shards: list[Shard]) -> dict[str, list[RemoteBatch]]:
+    """Each shard's batches (tagged_batches), from one pass through the service's batch list.
+
+    In a busy organisation the list is many pages long: the intents of a pass are matched
+    against one listing together, never one listing each.
+    """
+    listed = provider.list_batches(min(s.batch.intent_at for s in shards))
+    return {s.id: tagged_batches(s, listed) for s in shards}
 
 
 def cancel_duplicate(ledger: Ledger, shard: Shard, provider: Provider, batch: RemoteBatch) -> str:
@@ -129,45 +169,94 @@ def _file_not_visible(exc: ProviderError) -> bool:
     return exc.status_code in (400, 404) and exc.param in ("file_id", "input_file_id")
 
 
-def ensure_submitted(ledger: Ledger, shard: Shard, provider: Provider, *, sleep=time.sleep) -> list[str]:
-    """UPLOADED -> SUBMITTED: create the shard's batch once, or adopt the one a crash left behind.
+class BatchCreates:
+    """The batch creates of one submit pass (UPLOADED -> SUBMITTED), each made exactly once.
 
-    Returns what had to be reported: if a lookup ever finds two batches for this shard, the
-    oldest is kept and the other cancelled.
+    A create may have made a batch although its answer was lost, and so may one a crash
+    interrupted: such an intent is looked up by its tag before anything is sent again. A lookup
+    is a pass through the service's batch list, many pages long in a busy organisation, so the
+    intents are looked up together: those an earlier process left open with one listing before
+    the pass (`look_up_open`), those whose answer this pass lost with one listing per round at
+    its end (`settle`).
     """
-    assert shard.upload is not None and shard.upload.file_id is not None
-    tag = batch_tag(ledger.run.id, shard)
-    seen: list[RemoteBatch] = []
 
-    def lookup() -> RemoteBatch | None:
-        found = provider.find_batches(tag, intent_at, frozenset({shard.upload.file_id}))
-        seen[:] = tagged_batches(shard, found)
-        ledger.log({"event": "remote", "call": "lookup_batches", "shard": shard.id, "found": [b.id for b in seen]})
-        return seen[0] if seen else None
+    def __init__(self, ledger: Ledger, provider: Provider, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.ledger, self.provider, self.sleep = ledger, provider, sleep
+        self.submitted: list[str] = []
+        self.notes: list[str] = []  # duplicates found and cancelled
+        self._unknown: list[tuple[Shard, ProviderError]] = []  # sent, outcome unknown: to look up
+        self._looked_up: set[str] = set()  # open intents looked up this pass and not found: send them
 
-    if shard.batch is None:
-        shard.batch = Batch(metadata=tag, intent_at=time.time())
-        ledger.commit({"event": "intent", "shard": shard.id, "call": "batch_create", "metadata": tag})
-        intent_at = shard.batch.intent_at
-        found = None
-    else:  # an intent left open by an earlier process: the create may have happened
-        intent_at = shard.batch.intent_at
-        found = lookup()
-    if found is None:
-        file_id = shard.upload.file_id
+    def look_up_open(self) -> None:
+        """Adopt what the open intents of earlier processes made, with one listing."""
+        open_ = [s for s in self.ledger.shards if s.state == ShardState.UPLOADED and s.batch is not None]
+        if not open_:
+            return
+        for shard_id, mine in self._look_up(open_).items():
+            if not mine:
+                self._looked_up.add(shard_id)
+
+    def add(self, shard: Shard) -> None:
+        """Create `shard`'s batch (once), unless an open intent of it is still to be looked up."""
+        assert shard.state == ShardState.UPLOADED and shard.upload is not None and shard.upload.file_id is not None
+        if shard.batch is None:
+            shard.batch = Batch(metadata=batch_tag(self.ledger.run, shard), intent_at=time.time())
+            self.ledger.commit({"event": "intent", "shard": shard.id, "call": "batch_create", "metadata": shard.batch.metadata})
+        elif shard.id not in self._looked_up:
+            self.look_up_open()  # (callers look up first; this keeps `add` safe on its own)
+            if shard.state != ShardState.UPLOADED:
+                return
+        self._send(shard)
+
+    def settle(self) -> None:
+        """Look up the creates whose answer was lost, together; send again those not found.
+
+        Up to TRIES rounds; what is still unknown after that stays an open intent (looked up by
+        the next pass) and its error is raised.
+        """
+        for round_ in range(TRIES):
+            if not self._unknown:
+                return
+            if round_:
+                self.sleep(backoff(round_ - 1, self._unknown[-1][1]))
+            unknown, self._unknown = self._unknown, []
+            found = self._look_up([shard for shard, _ in unknown])
+            for shard, _ in unknown:
+                if not found[shard.id]:
+                    self._send(shard)
+        if self._unknown:
+            raise self._unknown[-1][1]
+
+    def _look_up(self, shards: list[Shard]) -> dict[str, list[RemoteBatch]]:
+        found = find_tagged(self.provider, shards)
+        for shard in shards:
+            mine = found[shard.id]
+            self.ledger.log({"event": "remote", "call": "lookup_batches", "shard": shard.id, "found": [b.id for b in mine]})
+            if mine:
+                self._adopt(shard, mine[0], mine)
+        return found
+
+    def _send(self, shard: Shard) -> None:
+        run, file_id, tag = self.ledger.run, shard.upload.file_id, shard.batch.metadata
         crash.point("batch_create:before")
-        found = _once(
-            lambda: provider.create_batch(file_id, ledger.run.endpoint, tag),
-            lookup,
-            sleep=sleep,
-            # "file not found" is waited out only while the Files API still has the file; a file it
-            # no longer has is uploaded again instead (ops/submit.py, ops/lost.py)
-            also_retry=lambda exc: _file_not_visible(exc) and provider.file_exists(file_id),
-        )
+        # "file not found" is waited out only while the Files API still has the file; a file it no
+        # longer has is uploaded again instead (ops/submit.py, ops/lost.py)
+        outcome = _send(lambda: self.provider.create_batch(file_id, run.endpoint, tag), sleep=self.sleep,
+                        also_retry=lambda exc: _file_not_visible(exc) and self.provider.file_exists(file_id))
+        if isinstance(outcome, ProviderError):
+            self._unknown.append((shard, outcome))
+            return
         crash.point("batch_create:after")
-    ledger.log({"event": "remote", "call": "batch_create", "shard": shard.id, "batch_id": found.id})
-    ledger.advance(shard, ShardState.SUBMITTED, batch=batch_record(tag, intent_at, found))
-    return [cancel_duplicate(ledger, shard, provider, dup) for dup in seen if dup.id != found.id]
+        self._adopt(shard, outcome, [])
+
+    def _adopt(self, shard: Shard, batch: RemoteBatch, seen: list[RemoteBatch]) -> None:
+        """Record `batch` as the shard's; cancel (and report) any other one a lookup found."""
+        assert shard.batch is not None
+        ledger = self.ledger
+        ledger.log({"event": "remote", "call": "batch_create", "shard": shard.id, "batch_id": batch.id})
+        ledger.advance(shard, ShardState.SUBMITTED, batch=batch_record(shard.batch.metadata, shard.batch.intent_at, batch))
+        self.submitted.append(shard.id)
+        self.notes += [cancel_duplicate(ledger, shard, self.provider, dup) for dup in seen if dup.id != batch.id]
 
 
 def batch_record(tag: dict[str, str], intent_at: float, b: RemoteBatch) -> Batch:

@@ -15,7 +15,7 @@ from batchpipe.ops.cancel import release_hold
 from batchpipe.ops.common import bind_provider, run_config
 from batchpipe.ops.lost import back_to_upload, input_file_gone
 from batchpipe.ops.recut import recut
-from batchpipe.ops.remote import ensure_submitted, ensure_uploaded
+from batchpipe.ops.remote import BatchCreates, ensure_uploaded
 from batchpipe.ops.schedule import Schedule, queue_refusals
 from batchpipe.ops.status import refresh_shard
 from batchpipe.paths import RunPaths
@@ -78,6 +78,10 @@ def submit(
         cfg = run_config(paths)
         schedule = Schedule.of(ledger, ledger.run.budget_usd, cfg.limits.enqueued_tokens, cfg, options.poll_interval,
                                provider.base_url)
+        creates = BatchCreates(ledger, provider, sleep=sleep)
+        if any(s.state == ShardState.UPLOADED and s.batch is not None for s in ledger.shards):
+            bind_provider(ledger, provider)
+            creates.look_up_open()  # intents an earlier process left open: one listing for all of them
         at = 0
         while at < len(ledger.shards):  # by position: a re-cut replaces the shard there with its pieces
             shard = ledger.shards[at]
@@ -107,7 +111,7 @@ def submit(
                     continue
                 bind_provider(ledger, provider)
                 try:
-                    result.notes += ensure_submitted(ledger, shard, provider, sleep=sleep)
+                    creates.add(shard)
                 except ProviderError as exc:
                     if not input_file_gone(shard, provider, exc):
                         raise
@@ -115,15 +119,18 @@ def submit(
                     note = back_to_upload(ledger, shard)
                     ensure_uploaded(ledger, shard, provider, sleep=sleep)
                     result.notes.append(f"{note}: uploaded it again as {shard.upload.file_id}")
-                    result.notes += ensure_submitted(ledger, shard, provider, sleep=sleep)
-                result.submitted.append(shard.id)
-                if schedule.limit.tokens is None:
+                    creates.add(shard)
+                if schedule.limit.tokens is None and shard.state == ShardState.SUBMITTED:
                     # The queue's limit is not known: look at this batch once now. If the service
                     # took it already, the next may go in this pass; if it refused it, the limit
                     # it learned schedules the rest.
                     refresh_shard(ledger, shard, provider)
                     schedule = Schedule.of(ledger, ledger.run.budget_usd, cfg.limits.enqueued_tokens, cfg,
                                            options.poll_interval, provider.base_url)
+        try:
+            creates.settle()  # the creates whose answer was lost: looked up together
+        finally:
+            result.submitted, result.notes = creates.submitted, result.notes + creates.notes
     return result
 
 

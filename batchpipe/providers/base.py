@@ -3,7 +3,7 @@
 ops/ talks to this protocol only; providers/openai_batch.py implements it with the `openai`
 client. Mutating calls (upload, create_batch, cancel_batch) are made exactly once: they raise
 ProviderError(outcome_unknown=True) when the service may have acted without answering, and
-the caller then finds the object by its tag (find_file / find_batches) before trying again.
+the caller then finds the object by its tag (find_file / list_batches) before trying again.
 """
 
 from __future__ import annotations
@@ -42,13 +42,13 @@ class Provider(Protocol):
 
     def upload(self, path: Path, filename: str) -> RemoteFile: ...
 
-    def find_file(self, filename: str, since: float) -> RemoteFile | None: ...
+    def find_file(self, filename: str, since: float, size: int | None = None) -> RemoteFile | None: ...
 
     def create_batch(self, file_id: str, endpoint: str, metadata: dict[str, str]) -> RemoteBatch: ...
 
-    def find_batches(
-        self, metadata: dict[str, str], since: float, input_file_ids: frozenset[str] = frozenset()
-    ) -> list[RemoteBatch]: ...
+    def list_batches(self, since: float) -> list[RemoteBatch]:
+        """Every batch created since `since` (one listing; the caller matches its tags against it)."""
+        ...
 
     def get_batch(self, batch_id: str) -> RemoteBatch: ...
 

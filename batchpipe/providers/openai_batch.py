@@ -16,6 +16,7 @@ import openai
 
 from batchpipe.errors import ProviderError, RemoteNotFound
 from batchpipe.providers.base import RemoteBatch, RemoteFile
+from batchpipe.urls import public_url
 
 # Objects created this long before an intent was recorded are still looked at: the local and
 # the remote clock may disagree.
@@ -130,68 +131,88 @@ class OpenAIBatchProvider:
     def __init__(self, *, api_key: str, base_url: str | None = None, timeout: float = 600.0) -> None:
         self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=2, timeout=timeout)
         self._once = self._client.with_options(max_retries=0)
-        self.base_url = str(self._client.base_url)
+        # What is recorded and shown: never the credentials a gateway URL may carry.
+        self.base_url = public_url(str(self._client.base_url)).rstrip("/")
+
+    def _api(self, raw: Any, action: str) -> Any:
+        """The parsed answer of a raw response, if it is the API's JSON.
+
+        A proxy's sign-in page or a web server at the wrong URL answers 200 with HTML; the client
+        would hand that back as a string and fail later with an AttributeError.
+        """
+        kind = raw.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind not in ("application/json", "") and not kind.endswith("+json"):
+            shown = "an HTML page" if kind == "text/html" else f"{kind} content"
+            raise ProviderError(
+                f"{action}: the service at {self.base_url} answered with {shown}, not the OpenAI API",
+                hint="check OPENAI_BASE_URL (or provider.base_url in the config): it must be the API itself, such as https://api.openai.com/v1",
+            )
+        return raw.parse()
 
     # -- mutating calls: exactly once -------------------------------------------------------
     def upload(self, path: Path, filename: str) -> RemoteFile:
+        action = f"upload of {filename}"
         try:
             with open(path, "rb") as f:
-                return _file(self._once.files.create(file=(filename, f, "application/jsonl"), purpose="batch"))
+                raw = self._once.files.with_raw_response.create(file=(filename, f, "application/jsonl"), purpose="batch")
+            return _file(self._api(raw, action))
         except openai.OpenAIError as exc:
-            raise _error(exc, f"upload of {filename}") from None
+            raise _error(exc, action) from None
 
     def create_batch(self, file_id: str, endpoint: str, metadata: dict[str, str]) -> RemoteBatch:
+        action = f"batch create for {file_id}"
         try:
-            return _batch(
-                self._once.batches.create(
-                    input_file_id=file_id, endpoint=endpoint, completion_window="24h", metadata=metadata
-                )
+            raw = self._once.batches.with_raw_response.create(
+                input_file_id=file_id, endpoint=endpoint, completion_window="24h", metadata=metadata
             )
+            return _batch(self._api(raw, action))
         except openai.OpenAIError as exc:
-            raise _error(exc, f"batch create for {file_id}") from None
+            raise _error(exc, action) from None
 
     def cancel_batch(self, batch_id: str) -> RemoteBatch:
+        action = f"cancel of {batch_id}"
         try:
-            return _batch(self._once.batches.cancel(batch_id))
+            return _batch(self._api(self._once.batches.with_raw_response.cancel(batch_id), action))
         except openai.OpenAIError as exc:
-            raise _error(exc, f"cancel of {batch_id}") from None
+            raise _error(exc, action) from None
 
     # -- reads: the client's retries are safe here ---------------------------------------------
     def get_batch(self, batch_id: str) -> RemoteBatch:
+        action = f"status of {batch_id}"
         try:
-            return _batch(self._client.batches.retrieve(batch_id))
+            return _batch(self._api(self._client.batches.with_raw_response.retrieve(batch_id), action))
         except openai.OpenAIError as exc:
-            raise _error(exc, f"status of {batch_id}") from None
+            raise _error(exc, action) from None
 
-    def find_file(self, filename: str, since: float) -> RemoteFile | None:
-        """The newest batch file named `filename` created after `since` (minus clock slack)."""
+    def find_file(self, filename: str, since: float, size: int | None = None) -> RemoteFile | None:
+        """The newest batch file named `filename` created after `since` (minus clock slack), and of
+        `size` bytes where the service reports a size (another upload under the name is not ours)."""
+        action = f"looking up file {filename}"
         try:
-            pages = self._client.files.list(purpose="batch", order="desc", limit=1000)
+            # 10,000 a page (the most the service allows): one page is enough for most organisations
+            pages = self._api(self._client.files.with_raw_response.list(purpose="batch", order="desc", limit=10_000), action)
             for f in _since(pages, since):
-                if f.filename == filename:
+                if f.filename == filename and (size is None or not f.bytes or f.bytes == size):
                     return _file(f)
         except openai.OpenAIError as exc:
-            raise _error(exc, f"looking up file {filename}") from None
+            raise _error(exc, action) from None
         return None
 
-    def find_batches(
-        self, metadata: dict[str, str], since: float, input_file_ids: frozenset[str] = frozenset()
-    ) -> list[RemoteBatch]:
-        """Batches created after `since` (minus clock slack) whose metadata contains `metadata`, or
-        whose input file is one of `input_file_ids` (for services that drop metadata)."""
+    def list_batches(self, since: float) -> list[RemoteBatch]:
+        """Every batch created after `since` (minus clock slack): one pass through the batch list,
+        which callers match many tags against (a busy organisation's list is many pages long)."""
+        action = "looking up batches"
         try:
-            return [
-                _batch(b) for b in _since(self._client.batches.list(limit=100), since)
-                if all((b.metadata or {}).get(k) == v for k, v in metadata.items()) or b.input_file_id in input_file_ids
-            ]
+            return [_batch(b) for b in _since(self._api(self._client.batches.with_raw_response.list(limit=100), action), since)]
         except openai.OpenAIError as exc:
-            raise _error(exc, "looking up batches") from None
+            raise _error(exc, action) from None
 
     def ping(self) -> None:
+        action = f"reaching {self.base_url}"
         try:
-            self._client.with_options(max_retries=0, timeout=20).batches.list(limit=1)
+            self._api(self._client.with_options(max_retries=0, timeout=20).batches.with_raw_response.list(limit=1), action)
         except openai.OpenAIError as exc:
-            raise _error(exc, f"reaching {self.base_url}") from None
+            raise _error(exc, action) from None
 
     def file_exists(self, file_id: str) -> bool:
         """Does the service still have this file? (False only on a 404: deleted or expired.)"""
@@ -204,8 +225,11 @@ class OpenAIBatchProvider:
         return True
 
     def iter_file_content(self, file_id: str) -> Iterator[bytes]:
+        action = f"download of {file_id}"
         try:
             with self._client.files.with_streaming_response.content(file_id) as response:
+                if response.headers.get("content-type", "").lower().startswith("text/html"):
+                    self._api(response, action)  # raises: a proxy page is not the file
                 yield from response.iter_bytes(1 << 20)
         except openai.OpenAIError as exc:
-            raise _error(exc, f"download of {file_id}") from None
+            raise _error(exc, action) from None
