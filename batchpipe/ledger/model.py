@@ -21,6 +21,10 @@ class ShardState(StrEnum):
 
 # Remote batch statuses after which nothing more will happen to a batch.
 TERMINAL_BATCH_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+# Remote batch statuses while a batch is queued or running (it holds its tokens in the provider's queue).
+RUNNING_STATUSES = frozenset({"validating", "in_progress", "finalizing"})
+# The error code of a batch the provider refused because its enqueued-token queue was full.
+TOKEN_LIMIT_CODE = "token_limit_exceeded"
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from batchpipe import crash
 from batchpipe.errors import ProviderError
-from batchpipe.ledger.model import Batch, Run, Shard, ShardState, Upload
+from batchpipe.ledger.model import RUNNING_STATUSES, TOKEN_LIMIT_CODE, Batch, Run, Shard, ShardState, Upload
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import record_provider
 from batchpipe.providers import Provider, RemoteBatch, RemoteFile
@@ -24,8 +24,6 @@ from batchpipe.providers import Provider, RemoteBatch, RemoteFile
 T = TypeVar("T")
 
 TRIES = 5
-TOKEN_LIMIT_CODE = "token_limit_exceeded"
-RUNNING_STATUSES = frozenset({"validating", "in_progress", "finalizing"})
 
 
 def upload_tag(run: Run, shard: Shard) -> str:

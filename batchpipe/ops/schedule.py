@@ -25,11 +25,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from batchpipe.errors import ConfigError, LedgerError
-from batchpipe.ledger.model import Shard, ShardState
+from batchpipe.ledger.model import RUNNING_STATUSES, TOKEN_LIMIT_CODE, Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops import queue_limits
 from batchpipe.ops.queue_limits import Limit
-from batchpipe.ops.remote import RUNNING_STATUSES, TOKEN_LIMIT_CODE
 from batchpipe.paths import RunPaths
 from batchpipe.pricing import Price, cost_usd, format_usd, price_for
 
