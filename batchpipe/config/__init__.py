@@ -10,6 +10,11 @@ prints.
 The rest of batchpipe reads the frozen dataclasses below (JobConfig and its parts), built from
 the validated model; `snapshot_yaml` writes the resolved config into a run directory, byte for
 byte as it always has (the config hash, and so the default run id, depends on it).
+
+Adding a field: declare it in models.py (type, bounds, default, description), carry it into
+its dataclass here, write it in config_to_dict only when it is not the default (so existing
+configs keep their snapshot and run id, as `output.truncated` does), and add it to the README's
+Job config block (tests/test_config_schema.py fails until it is there).
 """
 
 from __future__ import annotations
@@ -204,7 +209,7 @@ def json_schema() -> dict[str, Any]:
 
 def json_schema_text() -> str:
     """json_schema() as the text `batchpipe schema` prints."""
-    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(json_schema(), indent=2) + "\n"
 
 
 # --------------------------------------------------------------------------------------
