@@ -14,6 +14,7 @@ import yaml
 
 from batchpipe.config import load_config, snapshot_yaml
 from batchpipe.config.models import JobFile, Section, sections
+from batchpipe.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -242,3 +243,30 @@ def test_the_snapshot_is_byte_identical_to_before(tmp_path: Path, text: str) -> 
     if "truncated" not in text:
         expected = expected.replace("  truncated: fail\n", "")
     assert snapshot_yaml(load_config(tmp_path / "job.yaml")) == expected
+
+
+MINIMAL = 'model: gpt-4o-mini\ninput:\n  path: rows.jsonl\nprompt:\n  user: "Review: {text}"\n'
+
+
+@pytest.mark.parametrize(
+    ("extra", "message", "hint"),
+    [
+        ("endpoint: ''\n", "line 6: endpoint is empty", None),
+        ("endpoint: 5\n", "line 6: endpoint must be text (got 5)", 'put the value in quotes: endpoint: "5"'),
+        ("output:\n  truncated: 5\n", "line 7: output.truncated must be keep or fail (got 5)", "keep writes"),
+        ("output:\n  truncated: no\n", "(got false) — YAML reads yes/no/true/false as a boolean", "keep writes"),
+        ("provider:\n  name: ' '\n", "line 7: provider.name is empty", None),
+        ("pricing:\n  input_per_million: 1\n  output_per_million: x\n", "output_per_million must be a number",
+         "for example: output_per_million: 0.30 (US dollars per 1M tokens)"),
+    ],
+)  # fmt: skip
+def test_messages_of_the_hand_written_checker_are_kept(tmp_path: Path, extra: str, message: str, hint) -> None:
+    """Found by loading 496 mutated configs with the old checker and the models and comparing."""
+    (tmp_path / "rows.jsonl").write_text('{"text": "x"}\n', encoding="utf-8")
+    (tmp_path / "job.yaml").write_text(MINIMAL + extra, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "job.yaml")
+    assert message in info.value.message
+    assert (info.value.hint or "").startswith(hint or "")
+    if hint is None:
+        assert info.value.hint is None

@@ -53,6 +53,8 @@ _HINTS = {
 _CHOICE_HINTS = {
     "output.truncated": "keep writes a truncated answer as it is; fail makes its row failed (error code truncated)",
 }
+# Examples written as a person writes them (the declared example is a float: 0.3).
+_EXAMPLES = {"pricing.output_per_million": "0.30"}
 # What a number means, after its example in the hint.
 _MEANINGS = {
     "limits.budget_usd": "US dollars; remove it for no budget",
@@ -218,7 +220,7 @@ class Translator:
         bounds = {type(m).__name__: m for m in info.metadata if isinstance(m, annotated_types.BaseMetadata)}
         lo = bounds["Ge"].ge if "Ge" in bounds else None
         hi = bounds["Le"].le if "Le" in bounds else None
-        example = info.examples[0] if info.examples else info.default
+        example = _EXAMPLES.get(dotted(path)) or (info.examples[0] if info.examples else info.default)
         meaning = _MEANINGS.get(dotted(path))
         hint = f"for example: {path[-1]}: {example}" + (f" ({meaning})" if meaning else "")
         if int in _base_types(info):
@@ -232,8 +234,13 @@ class Translator:
 
     def choice(self, path: tuple[Any, ...], value: Any, options: tuple[Any, ...]) -> None:
         name = dotted(path)
-        if not isinstance(value, str) and not (isinstance(value, bool) and path == ("output", "truncated")):
+        if path == ("output", "truncated"):
+            pass  # any value gets the choices (and a word on YAML's booleans)
+        elif not isinstance(value, str):
             self.not_text(path, value)
+            return
+        elif not value.strip():
+            self.add(path, f"{name} is empty", hint=_HINTS.get(name))
             return
         if len(options) == 1:  # provider.name
             self.add(
@@ -246,7 +253,7 @@ class Translator:
             self.add(path, f"endpoint '{value}' is not supported by batchpipe yet (use one of {', '.join(ENDPOINTS)})")
             return
         close: list[str] = []
-        if isinstance(value, str):  # else a boolean
+        if isinstance(value, str):
             guess = "/v1/" + value.strip().lstrip("/").removeprefix("v1/")
             close = [guess] if path == ("endpoint",) and guess in options else []
             close = close or difflib.get_close_matches(value.lower(), options, n=1, cutoff=0.6)
