@@ -211,7 +211,9 @@ class Translator:
         node = self.loc.value_node(path)
         hint = _HINTS.get(dotted(path))
         if isinstance(node, yaml.MappingNode) and node.flow_style:
-            hint = f"YAML reads a value that starts with '{{' as a mapping: quote it, as in {path[-1]}: \"{{text}} ...\""
+            hint = (
+                f"YAML reads a value that starts with '{{' as a mapping: quote it, as in {path[-1]}: \"{{text}} ...\""
+            )
         elif isinstance(node, yaml.ScalarNode):
             hint = f'put the value in quotes: {path[-1]}: "{node.value}"'
         self.add(path, f"{dotted(path)} must be text (got {show(value)})", hint=hint)
@@ -268,7 +270,8 @@ class Translator:
         name = dotted(path)
         if "key" in ctx:
             key = ctx["key"]
-            self.add((*path, key), f"{name} has a key that is not text ({show(key)})", hint=f'quote the key: "{show(key)}"')
+            self.add((*path, key), f"{name} has a key that is not text ({show(key)})",
+                     hint=f'quote the key: "{show(key)}"')  # fmt: skip
         elif "value" in ctx:
             self.add(path, f"{name} is {show(ctx['value'])} to YAML, which JSON cannot carry",
                      hint="put the value in quotes to send it as text")  # fmt: skip

@@ -30,5 +30,6 @@ def init_job(path: Path) -> Initialised:
     rows_written = not rows.exists()
     if rows_written:  # sample data first: the config that names it is only written once it is there
         write_bytes_atomic(rows, STARTER_ROWS)
-    write_bytes_atomic(path, STARTER_CONFIG.format(config=path.name, rows=json.dumps(rows.name).ljust(32)).encode("utf-8"))
+    text = STARTER_CONFIG.format(config=path.name, rows=json.dumps(rows.name).ljust(32))
+    write_bytes_atomic(path, text.encode("utf-8"))
     return Initialised(config=path, rows=rows, rows_written=rows_written)
