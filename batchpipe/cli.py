@@ -584,5 +584,38 @@ def estimate(
         render.warn(w)
 
 
+@command()
+def schema() -> None:
+    """Print the JSON Schema of a job config, so editors can complete and check job files.
+
+    With the YAML language server (VS Code's YAML extension, and others), save it and name it
+    on the first line of a job file: `# yaml-language-server: $schema=batchpipe.schema.json`.
+
+    Example: `batchpipe schema > batchpipe.schema.json`
+    """
+    from batchpipe.config import json_schema_text
+
+    typer.echo(json_schema_text(), nl=False)
+
+
+@command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the config.")] = Path("job.yaml"),
+) -> None:
+    """Write a commented starter job config, and three sample rows beside it (`<name>.jsonl`).
+
+    It validates as it is: `batchpipe estimate` it, then edit it. An existing file is never
+    overwritten (exit 2); an existing `<name>.jsonl` is kept.
+
+    Example: `batchpipe init configs/tickets.yaml` then `batchpipe estimate configs/tickets.yaml`
+    """
+    from batchpipe.ops.init import init_job
+
+    done = init_job(path)
+    render.line(f"wrote {done.config}" + (f" and {done.rows} (sample rows)" if done.rows_written else
+                f" (it reads {done.rows}, which was there already)"))
+    render.line(f"next: batchpipe estimate {done.config}")
+
+
 def main() -> None:
     app()

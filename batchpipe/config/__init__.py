@@ -1,0 +1,286 @@
+"""Job config: one YAML file per job, read into frozen dataclasses.
+
+The file's format is declared once, as typed models in batchpipe.config.models: validation,
+defaults, the JSON Schema (`batchpipe schema`) and the README's field reference (checked by
+tests/test_config_schema.py) come from them. Every problem found in a config is reported with
+the file, the line and the field, all problems together in one ConfigError (exit code 2), so a
+user fixes them in one pass before anything is paid for. Nothing here touches the network or
+prints.
+
+The rest of batchpipe reads the frozen dataclasses below (JobConfig and its parts), built from
+the validated model; `snapshot_yaml` writes the resolved config into a run directory, byte for
+byte as it always has (the config hash, and so the default run id, depends on it).
+
+Adding a field: declare it in models.py (type, bounds, default, description), carry it into
+its dataclass here, write it in config_to_dict only when it is not the default (so existing
+configs keep their snapshot and run id, as `output.truncated` does), and add it to the README's
+Job config block (tests/test_config_schema.py fails until it is there).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from batchpipe.config.models import (
+    DEFAULT_ENDPOINT,
+    ENDPOINTS,
+    INPUT_FORMATS,
+    MAX_BYTES_PER_SHARD,
+    MAX_REQUESTS_PER_SHARD,
+    NO_SYSTEM_ENDPOINTS,
+    RESERVED_PARAMS,
+    TRUNCATED_POLICIES,
+    JobFile,
+)
+from batchpipe.config.problems import Translator
+from batchpipe.config.yamlfile import (
+    MAX_ALIAS_VALUES,
+    Locator,
+    duplicate_keys,
+    parse_yaml,
+    raise_problems,
+    read_text,
+    show,
+)
+from batchpipe.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "ENDPOINTS",
+    "INPUT_FORMATS",
+    "MAX_ALIAS_VALUES",
+    "MAX_BYTES_PER_SHARD",
+    "MAX_REQUESTS_PER_SHARD",
+    "NO_SYSTEM_ENDPOINTS",
+    "RESERVED_PARAMS",
+    "TRUNCATED_POLICIES",
+    "InputConfig",
+    "JobConfig",
+    "Limits",
+    "OutputConfig",
+    "Pricing",
+    "PromptConfig",
+    "ProviderConfig",
+    "config_to_dict",
+    "json_schema",
+    "load_config",
+    "snapshot_yaml",
+]
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Where the rows come from. `path` is absolute and resolved; `format` is `jsonl` or
+    `csv`; `id` is the field (or dotted path) holding each row's id, or None to number rows."""
+
+    path: Path
+    format: str
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """The prompt templates (see batchpipe.pipeline.template for the syntax)."""
+
+    system: str | None
+    user: str
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """`key`: the key under which each row's result is written in the merged output;
+    `truncated`: `keep` or `fail` an answer cut at the output limit (see `output.truncated`)."""
+
+    key: str = "response"
+    truncated: str = "keep"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Shard sizes, the retry budget, the cost budget and the enqueued-token limit (see the
+    module docstring for the ranges). None means "no limit"."""
+
+    max_requests_per_shard: int = MAX_REQUESTS_PER_SHARD
+    max_bytes_per_shard: int = MAX_BYTES_PER_SHARD
+    max_attempts: int = 3
+    budget_usd: float | None = None
+    enqueued_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """The job's own price for its model: US dollars per 1M tokens at Batch API prices."""
+
+    input_per_million: float
+    output_per_million: float
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """`name`: the batch service (only `openai`); `base_url`: None means OPENAI_BASE_URL,
+    then the OpenAI default (resolved by the provider, not here)."""
+
+    name: str = "openai"
+    base_url: str | None = None
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A whole job config, validated. `params` is read-only at the top level (its nested
+    values are plain dicts and lists: do not mutate them). `source` is the absolute path of
+    the file it was loaded from. Equality compares every field, `source` included; the
+    object is not hashable (params is a mapping)."""
+
+    model: str
+    endpoint: str
+    input: InputConfig
+    prompt: PromptConfig
+    params: Mapping[str, Any]
+    output: OutputConfig
+    limits: Limits
+    provider: ProviderConfig
+    source: Path
+    pricing: Pricing | None = None  # None: the shipped price table (batchpipe.pricing)
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: Path | str) -> JobConfig:
+    """Read and validate the job config at `path`; raises ConfigError listing every problem."""
+    path = Path(path)
+    name = str(path)
+    root, data = parse_yaml(read_text(path, name), name)
+    locator = Locator(root)
+    if data is None:  # a lone `---` or `~`
+        raise ConfigError(
+            f"{name} line 1: the config file is empty",
+            hint="write at least model:, input: path and prompt: user (see the README)",
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{name} line {locator.line(())}: the top level must be a mapping of keys such as "
+            f"model:, input: and prompt: (got {show(data)})",
+            hint="see the README for a complete example config",
+        )
+    problems = duplicate_keys(root)
+    try:
+        job = JobFile.model_validate(data, context={"config_file": path})
+    except ValidationError as exc:
+        problems += Translator(locator, data).translate(exc.errors())
+        job = None
+    raise_problems(name, problems)
+    assert job is not None  # no problems means it validated
+    return _job_config(job, Path(os.path.abspath(path)))
+
+
+def _job_config(job: JobFile, source: Path) -> JobConfig:
+    """The frozen view the rest of batchpipe reads, from the validated file."""
+    return JobConfig(
+        model=job.model,
+        endpoint=job.endpoint,
+        input=InputConfig(path=Path(job.input.path), format=job.input.format or "", id=job.input.id),
+        prompt=PromptConfig(system=job.prompt.system, user=job.prompt.user),
+        params=MappingProxyType(copy.deepcopy(job.params)),
+        output=OutputConfig(**job.output.model_dump()),
+        limits=Limits(**job.limits.model_dump()),
+        provider=ProviderConfig(**job.provider.model_dump()),
+        source=source,
+        pricing=Pricing(**job.pricing.model_dump()) if job.pricing is not None else None,
+    )
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a job config file (draft 2020-12), for editors and other tools."""
+    schema = JobFile.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def json_schema_text() -> str:
+    """json_schema() as the text `batchpipe schema` prints."""
+    return json.dumps(json_schema(), indent=2) + "\n"
+
+
+# --------------------------------------------------------------------------------------
+# Writing back
+
+
+def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
+    """The resolved config as plain data (input.path absolute, as text); no `source`.
+
+    Keys come in the order of the documented format, so the output is stable.
+    """
+    return {
+        "model": cfg.model,
+        "endpoint": cfg.endpoint,
+        "input": {"path": str(cfg.input.path), "format": cfg.input.format, "id": cfg.input.id},
+        "prompt": {"system": cfg.prompt.system, "user": cfg.prompt.user},
+        "params": copy.deepcopy(dict(cfg.params)),
+        # `truncated` only when it is not the default: a config that does not use it keeps the
+        # snapshot (and so the config hash and the default run id) it had before the field existed.
+        "output": {"key": cfg.output.key}
+        | ({"truncated": cfg.output.truncated} if cfg.output.truncated != OutputConfig.truncated else {}),
+        "limits": {
+            "max_requests_per_shard": cfg.limits.max_requests_per_shard,
+            "max_bytes_per_shard": cfg.limits.max_bytes_per_shard,
+            "max_attempts": cfg.limits.max_attempts,
+            "budget_usd": cfg.limits.budget_usd,
+            "enqueued_tokens": cfg.limits.enqueued_tokens,
+        },
+        "pricing": (
+            {"input_per_million": cfg.pricing.input_per_million, "output_per_million": cfg.pricing.output_per_million}
+            if cfg.pricing is not None
+            else None
+        ),
+        "provider": {"name": cfg.provider.name, "base_url": cfg.provider.base_url},
+    }
+
+
+class _SnapshotDumper(yaml.SafeDumper):
+    """SafeDumper that writes multi-line text as literal blocks and never emits aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    # The emitter falls back to a quoted style by itself when a literal block cannot hold
+    # the text exactly (trailing spaces, special characters), so this never loses data.
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_SnapshotDumper.add_representer(str, _represent_str)
+
+_SNAPSHOT_HEADER = (
+    "# batchpipe job config, resolved (defaults filled in, input.path absolute).\n"
+    "# This copy is what every step of the run reads; edit the original config instead.\n"
+)
+
+
+def snapshot_yaml(cfg: JobConfig) -> str:
+    """YAML text of config_to_dict(cfg): safe types only, stable key order.
+
+    load_config on this text (written anywhere) gives a config equal to `cfg` except
+    `source`.
+    """
+    body = yaml.dump(
+        config_to_dict(cfg),
+        Dumper=_SnapshotDumper,
+        sort_keys=False,
+        allow_unicode=True,
+        default_flow_style=False,
+        width=100_000,
+    )
+    return _SNAPSHOT_HEADER + body

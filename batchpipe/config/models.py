@@ -1,0 +1,376 @@
+"""The job config file, declared once: typed pydantic models of what a user may write.
+
+Validation, defaults, the JSON Schema (`batchpipe schema`) and the field reference the README
+is checked against all come from these classes. Each field's `description` is its user
+documentation. The checks that types cannot say (an endpoint without a system message, an
+input file that must exist, a template's syntax) are validators here that raise
+`PydanticCustomError` with the message a user reads; batchpipe.config.problems turns every
+error into a message with the file, the line and the field.
+
+YAML null means "not set" for every field (`id:` or `id: null`): each section drops its null
+values before validation, so the default applies.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from batchpipe.pipeline.template import TemplateSyntaxError, check_field, compile_template
+
+ENDPOINTS: tuple[str, ...] = (
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+)
+DEFAULT_ENDPOINT = "/v1/chat/completions"
+# Endpoints whose request body has no place for a system message.
+NO_SYSTEM_ENDPOINTS: frozenset[str] = frozenset({"/v1/embeddings", "/v1/completions", "/v1/moderations"})
+# Endpoints the Batch API accepts but batchpipe does not build requests for (yet).
+UNSUPPORTED_ENDPOINTS = ("/v1/images/generations", "/v1/images/edits", "/v1/videos")
+
+INPUT_FORMATS: tuple[str, ...] = ("jsonl", "csv")
+SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+TRUNCATED_POLICIES: tuple[str, ...] = ("keep", "fail")
+
+MAX_REQUESTS_PER_SHARD = 50_000  # the Batch API's limit per batch
+MAX_BYTES_PER_SHARD = 200_000_000  # the Batch API's 200 MB input file limit
+
+# Body keys batchpipe owns, and why a user may not set them in params.
+RESERVED_PARAMS: Mapping[str, str] = MappingProxyType(
+    {
+        "model": "the model is set by the top-level 'model:' key",
+        "messages": "batchpipe builds the messages from prompt.system and prompt.user",
+        "input": "batchpipe builds the input from prompt.user",
+        "prompt": "batchpipe builds the prompt from prompt.user",
+        "instructions": "batchpipe builds the instructions from prompt.system",
+        "stream": "the Batch API refuses streaming requests",
+    }
+)
+
+
+def _problem(message: str, **ctx: Any) -> PydanticCustomError:
+    """An error whose message is the one the user reads (ctx may carry `hint`, `sub`, `field`)."""
+    return PydanticCustomError("batchpipe", "{message}", {"message": message, **ctx})
+
+
+# --------------------------------------------------------------------------------------
+# Field types
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("blank", "is empty")
+    return value
+
+
+def _template(value: str) -> str:
+    try:
+        compile_template(value)
+    except TemplateSyntaxError as exc:
+        raise PydanticCustomError("template", "template error", {"column": exc.column, "detail": exc.message}) from None
+    return value
+
+
+def _field_path(value: str) -> str:
+    try:
+        check_field(value)
+    except TemplateSyntaxError as exc:
+        raise _problem(f"input.id is not a valid field path: {exc.message}") from None
+    return value
+
+
+def _param_key(key: str) -> str:
+    if key in RESERVED_PARAMS:
+        raise _problem(f"params.{key} cannot be set: {RESERVED_PARAMS[key]}", hint=f"remove params.{key}")
+    return key
+
+
+def _not_json(sub: tuple[Any, ...], text: str) -> PydanticCustomError:
+    return PydanticCustomError("json_value", "{text}", {"sub": sub, "text": text})
+
+
+def _json_value(value: Any, sub: tuple[Any, ...] = ()) -> Any:
+    """Only JSON data can go into a request body (the first value that is not, with its sub-path)."""
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise _not_json(sub, f"is too large a number for JSON (got {value})")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _not_json(sub, f"must be a finite number (got {value})")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise PydanticCustomError("json_key", "has a key that is not text", {"sub": sub, "key": key})
+            _json_value(item, (*sub, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _json_value(item, (*sub, i))
+    else:
+        raise PydanticCustomError("json_value", "not JSON", {"sub": sub, "value": value})
+    return value
+
+
+# `pattern` says "not blank" to the JSON Schema; the validator says it to the loader.
+Text = Annotated[str, AfterValidator(_not_blank), Field(json_schema_extra={"pattern": r"\S"})]
+Template = Annotated[Text, AfterValidator(_template)]
+ParamKey = Annotated[str, AfterValidator(_param_key)]
+ParamValue = Annotated[Any, AfterValidator(lambda value: _json_value(value))]
+
+
+def _null_is_not_set(schema: dict[str, Any]) -> None:
+    """In the JSON Schema too, an optional field may be written empty (YAML null): not set."""
+    required = set(schema.get("required", ()))
+    for name, prop in schema.get("properties", {}).items():
+        if name in required or any(v.get("type") == "null" for v in prop.get("anyOf", [prop])):
+            continue
+        docs = {k: prop.pop(k) for k in ("title", "description", "default", "examples") if k in prop}
+        variant = dict(prop)
+        prop.clear()
+        prop.update(docs, anyOf=[variant, {"type": "null"}])
+
+
+class Section(BaseModel):
+    """A mapping of the config: unknown keys are errors, types are strict (YAML `yes` is not text)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra=_null_is_not_set)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_not_set(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+# --------------------------------------------------------------------------------------
+# Sections
+
+
+class InputSection(Section):
+    """Where the rows come from."""
+
+    path: Text = Field(
+        description="The dataset. A relative path is read from the config file's directory (not from the "
+        "current directory); `~` is expanded. The file must exist when the config is loaded.",
+        examples=["reviews.jsonl"],
+    )
+    format: Literal["jsonl", "csv"] | None = Field(
+        None,
+        description="`jsonl` (one JSON object per line) or `csv` (a header row, then one row per record; every "
+        "value is text). Default from the file name: `.jsonl` and `.ndjson` are jsonl, `.csv` is csv; any other "
+        "suffix needs this field.",
+    )
+    id: Annotated[Text, AfterValidator(_field_path)] | None = Field(
+        None,
+        description="The field (or dotted path such as `meta.id`) whose value becomes each request's "
+        "`custom_id`, which joins the results back to the rows: a non-empty string or a whole number, unique. "
+        "Without it, rows are numbered from 1 in file order (blank lines not counted).",
+        examples=["review_id"],
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, raw: str, info: ValidationInfo) -> str:
+        """Absolute and resolved, from the config's directory; checked only when loading a file."""
+        config_file = (info.context or {}).get("config_file")
+        if config_file is None:
+            return raw
+        base = Path(os.path.abspath(config_file)).parent
+        candidate = Path(os.path.expanduser(raw))
+        resolved = (candidate if candidate.is_absolute() else base / candidate).resolve()
+        if not resolved.exists():
+            note = "" if candidate.is_absolute() else f" (a relative path is read from the config's directory, {base})"
+            raise _problem(
+                f"input.path: file not found: {resolved}{note}",
+                hint="check the file name; relative paths start at the config file's directory, not the current one",
+            )
+        if not resolved.is_file():
+            raise _problem(f"input.path is not a file: {resolved}", hint="point it at a .jsonl or .csv file")
+        return str(resolved)
+
+    @model_validator(mode="after")
+    def _format_from_suffix(self) -> InputSection:
+        if self.format is None:
+            suffix = Path(self.path).suffix.lower()
+            if suffix not in SUFFIX_FORMATS:
+                raise _problem(
+                    f"input.format is not set and the suffix of '{Path(self.path).name}' does not tell it "
+                    "(.jsonl, .ndjson and .csv do)",
+                    hint="add input.format: jsonl or input.format: csv",
+                    field=("input", "path"),
+                )
+            self.format = SUFFIX_FORMATS[suffix]
+        return self
+
+
+class PromptSection(Section):
+    """The prompt templates: `{field}` inserts a field of the row (see the README's Placeholders)."""
+
+    system: Template | None = Field(
+        None,
+        description="The system message (chat completions) or instructions (responses); a template like "
+        "`prompt.user`. Embeddings, completions and moderations have no system message.",
+        examples=["You judge film reviews."],
+    )
+    user: Template = Field(
+        description="The user message, a template: `{field}` inserts a field of the row, `{a.b}` a nested field, "
+        "`{tags.0}` an item of a list, `{{` and `}}` literal braces. Quote a template that starts with `{`.",
+        examples=["Review ({stars} stars): {text}"],
+    )
+
+
+class OutputSection(Section):
+    """Where each row's result goes in the merged output."""
+
+    key: Text = Field("response", description="The key under which each row's result is written.")
+    truncated: Literal["keep", "fail"] = Field(
+        "keep",
+        description="An answer the service cut at the output limit (`finish_reason: length`, or `status: "
+        "incomplete` for responses): `keep` writes it as the answer; `fail` makes the row failed (error code "
+        "`truncated`). Either way the row is marked `<key>_finish_reason: length`; it is not retried "
+        "automatically (`process --retry-failed` sends failed rows again).",
+    )
+
+
+class LimitsSection(Section):
+    """Shard sizes, attempts, the cost budget and the enqueued-token limit."""
+
+    max_requests_per_shard: int = Field(
+        MAX_REQUESTS_PER_SHARD, ge=1, le=MAX_REQUESTS_PER_SHARD,
+        description="At most this many requests go in one batch file (the Batch API allows 50,000).",
+    )  # fmt: skip
+    max_bytes_per_shard: int = Field(
+        MAX_BYTES_PER_SHARD, ge=1, le=MAX_BYTES_PER_SHARD,
+        description="At most this many bytes go in one batch file (the Batch API allows 200 MB).",
+    )  # fmt: skip
+    max_attempts: int = Field(
+        3, ge=1, description="How many times a request is sent in total before its failure is final (1 = never retry)."
+    )
+    budget_usd: float | None = Field(
+        None, gt=0, allow_inf_nan=False, examples=[25],
+        description="The most this job may cost, in US dollars. Not set: no budget.",
+    )  # fmt: skip
+    enqueued_tokens: int | None = Field(
+        None, ge=1, examples=[2000000],
+        description="The most input tokens this job may have waiting at the service at once (the Batch API's "
+        "enqueued-token limit of your organisation for the model). Not set: no limit.",
+    )  # fmt: skip
+
+
+class PricingSection(Section):
+    """The job's own price for its model, in US dollars per 1M tokens at Batch API prices."""
+
+    input_per_million: float = Field(
+        ge=0, allow_inf_nan=False, examples=[0.075], description="US dollars per 1M input tokens, Batch API price."
+    )
+    output_per_million: float = Field(
+        ge=0, allow_inf_nan=False, examples=[0.30],
+        description="US dollars per 1M output tokens, Batch API price (embeddings: 0).",
+    )  # fmt: skip
+
+
+class ProviderSection(Section):
+    """Which batch service runs the job, and where it lives."""
+
+    name: Literal["openai"] = Field("openai", description="The batch service; `openai` is the only one so far.")
+    base_url: Text | None = Field(
+        None,
+        description="Where the OpenAI-compatible API lives, e.g. `http://127.0.0.1:8080/v1` for the emulator. "
+        "Not set: `OPENAI_BASE_URL`, then OpenAI's default. No user name or password (the config is copied into "
+        "the run directory); the API key always comes from the environment.",
+        examples=["http://127.0.0.1:8080/v1"],
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            _ = parts.port  # raises ValueError on a bad port
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _problem(
+                f"provider.base_url must be an http:// or https:// URL (got {value!r})",
+                hint="for example: base_url: http://127.0.0.1:8080/v1",
+            )
+        if parts.username is not None or parts.password is not None:
+            raise _problem(
+                "provider.base_url must not contain a user name or password (the config is copied into the "
+                "run directory)",
+                hint="remove them from the URL; the API key is read from OPENAI_API_KEY",
+            )
+        return value
+
+
+class JobFile(Section):
+    """A batchpipe job config (YAML), format version 1."""
+
+    model_config = ConfigDict(title="batchpipe job config")
+
+    model: Text = Field(
+        description="The model every request uses. One job, one model: the Batch API takes one model per batch file.",
+        examples=["gpt-4o-mini"],
+    )
+    endpoint: Literal[ENDPOINTS] = Field(  # type: ignore[valid-type]
+        DEFAULT_ENDPOINT,
+        description="The API the requests go to; it decides the request body: chat completions get `messages` "
+        "(system, then user); responses get `input` and `instructions`; embeddings and moderations get `input`; "
+        "completions get `prompt`.",
+    )
+    input: InputSection = Field(description="The dataset.")
+    prompt: PromptSection = Field(description="The prompt templates.")
+    params: dict[ParamKey, ParamValue] = Field(
+        default_factory=dict,
+        description="Extra fields merged into every request body (`temperature`, `max_tokens`, "
+        "`response_format`, `seed`, ...), sent as written. batchpipe sets "
+        + ", ".join(f"`{k}`" for k in RESERVED_PARAMS)
+        + " itself, so those keys are errors here.",
+        json_schema_extra={"propertyNames": {"not": {"enum": list(RESERVED_PARAMS)}}},
+        examples=[{"temperature": 0, "max_tokens": 20}],
+    )
+    output: OutputSection = Field(default_factory=OutputSection, description="Where the answers go.")
+    limits: LimitsSection = Field(default_factory=LimitsSection, description="Sizes, attempts and budgets.")
+    pricing: PricingSection | None = Field(
+        None,
+        description="This job's model price, replacing the shipped price table (batchpipe/prices.json); both "
+        "prices required. Not set: the shipped table's price for `model`.",
+    )
+    provider: ProviderSection = Field(default_factory=ProviderSection, description="The batch service.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _system_needs_an_endpoint_with_one(cls, prompt: PromptSection, info: ValidationInfo) -> PromptSection:
+        endpoint = info.data.get("endpoint")
+        if prompt.system is not None and endpoint in NO_SYSTEM_ENDPOINTS:
+            raise _problem(
+                f"prompt.system cannot be used with endpoint {endpoint}: it has no system message",
+                hint="remove prompt.system, or move its text into prompt.user",
+                field=("prompt", "system"),
+            )
+        return prompt
+
+
+def sections() -> dict[str, type[Section]]:
+    """The config's sections (mapping-valued top-level keys) by name."""
+    out = {}
+    for name, info in JobFile.model_fields.items():
+        for cls in (info.annotation, *getattr(info.annotation, "__args__", ())):
+            if isinstance(cls, type) and issubclass(cls, Section):
+                out[name] = cls
+    return out
