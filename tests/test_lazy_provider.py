@@ -22,7 +22,7 @@ from batchpipe.providers.lazy import normal_base_url
 def imports_of(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
     """Run `batchpipe ARGS` and return it with the names of every module it imported."""
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "batchpipe", *args],
-                            capture_output=True, text=True, env=dict(os.environ), timeout=300)
+                            capture_output=True, text=True, env=dict(os.environ), timeout=100)
     modules = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     return result, modules
 
