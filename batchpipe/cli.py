@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+# typer ships its own copy of click; its parse errors are these classes
 from typer._click.exceptions import NoArgsIsHelpError
 from typer._click.exceptions import UsageError as ClickUsageError
 from typer.core import TyperGroup
@@ -22,7 +24,6 @@ from typer.core import TyperGroup
 from batchpipe import __version__, ops, render
 from batchpipe.errors import BatchpipeError, ExitCode, MissingApiKey, UsageError
 from batchpipe.paths import runs_dir_from_env
-
 
 
 class _Group(TyperGroup):
