@@ -7,6 +7,7 @@ documented exit code (README "Exit codes"); BATCHPIPE_DEBUG=1 shows the tracebac
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import time
 from collections.abc import Callable
@@ -15,17 +16,52 @@ from typing import Annotated, Any
 
 import typer
 
+# typer ships its own copy of click; its parse errors are these classes
+from typer._click.exceptions import NoArgsIsHelpError
+from typer._click.exceptions import UsageError as ClickUsageError
+from typer.core import TyperGroup
+
 from batchpipe import __version__, ops, render
 from batchpipe.errors import BatchpipeError, ExitCode, MissingApiKey, UsageError
 from batchpipe.paths import RunPaths, runs_dir_from_env
 
+
+class _Group(TyperGroup):
+    """The command group. With `--json` on the line, a usage error (unknown option, missing
+    argument, bad value) is the same JSON envelope on stdout as any other error, exit 2."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        json_wanted = "--json" in args
+        try:
+            ctx = super().make_context(info_name, args, parent=parent, **extra)
+        except ClickUsageError as exc:  # a global option
+            raise _usage_error(exc, json_wanted) from None
+        ctx.meta["json_wanted"] = json_wanted
+        return ctx
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClickUsageError as exc:  # the command's name, or its own options and arguments
+            raise _usage_error(exc, ctx.meta.get("json_wanted", False)) from None
+
+
+def _usage_error(exc: ClickUsageError, json_wanted: bool) -> BaseException:
+    if not json_wanted or isinstance(exc, NoArgsIsHelpError):
+        return exc  # typer shows it (usage, message, exit 2)
+    where = exc.ctx.info_name if exc.ctx is not None and exc.ctx.parent is not None else None
+    hint = f"see `batchpipe {where} --help`" if where else "see `batchpipe --help`"
+    return typer.Exit(render.error(where or "batchpipe", UsageError(exc.format_message(), hint=hint), as_json=True))
+
+
 app = typer.Typer(
+    cls=_Group,
     name="batchpipe",
     help="Run large LLM jobs through batch APIs as a resumable, crash-safe pipeline.\n\n"
     "A run lives in RUNS_DIR/RUN_ID/; every command is safe to repeat and to run after a crash.\n\n"
     "Quick start: `batchpipe demo`, then `batchpipe run configs/reviews.yaml --wait`.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
@@ -39,14 +75,29 @@ def _runs_dir(ctx: typer.Context) -> Path:
     return ctx.obj["runs_dir"]
 
 
+# --runs-dir is a global option (before the command); commands that use the runs dir take it
+# after their name too, with the same meaning (the later one wins).
+RunsDirAfterOpt = Annotated[
+    Path | None, typer.Option("--runs-dir", help="Where runs live (as before the command).", show_default=False)
+]
+
+
 def command(name: str | None = None) -> Callable:
-    """Register a command whose BatchpipeErrors become a message + exit code, never a traceback."""
+    """Register a command whose BatchpipeErrors become a message + exit code, never a traceback.
+
+    A command that takes the context (it uses the runs dir) also accepts `--runs-dir` after its name.
+    """
 
     def decorate(fn: Callable) -> Callable:
         cmd = name or fn.__name__.rstrip("_")
+        signature = inspect.signature(fn, eval_str=True)
+        takes_runs_dir = "ctx" in signature.parameters
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            runs_dir_after = kwargs.pop("runs_dir_after", None)
+            if runs_dir_after is not None:
+                kwargs["ctx"].obj["runs_dir"] = runs_dir_after
             try:
                 return fn(*args, **kwargs)
             except (BatchpipeError, KeyboardInterrupt, OSError) as exc:
@@ -59,6 +110,11 @@ def command(name: str | None = None) -> Callable:
                     )
                 raise typer.Exit(render.error(cmd, exc, as_json=bool(kwargs.get("as_json")))) from None
 
+        if takes_runs_dir:
+            extra = inspect.Parameter("runs_dir_after", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                      annotation=RunsDirAfterOpt)
+            wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), extra])
+            wrapper.__annotations__ = {**fn.__annotations__, "runs_dir_after": RunsDirAfterOpt}
         return app.command(cmd)(wrapper)
 
     return decorate
@@ -87,7 +143,7 @@ def main_options(
         typer.Option("--runs-dir", envvar="BATCHPIPE_RUNS_DIR", help="Where runs live.", show_default="./runs"),
     ] = None,
     version: Annotated[
-        bool, typer.Option("--version", help="Show the version and exit.", is_eager=True, callback=_show_version)
+        bool, typer.Option("--version", "-V", help="Show the version and exit.", is_eager=True, callback=_show_version)
     ] = False,
 ) -> None:
     ctx.obj = {"runs_dir": runs_dir or runs_dir_from_env()}
@@ -100,7 +156,7 @@ CREATING = "creating: {rows:,} rows read, {shards:,} shard(s) written"
 def create(
     ctx: typer.Context,
     config: Annotated[Path, typer.Argument(help="The job config (YAML).", show_default=False)],
-    run_id: Annotated[str | None, typer.Option("--run", help="Run id; default: <config name>-<hash of config and input>.")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="Run id; default: `<config name>-<hash of config and input>`.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a job config and its input, render the requests and split them into shards.
@@ -526,14 +582,17 @@ def doctor(
 ) -> None:
     """Check the API key (without showing it), the service, a config and the runs dir.
 
-    Exits 0 when every check passes, 1 otherwise, saying what to fix.
+    Changes nothing (a missing runs dir is left for the first run to create). Exits 0 when every
+    check passes, 2 when the API key is missing or the config is invalid, 1 when anything else
+    fails, saying what to fix.
 
     Example: `batchpipe doctor configs/reviews.yaml`
     """
     from batchpipe.ops.doctor import doctor as run_doctor
+    from batchpipe.ops.doctor import exit_code
 
     checks = run_doctor(_runs_dir(ctx), config)
-    code = ExitCode.OK if all(c.ok for c in checks) else ExitCode.ERROR
+    code = exit_code(checks)
     if as_json:
         render.envelope("doctor", {"checks": [c.__dict__ for c in checks]}, int(code))
     else:

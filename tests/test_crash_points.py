@@ -120,14 +120,19 @@ def test_ctrl_c_during_run_wait_exits_130_and_resumes(cli, runs_dir, tmp_path, m
         monkeypatch.setenv("OPENAI_API_KEY", "k")
         # a known queue limit, so both batches go at once (without one, the second waits for the first)
         config = write_job(tmp_path / "job", review_rows(6), limits={"max_requests_per_shard": 3, "enqueued_tokens": 10**6})
-        proc = subprocess.Popen([sys.executable, "-m", "batchpipe", "run", str(config), "--run", "intr", "--wait",
+        # As in a terminal, Ctrl-C must reach the command: a process started from a background job
+        # inherits SIGINT ignored (and Python then never raises KeyboardInterrupt), so the child
+        # takes the default handler back before it runs the real command.
+        bootstrap = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                     "sys.argv[0] = 'batchpipe'; runpy.run_module('batchpipe', run_name='__main__', alter_sys=True)")
+        proc = subprocess.Popen([sys.executable, "-c", bootstrap, "run", str(config), "--run", "intr", "--wait",
                                  "--poll-interval", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # generous: only a hang comes near it
         while emu.counts["batch_creates"] < 2:  # wait (bounded) until both batches exist
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.01)
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
+        _, stderr = proc.communicate(timeout=90)
         assert proc.returncode == 130, stderr
         assert "interrupted" in stderr and "Traceback" not in stderr
 

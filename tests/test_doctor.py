@@ -20,7 +20,7 @@ def test_all_checks_pass_and_the_key_is_never_shown(cli, emulator, tmp_path):
 
 def test_missing_key_and_bad_config_say_what_to_fix(cli, tmp_path):
     config = write_job(tmp_path / "job", model=None)
-    doc = cli.json("doctor", config, code=1)
+    doc = cli.json("doctor", config, code=2)  # README "Exit codes": missing key, bad config
     checks = {c["name"]: c for c in doc["data"]["checks"]}
     assert not checks["api key"]["ok"] and ".env" in checks["api key"]["fix"]
     assert not checks["config"]["ok"] and "model" in checks["config"]["detail"]

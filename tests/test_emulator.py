@@ -81,7 +81,7 @@ def raw(
     root = emu.base_url.removesuffix("/v1")
     request = urllib.request.Request(root + path, data=data, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, dict(response.headers), json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), json.loads(error.read())
@@ -629,10 +629,10 @@ def test_module_entry_point_serves_until_ctrl_c() -> None:
             assert line.startswith("batchpipe emulator listening on http://127.0.0.1:") and line.endswith("/v1")
             base_url = line.rsplit(" ", 1)[1]
             assert sdk(base_url).batches.list().data == []
-            with urllib.request.urlopen(base_url.removesuffix("/v1") + "/_emulator/counts", timeout=5) as response:
+            with urllib.request.urlopen(base_url.removesuffix("/v1") + "/_emulator/counts", timeout=60) as response:
                 assert json.loads(response.read())["requests"] == 1
             process.send_signal(signal.SIGINT)  # Ctrl-C: a clean exit
-            assert process.wait(timeout=10) == 0
+            assert process.wait(timeout=60) == 0
         finally:
             if process.poll() is None:
                 process.kill()

@@ -126,7 +126,8 @@ def test_the_open_intents_of_a_pass_are_looked_up_with_one_listing(cli, runs_dir
     with Emulator(options) as emu:
         monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "k")
-        config = write_job(tmp_path / "job", review_rows(12), limits={"max_requests_per_shard": 3})
+        # a known queue limit, so all four creates go in one pass (an unknown one is probed batch by batch)
+        config = write_job(tmp_path / "job", review_rows(12), limits={"max_requests_per_shard": 3, "enqueued_tokens": 10**6})
         cli("create", config, "--run", "busy")
         emu.options.lost_answer_rate = 1.0
         result = cli("submit", "busy")

@@ -12,9 +12,14 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from batchpipe.config import load_config
-from batchpipe.errors import BatchpipeError
+from batchpipe.errors import BatchpipeError, ExitCode
 from batchpipe.ops import queue_limits
 from batchpipe.providers import base_url_from_env, key_source, open_provider
+
+
+# Checks of what the user gives batchpipe: when one fails, doctor exits with the bad-input code
+# (README "Exit codes": 2 for a missing API key or an invalid config); any other failure is 1.
+BAD_INPUT_CHECKS = frozenset({"api key", "config"})
 
 
 @dataclass(frozen=True)
@@ -55,15 +60,21 @@ def _config(config: Path | None) -> tuple[Check | None, str | None]:
 
 
 def _runs_dir(runs_dir: Path) -> Check:
+    """The runs dir is writable, or can be made where it does not exist yet. Doctor makes nothing:
+    a missing runs dir is left for the first `create` (the write test leaves no file behind)."""
+    fix = "choose another with --runs-dir or BATCHPIPE_RUNS_DIR"
+    if not runs_dir.exists():
+        parent = next(p for p in runs_dir.absolute().parents if p.exists())
+        if parent.is_dir() and os.access(parent, os.W_OK | os.X_OK):
+            return Check("runs dir", True, f"{runs_dir} does not exist yet: the first run creates it (in {parent}, writable)")
+        return Check("runs dir", False, f"{runs_dir} cannot be created: {parent} is not a writable directory", fix)
     try:
-        runs_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=runs_dir, prefix=".doctor.", suffix=".tmp") as f:
             f.write(b"ok")
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
-        return Check("runs dir", False, f"{runs_dir} is not writable ({exc.strerror})",
-                     "choose another with --runs-dir or BATCHPIPE_RUNS_DIR")
+        return Check("runs dir", False, f"{runs_dir} is not writable ({exc.strerror})", fix)
     return Check("runs dir", True, f"{runs_dir.resolve()} is writable")
 
 
@@ -101,3 +112,10 @@ def doctor(runs_dir: Path, config: Path | None = None) -> list[Check]:
     if config_check is not None:
         checks.insert(2, config_check)
     return checks
+
+
+def exit_code(checks: list[Check]) -> ExitCode:
+    failed = {c.name for c in checks if not c.ok}
+    if failed & BAD_INPUT_CHECKS:
+        return ExitCode.BAD_INPUT
+    return ExitCode.ERROR if failed else ExitCode.OK

@@ -5,29 +5,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dotenv import dotenv_values
+
 from batchpipe.errors import MissingApiKey
 from batchpipe.providers.base import Provider, RemoteBatch, RemoteFile
+from batchpipe.providers.lazy import LazyOpenAIProvider
 
 __all__ = ["Provider", "RemoteBatch", "RemoteFile", "api_key_from_env", "base_url_from_env", "key_source", "open_provider"]
 
 
 def _dotenv(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines of a .env file (comments, `export` and quotes allowed)."""
-    values: dict[str, str] = {}
+    """KEY=VALUE lines of a .env file, read by python-dotenv (comments, inline `# comments`,
+    `export` and quotes as the shells and other tools that read .env files understand them)."""
+    if not path.is_file():
+        return {}
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return values
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
+        values = dotenv_values(path, encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def api_key_from_env(name: str = "OPENAI_API_KEY") -> str | None:
@@ -49,13 +45,14 @@ def base_url_from_env() -> str | None:
 
 
 def open_provider(name: str = "openai", *, base_url: str | None = None, api_key: str | None = None) -> Provider:
-    """A provider for `name`; base_url: argument (config), then OPENAI_BASE_URL, then the default."""
-    from batchpipe.providers.openai_batch import OpenAIBatchProvider  # the `openai` import is slow
+    """A provider for `name`; base_url: argument (config), then OPENAI_BASE_URL, then the default.
 
+    The key is checked now; the client is built (and `openai` imported) at the first remote call.
+    """
     key = api_key or api_key_from_env()
     if not key:
         raise MissingApiKey(
             "OPENAI_API_KEY is not set",
             hint="export OPENAI_API_KEY=... or put OPENAI_API_KEY=... in a .env file in this directory",
         )
-    return OpenAIBatchProvider(api_key=key, base_url=base_url or base_url_from_env())
+    return LazyOpenAIProvider(api_key=key, base_url=base_url or base_url_from_env())
