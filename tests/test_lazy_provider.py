@@ -17,6 +17,7 @@ from conftest import write_job
 
 from batchpipe.providers import open_provider
 from batchpipe.providers.lazy import normal_base_url
+from batchpipe.providers.openai_batch import OpenAIBatchProvider
 
 
 def imports_of(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
@@ -56,6 +57,8 @@ def test_the_base_url_is_known_before_the_client_is_built_and_is_the_clients(url
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     client = openai.OpenAI(api_key="k", base_url=url)
     provider = open_provider(base_url=url, api_key="k")
-    assert provider.base_url == str(client.base_url) == normal_base_url(url)
+    assert normal_base_url(url) == str(client.base_url)
+    real = OpenAIBatchProvider(api_key="k", base_url=url)
+    assert provider.base_url == real.base_url and "pw" not in provider.base_url  # shown and recorded without credentials
     assert not provider.opened
     client.close()

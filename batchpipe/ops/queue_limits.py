@@ -92,8 +92,8 @@ def load_all(runs_dir: Path) -> dict[str, dict[str, Any]]:
     only a cache of what the service said, and the next refusal writes it again."""
     try:
         data = orjson.loads(_path(runs_dir).read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
-        return {}
+    except (FileNotFoundError, NotADirectoryError, orjson.JSONDecodeError):
+        return {}  # (a runs dir that does not exist, or cannot: doctor says so in its own check)
     limits = data.get("limits") if isinstance(data, dict) else None
     return limits if isinstance(limits, dict) else {}
 

@@ -9,11 +9,11 @@ in providers/openai_batch.py (still the only `openai` importer), when a call nee
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from batchpipe.providers.base import Provider, RemoteBatch, RemoteFile
+from batchpipe.providers.base import Provider
+from batchpipe.urls import public_url
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -36,14 +36,19 @@ def normal_base_url(url: str | None) -> str:
 
 
 class LazyOpenAIProvider:
-    """The OpenAI Batch provider, built (and `openai` imported) at the first remote call."""
+    """The OpenAI Batch provider, built (and `openai` imported) at the first remote call.
+
+    Every remote call of the Provider protocol (providers/base.py) is passed on to the real
+    provider, opened then: the stand-in never falls behind the protocol.
+    """
 
     name = "openai"
 
     def __init__(self, *, api_key: str, base_url: str | None = None) -> None:
         self._api_key = api_key
         self._base_url = base_url
-        self.base_url = normal_base_url(base_url)
+        # what is recorded and shown: the real provider's form, without credentials (batchpipe/urls.py)
+        self.base_url = public_url(normal_base_url(base_url)).rstrip("/")
         self._real: Provider | None = None
 
     @property
@@ -57,28 +62,7 @@ class LazyOpenAIProvider:
             self._real = OpenAIBatchProvider(api_key=self._api_key, base_url=self._base_url)
         return self._real
 
-    def upload(self, path: Path, filename: str) -> RemoteFile:
-        return self._open().upload(path, filename)
-
-    def find_file(self, filename: str, since: float) -> RemoteFile | None:
-        return self._open().find_file(filename, since)
-
-    def create_batch(self, file_id: str, endpoint: str, metadata: dict[str, str]) -> RemoteBatch:
-        return self._open().create_batch(file_id, endpoint, metadata)
-
-    def find_batches(
-        self, metadata: dict[str, str], since: float, input_file_ids: frozenset[str] = frozenset()
-    ) -> list[RemoteBatch]:
-        return self._open().find_batches(metadata, since, input_file_ids)
-
-    def get_batch(self, batch_id: str) -> RemoteBatch:
-        return self._open().get_batch(batch_id)
-
-    def cancel_batch(self, batch_id: str) -> RemoteBatch:
-        return self._open().cancel_batch(batch_id)
-
-    def iter_file_content(self, file_id: str) -> Iterator[bytes]:
-        return self._open().iter_file_content(file_id)
-
-    def ping(self) -> None:
-        self._open().ping()
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # never open the client for Python's own probes (copy, pickle, ...)
+            raise AttributeError(name)
+        return getattr(self._open(), name)
