@@ -172,6 +172,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000, help="synthetic rows (default 1,000,000)")
     parser.add_argument("--keep", type=Path, help="work in this (new) directory and keep it, instead of a temp dir")
+    parser.add_argument("--no-tokenizer", action="store_true",
+                        help="run batchpipe as if bpe-openai were not installed (tokens estimated from bytes)")
+    parser.add_argument("--profile", action="store_true", help="run create and process under cProfile (DIR/*.prof)")
     parser.add_argument("--baseline", choices=("write", "parse"), help=argparse.SUPPRESS)
     parser.add_argument("dir", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -185,15 +188,21 @@ def main() -> None:
         env = {**os.environ, "BATCHPIPE_RUNS_DIR": str(work / "runs"), "OPENAI_API_KEY": "bench"}
         me = [sys.executable, str(Path(__file__).resolve()), "--baseline"]
         bp = [sys.executable, "-m", "batchpipe"]
+        if args.profile:
+            bp = [sys.executable, "-m", "cProfile", "-o", "{stage}.prof", "-m", "batchpipe"]
+        if args.no_tokenizer:  # an import of bpe_openai fails, as in an install without it
+            hide = "import runpy, sys; sys.modules['bpe_openai'] = None; runpy.run_module('batchpipe', run_name='__main__')"
+            bp = [sys.executable, "-c", hide]
         write_job(work, args.rows)
         from batchpipe.pipeline.tokens import counter_for
 
-        print(f"{args.rows:,} rows; tokens counted by {counter_for(MODEL).method}; python {sys.version.split()[0]}")
+        method = counter_for(MODEL, tokenizer=not args.no_tokenizer).method
+        print(f"{args.rows:,} rows; tokens counted by {method}; python {sys.version.split()[0]}; {os.cpu_count()} cores")
         w = timed([*me, "write", str(work)], work, env)
-        c = timed([*bp, "create", "job.yaml", "--run", "bench"], work, env)
+        c = timed([a.format(stage="create") for a in bp] + ["create", "job.yaml", "--run", "bench"], work, env)
         results = fake_service(work)
         p0 = timed([*me, "parse", str(work)], work, env)
-        p = timed([*bp, "process", "bench"], work, env)
+        p = timed([a.format(stage="process") for a in bp] + ["process", "bench"], work, env)
         print(f"{'stage':<16} {'seconds':>8} {'rows/s':>10} {'vs baseline':>11} {'peak RSS MiB':>12}")
         for name, (seconds, mib), base in (
             ("write baseline", w, None), ("create", c, w), ("parse baseline", p0, None), ("process", p, p0),

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import orjson
-
 from batchpipe import __version__, crash, fsio
 from batchpipe.config import JobConfig, load_config, snapshot_yaml
 from batchpipe.errors import ConfigError, InputError, RunExists
@@ -32,6 +30,8 @@ from batchpipe.pipeline.requests import Request, render_requests
 DEFAULT_UNBOUNDED_OUTPUT_TOKENS = 16_384
 # `on_progress(rows, shards)` is called after every this many rows (and once at the end).
 PROGRESS_EVERY = 1000
+# Index rows are inserted this many at a time (one executemany each), in one transaction.
+INDEX_BATCH = 10_000
 OnProgress = Callable[[int, int], None]
 from batchpipe.pipeline.shards import assign_shards, shard_id
 from batchpipe.pipeline.tokens import TokenCounter, counter_for, max_output_tokens
@@ -144,7 +144,7 @@ def plan_shards(
                     f"({limits.max_bytes_per_shard})",
                     hint=f"shorten the row or raise limits.max_bytes_per_shard in {cfg.source}",
                 )
-            body = orjson.loads(req.line)["body"]
+            body = req.body
             too_long = counter.too_long
             tokens = counter.body(cfg.endpoint, body)
             if limits.enqueued_tokens is not None and tokens > limits.enqueued_tokens:
@@ -229,17 +229,24 @@ def _build(
     current = 0
     rows = 0
     digest = InputDigest()  # the hash of exactly the bytes the requests are rendered from
-    with Index(paths.index, create=True) as index:
+    batch: list[tuple[str, int, int, str, int]] = []  # index rows not yet inserted
+    # One pass: each request is rendered, counted, hashed and written once, and its index row
+    # inserted in batches; the index is a bulk build, as the whole dir is published or thrown away.
+    with Index(paths.index, create=True, bulk=True) as index:
         try:
             for planned in plan_shards(cfg, counter, digest):
                 if planned.shard != current:
                     sid, current = files.start(planned.shard), planned.shard
-                line_in_shard = files.write(planned)
+                    file = f"shards/{sid}.jsonl"
                 req = planned.request
-                index.add_request(req.custom_id, req.row_no, req.line_no, f"shards/{sid}.jsonl", line_in_shard)
+                batch.append((req.custom_id, req.row_no, req.line_no, file, files.write(planned)))
                 rows += 1
+                if len(batch) >= INDEX_BATCH:
+                    index.add_created(batch)
+                    batch.clear()
                 if on_progress is not None and rows % PROGRESS_EVERY == 0:
                     on_progress(rows, len(files.shards))
+            index.add_created(batch)
             files.finish()
             if on_progress is not None:
                 on_progress(rows, len(files.shards))
@@ -258,7 +265,7 @@ def _build(
                 f"{display_path(cfg.input.path)}: the file changed while the run was being created",
                 hint="wait until whatever writes the file has finished (or work on a copy of it), then run create again",
             )
-        index.commit()
+        index.finish_bulk()
     state = RunState(
         run=Run(
             id=run_id,

@@ -191,8 +191,13 @@ class Template:
         for part in self._parts:
             if isinstance(part, str):
                 out.append(part)
-            else:
-                out.append(render_value(lookup(row, part[0], part[1])))
+                continue
+            name, segments = part
+            # The common case first, in a hot loop: a top-level field holding text.
+            value = row.get(segments[0]) if len(segments) == 1 and type(row) is dict else None
+            if value is None:
+                value = lookup(row, name, segments)  # nested, or missing/null: lookup says which
+            out.append(value if type(value) is str else render_value(value))
         return "".join(out)
 
     def __repr__(self) -> str:
