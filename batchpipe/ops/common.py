@@ -6,15 +6,17 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from batchpipe.config import JobConfig, load_config
 from batchpipe.errors import BatchpipeError, UsageError
 from batchpipe.ledger.model import Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.paths import RunPaths
 from batchpipe.pricing import cost_usd, price_for
 from batchpipe.providers import Provider, open_provider
+
+if TYPE_CHECKING:
+    from batchpipe.config import JobConfig
 
 
 def run_paths(runs_dir: Path, run_id: str) -> RunPaths:
@@ -23,6 +25,8 @@ def run_paths(runs_dir: Path, run_id: str) -> RunPaths:
 
 def run_config(paths: RunPaths) -> JobConfig:
     """The config snapshot taken at create (never the original file, which may have changed)."""
+    from batchpipe.config import load_config  # here: `list` and `status` read no config (nor load yaml)
+
     return load_config(paths.config)
 
 
