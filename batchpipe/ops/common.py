@@ -122,15 +122,16 @@ def usage_tokens(usage: Mapping[str, Any] | None) -> tuple[int, int]:
     """
     if not isinstance(usage, Mapping):
         return 0, 0
+    return _count(usage, "input_tokens", "prompt_tokens"), _count(usage, "output_tokens", "completion_tokens")
 
-    def count(*names: str) -> int:
-        for name in names:
-            value = usage.get(name)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                return value
-        return 0
 
-    return count("input_tokens", "prompt_tokens"), count("output_tokens", "completion_tokens")
+def _count(usage: Mapping[str, Any], first: str, second: str) -> int:
+    """The first of two counts that is a whole number of at least 0 (process calls this per result line)."""
+    for name in (first, second):
+        value = usage.get(name)
+        if type(value) is int and value >= 0:  # not a bool, not a float
+            return value
+    return 0
 
 
 def shard_usage(shard: Shard) -> dict[str, int] | None:
