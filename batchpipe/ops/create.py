@@ -136,6 +136,7 @@ def plan_shards(
     fallback = unbounded_output_tokens(cfg.model)
 
     def sized() -> Iterator[tuple[tuple[Request, int, int], int, int]]:
+        output_bound = None
         for req in render_requests(cfg, digest):
             where = f"{cfg.input.path.name} line {req.line_no} (row id {req.custom_id})"
             if len(req.line) > limits.max_bytes_per_shard:
@@ -154,8 +155,10 @@ def plan_shards(
                     f"({limits.enqueued_tokens}): it could never be queued",
                     hint=f"shorten the row or raise limits.enqueued_tokens in {cfg.source}",
                 )
-            bound = max_output_tokens(body, cfg.model, cfg.endpoint)
-            yield (req, tokens, fallback if bound is None else bound), len(req.line), tokens
+            if output_bound is None:  # the same for every request: it is read from the params alone
+                bound = max_output_tokens(body, cfg.model, cfg.endpoint)
+                output_bound = fallback if bound is None else bound
+            yield (req, tokens, output_bound), len(req.line), tokens
 
     for index, (req, tokens, bound) in assign_shards(
         sized(), limits.max_requests_per_shard, limits.max_bytes_per_shard, limits.enqueued_tokens

@@ -187,6 +187,8 @@ class Template:
 
     def render(self, row: Mapping[str, Any]) -> str:
         """Fill the placeholders from `row`; raises MissingField for an absent or null field."""
+        if not self.fields:  # a fixed text (a system prompt, often): nothing to fill
+            return self.text if not self._parts else self._parts[0]  # type: ignore[return-value]
         out: list[str] = []
         for part in self._parts:
             if isinstance(part, str):

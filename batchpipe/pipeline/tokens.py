@@ -133,21 +133,22 @@ class TokenCounter:
         """Tokens of one text."""
         if not text:
             return 0
-        if self._encode is not None:
-            count = self._seen.get(text)
-            if count is not None:
-                return count
+        count = self._seen.get(text)
+        if count is not None:
+            return count
+        if self._encode is None:
+            count = math.ceil(len(text.encode("utf-8", "surrogatepass")) / BYTES_PER_TOKEN)
+        else:
             try:
                 count = len(self._encode(text))
             except ValueError:  # bpe-openai: "Input too long to encode safely", or its TokenLimitError
-                self.too_long += 1
-            else:
-                if len(text) <= _CACHED_TEXT_CHARS:
-                    if len(self._seen) >= _CACHED_TEXTS:
-                        self._seen.clear()
-                    self._seen[text] = count
-                return count
-        return math.ceil(len(text.encode("utf-8", "surrogatepass")) / BYTES_PER_TOKEN)
+                self.too_long += 1  # counted each time it is met: not kept
+                return math.ceil(len(text.encode("utf-8", "surrogatepass")) / BYTES_PER_TOKEN)
+        if len(text) <= _CACHED_TEXT_CHARS:
+            if len(self._seen) >= _CACHED_TEXTS:
+                self._seen.clear()
+            self._seen[text] = count
+        return count
 
     def notes(self) -> list[str]:
         """What a user should know about the counts made so far (empty when nothing to say)."""
