@@ -106,3 +106,12 @@ def test_a_created_index_is_a_normal_durable_database(tmp_path, cli, runs_dir):
         assert db.execute("SELECT count(*) FROM shard_lines").fetchone()[0] == 12
     finally:
         db.close()
+
+
+def test_a_duplicate_id_above_a_bad_row_of_the_same_index_batch_is_the_error_named(tmp_path, cli):
+    """Index rows go in by batches: the first error in file order is still the one reported."""
+    rows = review_rows(30)
+    rows[10]["review_id"] = rows[4]["review_id"]  # line 11 repeats line 5
+    del rows[20]["text"]  # line 21 lacks a field the prompt uses
+    out = cli("create", write_job(tmp_path / "job", rows), code=2).output
+    assert "line 11: id 'r0005'" in out and "first on line 5" in out

@@ -237,18 +237,22 @@ def _build(
     # inserted in batches; the index is a bulk build, as the whole dir is published or thrown away.
     with Index(paths.index, create=True, bulk=True) as index:
         try:
-            for planned in plan_shards(cfg, counter, digest):
-                if planned.shard != current:
-                    sid, current = files.start(planned.shard), planned.shard
-                    file = f"shards/{sid}.jsonl"
-                req = planned.request
-                batch.append((req.custom_id, req.row_no, req.line_no, file, files.write(planned)))
-                rows += 1
-                if len(batch) >= INDEX_BATCH:
-                    index.add_created(batch)
-                    batch.clear()
-                if on_progress is not None and rows % PROGRESS_EVERY == 0:
-                    on_progress(rows, len(files.shards))
+            try:
+                for planned in plan_shards(cfg, counter, digest):
+                    if planned.shard != current:
+                        sid, current = files.start(planned.shard), planned.shard
+                        file = f"shards/{sid}.jsonl"
+                    req = planned.request
+                    batch.append((req.custom_id, req.row_no, req.line_no, file, files.write(planned)))
+                    rows += 1
+                    if len(batch) >= INDEX_BATCH:
+                        index.add_created(batch)
+                        batch.clear()
+                    if on_progress is not None and rows % PROGRESS_EVERY == 0:
+                        on_progress(rows, len(files.shards))
+            except InputError:
+                index.add_created(batch)  # a duplicate id above the bad row is the file's first error: it wins
+                raise
             index.add_created(batch)
             files.finish()
             if on_progress is not None:
