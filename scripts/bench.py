@@ -178,6 +178,8 @@ def main() -> None:
     parser.add_argument("--baseline", choices=("write", "parse"), help=argparse.SUPPRESS)
     parser.add_argument("dir", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile and args.no_tokenizer:
+        parser.error("--profile and --no-tokenizer cannot be combined")
     if args.baseline:
         (baseline_write if args.baseline == "write" else baseline_parse)(args.dir)
         return
