@@ -238,7 +238,7 @@ def status(
     reports = []
     for run_id in runs:
         paths = ops.run_paths(_runs_dir(ctx), run_id)
-        st = ops.status(paths, _provider(paths, optional=True))
+        st = ops.status(paths, functools.partial(_provider, paths, optional=True))  # opened only if needed
         reports.append((st, ops.describe(st.ledger) | {"refreshed": st.refreshed, "note": st.note}))
     if as_json:
         return render.envelope("status", reports[0][1] if run else {"runs": [d for _, d in reports]})

@@ -35,10 +35,12 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from batchpipe.config import JobConfig
 from batchpipe.errors import ConfigError
+
+if TYPE_CHECKING:  # an annotation only: `--help` and `list` need not load the config module (and yaml)
+    from batchpipe.config import JobConfig
 
 __all__ = [
     "ModelPrice", "Price", "PriceTable", "UnknownModelPrice", "cost_usd", "format_usd", "load_table", "price_for",

@@ -131,16 +131,42 @@ def shard_table(title: str, shards: list[dict[str, Any]], caption: str | None = 
     for col, kw in (("shard", fixed), ("state", fixed), ("remote", {}), ("requests", number), ("done", number),
                     ("failed", number), ("cost", number), ("batch", {})):
         table.add_column(col, **kw)
-    for s in shards:
-        counts = s["request_counts"] or {}
-        style = STATE_STYLE.get(s["state"], "")
-        cost = s.get("cost_usd")
-        table.add_row(
-            s["shard"], f"[{style}]{s['state']}[/]", s["remote_status"] or "-", str(s["requests"]),
-            str(counts.get("completed", "-")), str(counts.get("failed", "-")),
-            "-" if cost is None else format_usd(cost), s["batch_id"] or "-",
-        )
+    if len(shards) > MAX_SHARD_ROWS:
+        _grouped_rows(table, shards)
+    else:
+        for s in shards:
+            counts = s["request_counts"] or {}
+            style = STATE_STYLE.get(s["state"], "")
+            cost = s.get("cost_usd")
+            table.add_row(
+                s["shard"], f"[{style}]{s['state']}[/]", s["remote_status"] or "-", str(s["requests"]),
+                str(counts.get("completed", "-")), str(counts.get("failed", "-")),
+                "-" if cost is None else format_usd(cost), s["batch_id"] or "-",
+            )
     _print_table(table)
+    if len(shards) > MAX_SHARD_ROWS:
+        line(f"{len(shards):,} shard attempts, one row per state and remote status; --json lists each one")
+
+
+# Past this many shard attempts, a table row per shard is more than anyone reads (and slow to
+# draw): the table shows one row per (state, remote status) instead.
+MAX_SHARD_ROWS = 50
+
+
+def _grouped_rows(table: Table, shards: list[dict[str, Any]]) -> None:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for s in shards:
+        groups.setdefault((s["state"], s["remote_status"] or "-"), []).append(s)
+    for (state, remote), members in groups.items():
+        def total(key: str) -> str:
+            values = [(m["request_counts"] or {}).get(key) for m in members]
+            return "-" if all(v is None for v in values) else str(sum(v or 0 for v in values))
+        costs = [m.get("cost_usd") for m in members if m.get("cost_usd") is not None]
+        table.add_row(
+            f"{len(members):,} shards", f"[{STATE_STYLE.get(state, '')}]{state}[/]", remote,
+            str(sum(m["requests"] for m in members)), total("completed"), total("failed"),
+            format_usd(sum(costs)) if costs else "-", "-",
+        )
 
 
 def cost_summary(data: dict[str, Any]) -> str:

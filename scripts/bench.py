@@ -1,102 +1,217 @@
 #!/usr/bin/env python3
-"""Benchmark: time and peak memory of each step of a whole run, at two dataset sizes.
+"""Benchmark the local stages, `create` and `process`, against what the JSON library alone does.
 
-Each step runs as its own `batchpipe` process (as a user runs it), against an emulator in
-another process, so the memory figures are batchpipe's alone. Memory should stay flat as the
-dataset grows: compare the peak RSS of each step across the sizes.
+It writes N synthetic review rows and a job config (the README's review-style job), then times,
+each in its own process (as a user runs it, so each peak RSS is that step's alone):
 
-    .venv/bin/python scripts/bench.py                  # 10,000 and 100,000 rows
-    .venv/bin/python scripts/bench.py --rows 5000 50000 --shard 20000
+  write baseline  a plain loop: read and parse each row, build the same request dict, write it with orjson
+  create          `batchpipe create` of the job
+  parse baseline  a plain loop: read and parse every result line with orjson
+  process         `batchpipe process` of the run: parse, index, join, write the merged output
+
+Between create and process it plays the service: for every shard it writes a result file in the
+Batch API's format (lines shuffled, a few percent failed with a 400 so nothing is retried) and
+marks the shard downloaded in the ledger. No network is involved. This is a benchmark a person
+runs, not a test: the figures depend on the machine.
+
+    .venv/bin/python scripts/bench.py                 # 1,000,000 rows
+    .venv/bin/python scripts/bench.py --rows 300000
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-STEPS = [["create", "{config}", "--run", "bench"], ["submit", "bench"], ["download", "bench"], ["process", "bench"]]
+import orjson
+
+MODEL = "gpt-4o-mini"
+SYSTEM = "You judge film reviews. Answer with one word, positive or negative."
+FAILED_SHARE = 0.03  # of the requests, answered with a 400 in the error file
+
+JOB = f"""\
+model: {MODEL}
+endpoint: /v1/chat/completions
+input: {{path: rows.jsonl, id: review_id}}
+prompt:
+  system: {SYSTEM}
+  user: "Review ({{stars}} stars): {{text}}"
+params: {{temperature: 0, max_tokens: 5}}
+output: {{key: verdict}}
+"""
+
+WORDS = "a quiet patient film that earns every minute of its running time the plot collapses in third act".split()
 
 
-def write_job(directory: Path, rows: int, shard: int) -> Path:
-    with open(directory / "rows.jsonl", "w", encoding="utf-8") as f:
+def write_job(work: Path, rows: int) -> None:
+    rng = random.Random(1)
+    with open(work / "rows.jsonl", "wb") as f:
         for i in range(1, rows + 1):
-            f.write(json.dumps({"id": f"row-{i}", "stars": i % 5 + 1, "text": f"review text number {i} " * 4}) + "\n")
-    config = directory / "job.yaml"
-    config.write_text(
-        "model: gpt-4o-mini\n"
-        "input: {path: rows.jsonl, id: id}\n"
-        "prompt: {system: You judge film reviews., user: 'Review ({stars} stars): {text}'}\n"
-        "params: {max_tokens: 5}\n"
-        f"limits: {{max_requests_per_shard: {shard}}}\n",
-        encoding="utf-8",
-    )
-    return config
+            text = " ".join(rng.choices(WORDS, k=rng.randint(12, 40)))
+            f.write(orjson.dumps({"review_id": f"r{i:08d}", "stars": i % 5 + 1, "text": text}) + b"\n")
+    (work / "job.yaml").write_text(JOB, encoding="utf-8")
 
 
-def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, int]:
-    """(seconds, peak RSS in MiB, exit code) of one child process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return time.perf_counter() - start, usage.ru_maxrss / 1024, proc.returncode
+# -- the baselines (run in a child process: `bench.py --baseline write|parse DIR`) -----------------
+def baseline_write(work: Path) -> None:
+    """Read the rows, build each request dict as create does, write the lines: the JSON library's speed."""
+    with open(work / "rows.jsonl", "rb") as src, open(work / "baseline-requests.jsonl", "wb") as out:
+        for line in src:
+            row = orjson.loads(line)
+            body = {
+                "model": MODEL,
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": f"Review ({row['stars']} stars): {row['text']}"},
+                ],
+                "temperature": 0,
+                "max_tokens": 5,
+            }
+            request = {"custom_id": row["review_id"], "method": "POST", "url": "/v1/chat/completions", "body": body}
+            out.write(orjson.dumps(request, option=orjson.OPT_APPEND_NEWLINE))
 
 
-def wait_listening(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url.replace("/v1", "/_emulator/counts"), timeout=1).read()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+def baseline_parse(work: Path) -> None:
+    """Read and parse every result line: the JSON library's speed at what process reads."""
+    n = 0
+    for path in sorted((work / "runs" / "bench" / "results").glob("*.jsonl")):
+        with open(path, "rb") as f:
+            for line in f:
+                record = orjson.loads(line)
+                n += record["custom_id"] is not None
+    assert n > 0
 
 
-def bench(rows: int, shard: int, port: int) -> list[tuple[str, float, float]]:
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        config = write_job(work, rows, shard)
-        emu = subprocess.Popen(
-            [sys.executable, "-m", "batchpipe.emulator", "--port", str(port),
-             "--validating-seconds", "0", "--in-progress-seconds", "0", "--finalizing-seconds", "0"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        base_url = f"http://127.0.0.1:{port}/v1"
-        env = {**os.environ, "OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "bench", "BATCHPIPE_RUNS_DIR": str(work / "runs")}
-        results = []
-        try:
-            wait_listening(base_url)
-            for step in STEPS:
-                args = [a.format(config=config) for a in step]
-                seconds, mib, code = timed([sys.executable, "-m", "batchpipe", *args], env, work)
-                if code not in (0, 3):
-                    raise SystemExit(f"batchpipe {' '.join(args)} exited {code}")
-                results.append((step[0], seconds, mib))
-        finally:
-            emu.terminate()
-            emu.wait()
-        return results
+# -- playing the service -------------------------------------------------------------------------
+def answer_line(rng: random.Random, custom_id: str, n: int) -> tuple[bool, bytes]:
+    """(ok, one line of an output or error file) for a request, in the Batch API's format."""
+    if rng.random() < FAILED_SHARE:
+        body = {"error": {"message": "Invalid request (synthetic).", "type": "invalid_request_error",
+                          "param": None, "code": "invalid_request"}}
+        status = 400
+    else:
+        status = 200
+        body = {
+            "id": f"chatcmpl-{n:012x}", "object": "chat.completion", "created": 1_700_000_000, "model": MODEL,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": rng.choice(("positive", "negative")),
+                                                  "refusal": None}, "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 40, "completion_tokens": 1, "total_tokens": 41},
+            "system_fingerprint": "fp_bench",
+        }
+    record = {"id": f"batch_req_{n:024x}", "custom_id": custom_id,
+              "response": {"status_code": status, "request_id": f"req_{n:024x}", "body": body}, "error": None}
+    return status == 200, orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def fake_service(work: Path) -> int:
+    """Answer every shard of run `bench` as the service would and mark it downloaded; return the lines."""
+    from batchpipe import fsio
+    from batchpipe.ledger.model import Batch, ShardState, Upload
+    from batchpipe.ledger.store import Ledger
+    from batchpipe.paths import RunPaths
+
+    ledger = Ledger.load(RunPaths.of(work / "runs", "bench"))
+    rng = random.Random(2)
+    total = 0
+    for shard in ledger.shards:
+        ok_lines, error_lines = [], []
+        with open(ledger.paths.root / shard.file.path, "rb") as f:
+            for line in f:
+                total += 1
+                ok, answer = answer_line(rng, orjson.loads(line)["custom_id"], total)
+                (ok_lines if ok else error_lines).append(answer)
+        refs = []
+        for kind, lines in (("output", ok_lines), ("errors", error_lines)):
+            rng.shuffle(lines)  # the service returns lines in any order
+            path = ledger.paths.result_file(shard.id, kind)
+            refs.append(ledger.file_ref(path, *fsio.write_lines_atomic(path, iter(lines))) if lines else None)
+        counts = {"total": shard.requests, "completed": len(ok_lines), "failed": len(error_lines)}
+        shard.upload = Upload(filename=f"bench--{shard.id}.jsonl", intent_at=time.time(), file_id=f"file-{shard.id}")
+        shard.batch = Batch(metadata={}, intent_at=time.time(), id=f"batch_{shard.id}", status="completed",
+                            request_counts=counts, output_file_id="file-out", error_file_id="file-err")
+        shard.outputs, shard.errors_file = refs
+        shard.state = ShardState.COMPLETED
+    ledger.commit({"event": "bench: results written by scripts/bench.py"})
+    return total
+
+
+# -- timing --------------------------------------------------------------------------------------
+# A child's peak RSS (wait4's ru_maxrss) starts at its parent's at the moment it is spawned, so each
+# step is spawned by this small launcher, started afresh, rather than by the grown bench process.
+LAUNCHER = """
+import os, sys, time
+start = time.perf_counter()
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - start
+with open(sys.argv[1], "w") as f:
+    f.write(f"{seconds} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
+"""
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(seconds, peak RSS in MiB) of one child process; exits if it fails."""
+    report = cwd / ".timed"
+    with tempfile.TemporaryFile() as err:
+        subprocess.run([sys.executable, "-I", "-S", "-c", LAUNCHER, str(report), *cmd],
+                       cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err, check=True)
+        seconds, kib, code = report.read_text().split()
+        if int(code) not in (0, 6):  # 6: done, some rows failed (as they should here)
+            err.seek(0)
+            raise SystemExit(f"{' '.join(cmd)} exited {code}:\n{err.read().decode(errors='replace')}")
+    return float(seconds), int(kib) / 1024
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--shard", type=int, default=50_000, help="max_requests_per_shard")
-    parser.add_argument("--port", type=int, default=18089)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="synthetic rows (default 1,000,000)")
+    parser.add_argument("--keep", type=Path, help="work in this (new) directory and keep it, instead of a temp dir")
+    parser.add_argument("--no-tokenizer", action="store_true",
+                        help="run batchpipe as if bpe-openai were not installed (tokens estimated from bytes)")
+    parser.add_argument("--profile", action="store_true", help="run create and process under cProfile (DIR/*.prof)")
+    parser.add_argument("--baseline", choices=("write", "parse"), help=argparse.SUPPRESS)
+    parser.add_argument("dir", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(f"{'rows':>9} {'step':<9} {'seconds':>8} {'rows/s':>9} {'peak MiB':>9}")
-    for n in args.rows:
-        for step, seconds, mib in bench(n, args.shard, args.port):
-            print(f"{n:>9} {step:<9} {seconds:>8.2f} {n / seconds:>9.0f} {mib:>9.1f}")
+    if args.profile and args.no_tokenizer:
+        parser.error("--profile and --no-tokenizer cannot be combined")
+    if args.baseline:
+        (baseline_write if args.baseline == "write" else baseline_parse)(args.dir)
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=args.keep is None)
+        env = {**os.environ, "BATCHPIPE_RUNS_DIR": str(work / "runs"), "OPENAI_API_KEY": "bench"}
+        me = [sys.executable, str(Path(__file__).resolve()), "--baseline"]
+        bp = [sys.executable, "-m", "batchpipe"]
+        if args.profile:
+            bp = [sys.executable, "-m", "cProfile", "-o", "{stage}.prof", "-m", "batchpipe"]
+        if args.no_tokenizer:  # an import of bpe_openai fails, as in an install without it
+            hide = "import runpy, sys; sys.modules['bpe_openai'] = None; runpy.run_module('batchpipe', run_name='__main__')"
+            bp = [sys.executable, "-c", hide]
+        write_job(work, args.rows)
+        from batchpipe.pipeline.tokens import counter_for
+
+        method = counter_for(MODEL, tokenizer=not args.no_tokenizer).method
+        print(f"{args.rows:,} rows; tokens counted by {method}; python {sys.version.split()[0]}; {os.cpu_count()} cores")
+        w = timed([*me, "write", str(work)], work, env)
+        c = timed([a.format(stage="create") for a in bp] + ["create", "job.yaml", "--run", "bench"], work, env)
+        results = fake_service(work)
+        p0 = timed([*me, "parse", str(work)], work, env)
+        p = timed([a.format(stage="process") for a in bp] + ["process", "bench"], work, env)
+        print(f"{'stage':<16} {'seconds':>8} {'rows/s':>10} {'vs baseline':>11} {'peak RSS MiB':>12}")
+        for name, (seconds, mib), base in (
+            ("write baseline", w, None), ("create", c, w), ("parse baseline", p0, None), ("process", p, p0),
+        ):
+            ratio = f"{base[0] / seconds:.2f}x" if base else ""
+            print(f"{name:<16} {seconds:>8.2f} {args.rows / seconds:>10,.0f} {ratio:>11} {mib:>12.1f}")
+        print(f"({results:,} result lines; the baselines skip what batchpipe adds: hashing, the index, checks, fsync)")
 
 
 if __name__ == "__main__":

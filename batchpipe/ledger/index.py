@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from batchpipe import fsio
 from batchpipe.errors import LedgerError
 
 SCHEMA = """
@@ -47,6 +48,10 @@ CREATE TABLE IF NOT EXISTS results (       -- the latest outcome of each request
 );
 CREATE INDEX IF NOT EXISTS results_by_shard ON results (shard);
 """
+
+
+# The page cache of a `bulk` build (KiB): bounded, so create's memory does not grow with the run.
+BULK_CACHE_KIB = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -122,8 +127,13 @@ def _guarded(method: F) -> F:
 
 class Index:
     @_guarded
-    def __init__(self, path: Path, *, create: bool = False) -> None:
-        """Open a run's index; `create` makes a new one (anything else must find it there)."""
+    def __init__(self, path: Path, *, create: bool = False, bulk: bool = False) -> None:
+        """Open a run's index; `create` makes a new one (anything else must find it there).
+
+        `bulk`: for a new index in a build that is either finished or thrown away whole (create's
+        temp run dir): no syncs and the rollback journal in memory while it is filled, as a
+        crash there loses nothing anyone points at; `finish_bulk` then makes the file durable.
+        """
         self.path = path
         if not create and not path.is_file():
             raise IndexFailure(
@@ -131,7 +141,12 @@ class Index:
                 hint=f"run `batchpipe recover {path.parent.name}`: it rebuilds the index from the run's files",
             )
         self.db = sqlite3.connect(path)
-        self.db.execute("PRAGMA synchronous=FULL")
+        if bulk:
+            self.db.execute("PRAGMA journal_mode=MEMORY")
+            self.db.execute("PRAGMA synchronous=OFF")
+            self.db.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
+        else:
+            self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
         # An index written before finish_reason existed: add the column (NULL: not recorded).
         if "finish_reason" not in {row[1] for row in self.db.execute("PRAGMA table_info(results)")}:
@@ -156,6 +171,32 @@ class Index:
             (first,) = self.db.execute("SELECT line_no FROM requests WHERE custom_id = ?", (custom_id,)).fetchone()
             raise DuplicateId(custom_id, line_no, first) from None
         self.db.execute("INSERT INTO shard_lines VALUES (?, ?, ?)", (file, shard_line, custom_id))
+
+    @_guarded
+    def add_created(self, rows: list[tuple[str, int, int, str, int]]) -> None:
+        """Record a batch of new requests, as (custom_id, row_no, line_no, shard file, line in it),
+        in the open transaction (create commits once at the end). Raises DuplicateId for the
+        first id that is already recorded, by an earlier batch or earlier in this one."""
+        try:
+            self.db.executemany("INSERT INTO requests VALUES (?, ?, ?)", [r[:3] for r in rows])
+        except sqlite3.IntegrityError:
+            # executemany stopped at the first duplicate and kept the rows before it: that row is
+            # the first whose id is recorded under another row number.
+            for custom_id, row_no, line_no, _, _ in rows:
+                found = self.db.execute(
+                    "SELECT row_no, line_no FROM requests WHERE custom_id = ?", (custom_id,)
+                ).fetchone()
+                if found is not None and found[0] != row_no:
+                    raise DuplicateId(custom_id, line_no, found[1]) from None
+            raise
+        self.db.executemany("INSERT INTO shard_lines VALUES (?, ?, ?)", [(r[3], r[4], r[0]) for r in rows])
+
+    @_guarded
+    def finish_bulk(self) -> None:
+        """Commit a `bulk` build, and sync the file: it is whole on disk before anything names it."""
+        self.db.commit()
+        self.db.execute("PRAGMA journal_mode=DELETE")
+        fsio.fsync_file(self.path)
 
     @_guarded
     def add_shard_file(self, file: str, custom_ids: Iterable[str]) -> None:
@@ -236,24 +277,21 @@ class Index:
         whose earlier attempt failed, so the newest outcome is the one that counts.
         """
         counts = {"ok": 0, "failed": 0, "truncated": 0}
-        with self.db:  # one transaction: all of the shard or none of it
+
+        def rows() -> Iterator[tuple[Any, ...]]:
             for o in outcomes:
-                self.db.execute(
-                    "INSERT OR REPLACE INTO results (custom_id, shard, attempt, ok, retryable, value, error, "
-                    "finish_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        o.custom_id,
-                        shard,
-                        o.attempt,
-                        int(o.ok),
-                        int(o.retryable),
-                        orjson.dumps(o.value),
-                        None if o.error is None else orjson.dumps(o.error),
-                        o.finish_reason,
-                    ),
-                )
                 counts["ok" if o.ok else "failed"] += 1
                 counts["truncated"] += o.finish_reason == "length"
+                error = None if o.error is None else orjson.dumps(o.error)
+                yield (o.custom_id, shard, o.attempt, int(o.ok), int(o.retryable), orjson.dumps(o.value), error,
+                       o.finish_reason)
+
+        with self.db:  # one transaction: all of the shard or none of it; one statement for all its rows
+            self.db.executemany(
+                "INSERT OR REPLACE INTO results (custom_id, shard, attempt, ok, retryable, value, error, "
+                "finish_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows(),
+            )
         return counts
 
     @_guarded

@@ -6,9 +6,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from batchpipe.config import JobConfig, load_config
 from batchpipe.errors import BatchpipeError, UsageError
 from batchpipe.ledger.model import Shard, ShardState
 from batchpipe.ledger.store import Ledger
@@ -17,6 +16,9 @@ from batchpipe.paths import RunPaths
 from batchpipe.pricing import cost_usd, price_for
 from batchpipe.providers import Provider, open_provider
 
+if TYPE_CHECKING:
+    from batchpipe.config import JobConfig
+
 
 def run_paths(runs_dir: Path, run_id: str) -> RunPaths:
     return RunPaths.existing(Path(runs_dir), run_id)
@@ -24,6 +26,8 @@ def run_paths(runs_dir: Path, run_id: str) -> RunPaths:
 
 def run_config(paths: RunPaths) -> JobConfig:
     """The config snapshot taken at create (never the original file, which may have changed)."""
+    from batchpipe.config import load_config  # here: `list` and `status` read no config (nor load yaml)
+
     return load_config(paths.config)
 
 
@@ -136,15 +140,16 @@ def usage_tokens(usage: Mapping[str, Any] | None) -> tuple[int, int]:
     """
     if not isinstance(usage, Mapping):
         return 0, 0
+    return _count(usage, "input_tokens", "prompt_tokens"), _count(usage, "output_tokens", "completion_tokens")
 
-    def count(*names: str) -> int:
-        for name in names:
-            value = usage.get(name)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                return value
-        return 0
 
-    return count("input_tokens", "prompt_tokens"), count("output_tokens", "completion_tokens")
+def _count(usage: Mapping[str, Any], first: str, second: str) -> int:
+    """The first of two counts that is a whole number of at least 0 (process calls this per result line)."""
+    for name in (first, second):
+        value = usage.get(name)
+        if type(value) is int and value >= 0:  # not a bool, not a float
+            return value
+    return 0
 
 
 def shard_usage(shard: Shard) -> dict[str, int] | None:

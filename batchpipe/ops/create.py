@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import orjson
-
 from batchpipe import __version__, crash, fsio
 from batchpipe.config import JobConfig, load_config, snapshot_yaml
 from batchpipe.errors import ConfigError, InputError, RunExists
@@ -33,6 +31,8 @@ from batchpipe.pipeline.requests import Request, render_requests
 DEFAULT_UNBOUNDED_OUTPUT_TOKENS = 16_384
 # `on_progress(rows, shards)` is called after every this many rows (and once at the end).
 PROGRESS_EVERY = 1000
+# Index rows are inserted this many at a time (one executemany each), in one transaction.
+INDEX_BATCH = 10_000
 OnProgress = Callable[[int, int], None]
 from batchpipe.pipeline.shards import assign_shards, shard_id
 from batchpipe.pipeline.tokens import TokenCounter, counter_for, max_output_tokens
@@ -137,6 +137,7 @@ def plan_shards(
     fallback = unbounded_output_tokens(cfg.model)
 
     def sized() -> Iterator[tuple[tuple[Request, int, int], int, int]]:
+        output_bound = None
         for req in render_requests(cfg, digest):
             where = f"{cfg.input.path.name} line {req.line_no} (row id {req.custom_id})"
             if len(req.line) > limits.max_bytes_per_shard:
@@ -145,7 +146,7 @@ def plan_shards(
                     f"({limits.max_bytes_per_shard})",
                     hint=f"shorten the row or raise limits.max_bytes_per_shard in {cfg.source}",
                 )
-            body = orjson.loads(req.line)["body"]
+            body = req.body
             too_long = counter.too_long
             tokens = counter.body(cfg.endpoint, body)
             if limits.enqueued_tokens is not None and tokens > limits.enqueued_tokens:
@@ -155,8 +156,10 @@ def plan_shards(
                     f"({limits.enqueued_tokens}): it could never be queued",
                     hint=f"shorten the row or raise limits.enqueued_tokens in {cfg.source}",
                 )
-            bound = max_output_tokens(body, cfg.model, cfg.endpoint)
-            yield (req, tokens, fallback if bound is None else bound), len(req.line), tokens
+            if output_bound is None:  # the same for every request: it is read from the params alone
+                bound = max_output_tokens(body, cfg.model, cfg.endpoint)
+                output_bound = fallback if bound is None else bound
+            yield (req, tokens, output_bound), len(req.line), tokens
 
     for index, (req, tokens, bound) in assign_shards(
         sized(), limits.max_requests_per_shard, limits.max_bytes_per_shard, limits.enqueued_tokens
@@ -230,17 +233,28 @@ def _build(
     current = 0
     rows = 0
     digest = InputDigest()  # the hash of exactly the bytes the requests are rendered from
-    with Index(paths.index, create=True) as index:
+    batch: list[tuple[str, int, int, str, int]] = []  # index rows not yet inserted
+    # One pass: each request is rendered, counted, hashed and written once, and its index row
+    # inserted in batches; the index is a bulk build, as the whole dir is published or thrown away.
+    with Index(paths.index, create=True, bulk=True) as index:
         try:
-            for planned in plan_shards(cfg, counter, digest):
-                if planned.shard != current:
-                    sid, current = files.start(planned.shard), planned.shard
-                line_in_shard = files.write(planned)
-                req = planned.request
-                index.add_request(req.custom_id, req.row_no, req.line_no, f"shards/{sid}.jsonl", line_in_shard)
-                rows += 1
-                if on_progress is not None and rows % PROGRESS_EVERY == 0:
-                    on_progress(rows, len(files.shards))
+            try:
+                for planned in plan_shards(cfg, counter, digest):
+                    if planned.shard != current:
+                        sid, current = files.start(planned.shard), planned.shard
+                        file = f"shards/{sid}.jsonl"
+                    req = planned.request
+                    batch.append((req.custom_id, req.row_no, req.line_no, file, files.write(planned)))
+                    rows += 1
+                    if len(batch) >= INDEX_BATCH:
+                        index.add_created(batch)
+                        batch.clear()
+                    if on_progress is not None and rows % PROGRESS_EVERY == 0:
+                        on_progress(rows, len(files.shards))
+            except InputError:
+                index.add_created(batch)  # a duplicate id above the bad row is the file's first error: it wins
+                raise
+            index.add_created(batch)
             files.finish()
             if on_progress is not None:
                 on_progress(rows, len(files.shards))
@@ -259,7 +273,7 @@ def _build(
                 f"{display_path(cfg.input.path)}: the file changed while the run was being created",
                 hint="wait until whatever writes the file has finished (or work on a copy of it), then run create again",
             )
-        index.commit()
+        index.finish_bulk()
     state = RunState(
         run=Run(
             id=run_id,

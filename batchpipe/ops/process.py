@@ -252,7 +252,7 @@ def _merged_rows(ledger: Ledger, index: Index, key: str, result: Processed) -> I
         row_no, _, outcome = next(joined, (None, None, None))
         if row_no != row.row_no:  # the index and the input disagree: the input changed under us
             raise InputError(f"{cfg.input.path}: row {row.row_no} does not match the run's index")
-        data = dict(row.data)
+        data = row.data  # parsed for this row alone: filled in place, not copied
         if outcome is not None and outcome.ok:
             data[key] = outcome.value
             result.ok += 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from batchpipe import fsio
 from batchpipe.errors import RunLocked
@@ -13,7 +15,11 @@ from batchpipe.ops.common import Progress, bind_provider
 from batchpipe.ops.remote import refresh
 from batchpipe.ops.schedule import learn_from_rejection, queued_here
 from batchpipe.paths import RunPaths
-from batchpipe.providers import Provider
+from batchpipe.providers import Provider, api_key_from_env
+
+
+# Stands for the provider that `status` did not open: the run has no batch running (see status()).
+_NOTHING_TO_REFRESH: Any = object()
 
 
 @dataclass
@@ -44,18 +50,24 @@ def refresh_shard(ledger: Ledger, shard: Shard, provider: Provider, before: dict
     return changed
 
 
-def status(paths: RunPaths, provider: Provider | None) -> Status:
+def status(paths: RunPaths, provider: Provider | Callable[[], Provider | None] | None) -> Status:
     """The run as the ledger knows it, refreshed from the provider when possible.
 
     Refreshing writes the ledger, so it needs the run lock; if another process holds it (a
     `run --wait` in another terminal, say), the last recorded state is shown instead of waiting.
     A run with no batch running has nothing to refresh: it is read without the lock, so the
     status of a finished run works on a read-only disk and creates no file.
+
+    `provider` may be a function that opens it (None: no API key): it is then called only when
+    a batch is running, so the status of a finished run never loads the provider's client.
     """
     ledger = Ledger.load(paths)
+    if callable(provider):
+        live = any(s.state == ShardState.SUBMITTED for s in ledger.shards)
+        provider = provider() if live else (None if api_key_from_env() is None else _NOTHING_TO_REFRESH)
     if provider is None:
         return Status(ledger, Progress.of(ledger, with_cost=True), False, "not refreshed: no API key")
-    if not any(s.state == ShardState.SUBMITTED for s in ledger.shards):
+    if provider is _NOTHING_TO_REFRESH or not any(s.state == ShardState.SUBMITTED for s in ledger.shards):
         return Status(ledger, Progress.of(ledger, with_cost=True), True)
     try:
         with fsio.run_lock(paths.root, timeout=0):

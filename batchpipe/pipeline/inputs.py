@@ -51,7 +51,8 @@ _BOM = b"\xef\xbb\xbf"
 _CSV_FIELD_LIMIT = 256 * 1024 * 1024
 # orjson reads integers from -2**63 to 2**64-1 exactly and any other as a float. Those all have
 # fewer than 19 digits, or 19 or 20; a run of 19 or more digits (in a number, or harmlessly in
-# a string) sends the line to the stdlib parser, which keeps every integer exact.
+# a string) in a line orjson read a float from sends the line to the stdlib parser, which keeps
+# every integer exact.
 _LONG_DIGITS = re.compile(rb"[0-9]{19,}")
 
 
@@ -203,7 +204,7 @@ def _iter_jsonl(path: Path, digest: InputDigest | None) -> Iterator[Row]:
                 data = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
                 raise _bad_json(name, line_no, raw, exc) from None
-            if _LONG_DIGITS.search(raw):
+            if _may_have_lost_digits(data) and _LONG_DIGITS.search(raw):
                 data = json.loads(raw)  # valid JSON (orjson read it); the stdlib keeps big integers exact
             if not isinstance(data, dict):
                 raise InputError(
@@ -215,6 +216,23 @@ def _iter_jsonl(path: Path, digest: InputDigest | None) -> Iterator[Row]:
         source.finish(digest)
     finally:
         source.close()
+
+
+def _may_have_lost_digits(data: Any) -> bool:
+    """Does the parsed value hold a float? orjson reads an integer beyond 64 bits as one, so only
+    then can a number have lost digits (cheaper than searching every line for long digit runs)."""
+    if type(data) is not dict and type(data) is not list:
+        return type(data) is float
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        for item in value.values() if type(value) is dict else value:
+            kind = type(item)
+            if kind is float:
+                return True
+            if kind is dict or kind is list:
+                stack.append(item)
+    return False
 
 
 def _bad_json(name: str, line_no: int, raw: bytes, exc: orjson.JSONDecodeError) -> InputError:

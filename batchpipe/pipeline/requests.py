@@ -16,7 +16,7 @@ writes the shards does it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -45,6 +45,9 @@ class Request:
     row_no: int
     line_no: int
     line: bytes
+    # The request's body as a dict, kept so that counting its tokens needs no second parse of
+    # `line`. Shares nested params with the config: read it, don't mutate it.
+    body: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def build_body(cfg: JobConfig, system: str | None, user: str) -> dict[str, Any]:
@@ -153,11 +156,11 @@ def render_requests(cfg: JobConfig, digest: InputDigest | None = None) -> Iterat
         _check_output_fields(cfg, row, cid, output_fields)
         system = _render(cfg, system_t, "prompt.system", row, cid) if system_t is not None else None
         user = _render(cfg, user_t, "prompt.user", row, cid)
+        body = build_body(cfg, system, user)
         line = orjson.dumps(
-            {"custom_id": cid, "method": "POST", "url": endpoint, "body": build_body(cfg, system, user)},
-            option=orjson.OPT_APPEND_NEWLINE,
+            {"custom_id": cid, "method": "POST", "url": endpoint, "body": body}, option=orjson.OPT_APPEND_NEWLINE
         )
-        yield Request(custom_id=cid, row_no=row.row_no, line_no=row.line_no, line=line)
+        yield Request(custom_id=cid, row_no=row.row_no, line_no=row.line_no, line=line, body=body)
 
 
 def _output_fields(key: str) -> tuple[str, ...]:

@@ -187,12 +187,19 @@ class Template:
 
     def render(self, row: Mapping[str, Any]) -> str:
         """Fill the placeholders from `row`; raises MissingField for an absent or null field."""
+        if not self.fields:  # a fixed text (a system prompt, often): nothing to fill
+            return self.text if not self._parts else self._parts[0]  # type: ignore[return-value]
         out: list[str] = []
         for part in self._parts:
             if isinstance(part, str):
                 out.append(part)
-            else:
-                out.append(render_value(lookup(row, part[0], part[1])))
+                continue
+            name, segments = part
+            # The common case first, in a hot loop: a top-level field holding text.
+            value = row.get(segments[0]) if len(segments) == 1 and type(row) is dict else None
+            if value is None:
+                value = lookup(row, name, segments)  # nested, or missing/null: lookup says which
+            out.append(value if type(value) is str else render_value(value))
         return "".join(out)
 
     def __repr__(self) -> str:

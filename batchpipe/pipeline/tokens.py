@@ -59,6 +59,8 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # /v1/completions: max_tokens defaults to 1
 NO_OUTPUT_ENDPOINTS = frozenset({"/v1/embeddings", "/v1/moderations"})
 OUTPUT_LIMIT_PARAMS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
+_CACHED_TEXTS = 256  # see TokenCounter._seen
+_CACHED_TEXT_CHARS = 16_384
 _O200K_FAMILIES = re.compile(r"(?:gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4\.5|gpt-5|gpt-oss|codex|o\d)")
 _USABLE_ENCODINGS = ("o200k_base", "cl100k_base")
 
@@ -118,6 +120,10 @@ class TokenCounter:
         else:
             self.method = ESTIMATE_METHOD
         self.too_long = 0  # texts the tokenizer refused, counted by bytes instead
+        # Counts of texts that recur on every request (role names, a fixed system prompt): a job
+        # of a million requests would otherwise tokenize them a million times. Bounded: cleared
+        # when full, and only short texts are kept, so memory stays flat.
+        self._seen: dict[str, int] = {}
 
     @property
     def exact(self) -> bool:
@@ -127,12 +133,22 @@ class TokenCounter:
         """Tokens of one text."""
         if not text:
             return 0
-        if self._encode is not None:
+        count = self._seen.get(text)
+        if count is not None:
+            return count
+        if self._encode is None:
+            count = math.ceil(len(text.encode("utf-8", "surrogatepass")) / BYTES_PER_TOKEN)
+        else:
             try:
-                return len(self._encode(text))
+                count = len(self._encode(text))
             except ValueError:  # bpe-openai: "Input too long to encode safely", or its TokenLimitError
-                self.too_long += 1
-        return math.ceil(len(text.encode("utf-8", "surrogatepass")) / BYTES_PER_TOKEN)
+                self.too_long += 1  # counted each time it is met: not kept
+                return math.ceil(len(text.encode("utf-8", "surrogatepass")) / BYTES_PER_TOKEN)
+        if len(text) <= _CACHED_TEXT_CHARS:
+            if len(self._seen) >= _CACHED_TEXTS:
+                self._seen.clear()
+            self._seen[text] = count
+        return count
 
     def notes(self) -> list[str]:
         """What a user should know about the counts made so far (empty when nothing to say)."""
@@ -152,14 +168,12 @@ class TokenCounter:
         for message in messages:
             if not isinstance(message, Mapping):
                 continue
-            total += TOKENS_PER_MESSAGE
-            for key, value in message.items():
-                if key == "content":
-                    total += self._content(value)
-                elif isinstance(value, str) and key in ("role", "name"):
-                    total += self.text(value)
-                    if key == "name":
-                        total += TOKENS_PER_NAME
+            total += TOKENS_PER_MESSAGE + self._content(message.get("content"))
+            role, name = message.get("role"), message.get("name")
+            if isinstance(role, str):
+                total += self.text(role)
+            if isinstance(name, str):
+                total += self.text(name) + TOKENS_PER_NAME
         return total
 
     def _content(self, content: Any) -> int:
