@@ -186,7 +186,7 @@ def test_killed_in_every_phase_under_faults_still_finishes_exactly_once(runs_dir
         transient_error_rate=0.2, lost_answer_rate=0.2, fault_seed=SEED, retry_after_ms=5,
     )
     rows = review_rows(5 * SHARDS)
-    config = write_job(tmp_path / "job", rows, limits={"max_requests_per_shard": 5})
+    config = write_job(tmp_path / "job", rows, limits={"max_requests_per_shard": 5, "enqueued_tokens": 10**6})  # not about the queue: all at once
     logs = tmp_path / "logs"
     logs.mkdir()
     with Emulator(options=options, port=0, clock=clock) as emu:
