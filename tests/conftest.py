@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import yaml
 from typer.testing import CliRunner
 
 from batchpipe.cli import app
-from batchpipe.emulator import Emulator, EmulatorOptions
+from batchpipe.emulator import Emulator, EmulatorOptions, ManualClock
 
 INSTANT = EmulatorOptions(validating_seconds=0.0, in_progress_seconds=0.0, finalizing_seconds=0.0, shuffle_seed=7)
 
@@ -48,6 +49,18 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
     with Emulator(options=INSTANT, host="127.0.0.1", port=0) as emu:
         monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-do-not-store")
+        yield emu
+
+
+@pytest.fixture
+def slow_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
+    """An emulator whose clock only the test moves: batches run exactly as long as it says."""
+    clock = ManualClock(start=time.time())  # agrees with the local clock, as a real service does
+    options = EmulatorOptions(validating_seconds=1, in_progress_seconds=1, finalizing_seconds=1)
+    with Emulator(options=options, port=0, clock=clock) as emu:
+        monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        emu.clock = clock
         yield emu
 
 

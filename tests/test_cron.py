@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import time
 
-import pytest
 from conftest import expected_answer, read_jsonl, review_rows, write_job
 from filelock import FileLock
 
-from batchpipe.emulator import Emulator, EmulatorOptions, ManualClock
 
-
-@pytest.fixture
-def slow_emulator(monkeypatch):
-    """An emulator whose clock only the test moves: batches run exactly as long as it says."""
-    clock = ManualClock(start=time.time())  # agrees with the local clock, as a real service does
-    options = EmulatorOptions(validating_seconds=1, in_progress_seconds=1, finalizing_seconds=1)
-    with Emulator(options=options, port=0, clock=clock) as emu:
-        monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", "k")
-        emu.clock = clock
-        yield emu
 
 
 def test_a_cron_loop_of_tick_all_brings_every_run_to_done(cli, slow_emulator, runs_dir, tmp_path):

@@ -6,13 +6,11 @@ CliRunner's stderr is not a terminal, as under cron: what these tests see is wha
 from __future__ import annotations
 
 import re
-import time
 from datetime import UTC, datetime
 
-import pytest
 from conftest import review_rows, write_job
 
-from batchpipe.emulator import Emulator, EmulatorOptions, ManualClock
+from batchpipe.emulator import Emulator, EmulatorOptions
 from batchpipe.ops.run import MAX_FAILED_PASSES
 
 # local time, ISO 8601 with its UTC offset, to the second; then the run id
@@ -26,17 +24,6 @@ def log_lines(text: str, run: str) -> list[str]:
         assert re.fullmatch(rf"{STAMP} {re.escape(run)} .+", line), f"not a log line: {line!r}"
     return [line.split(" ", 2)[2] for line in lines]
 
-
-@pytest.fixture
-def slow_emulator(monkeypatch):
-    """An emulator whose clock only the test moves."""
-    clock = ManualClock(start=time.time())
-    options = EmulatorOptions(validating_seconds=1, in_progress_seconds=1, finalizing_seconds=1)
-    with Emulator(options=options, port=0, clock=clock) as emu:
-        monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", "k")
-        emu.clock = clock
-        yield emu
 
 
 def test_run_wait_piped_writes_a_timestamped_line_per_change_and_no_bar(cli, emulator, tmp_path):

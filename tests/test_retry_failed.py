@@ -8,13 +8,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from conftest import expected_answer, read_jsonl, review_rows, write_job
 
 from batchpipe import crash
-from batchpipe.emulator import Emulator, EmulatorOptions, ManualClock
+from batchpipe.emulator import Emulator, EmulatorOptions
 
 
 @pytest.fixture
@@ -170,17 +169,6 @@ def test_a_batch_that_failed_validation_is_sent_again_when_asked(cli, emulator, 
     assert emulator.counts["batch_creates"] == 2
     assert all(r["verdict_attempts"] == 2 for r in read_jsonl(runs_dir / "v" / "output.jsonl"))
 
-
-@pytest.fixture
-def slow_emulator(monkeypatch):
-    """An emulator whose clock only the test moves: batches run exactly as long as it says."""
-    clock = ManualClock(start=time.time())
-    options = EmulatorOptions(validating_seconds=1, in_progress_seconds=1, finalizing_seconds=1)
-    with Emulator(options=options, port=0, clock=clock) as emu:
-        monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", "k")
-        emu.clock = clock
-        yield emu
 
 
 def test_tick_all_tells_done_and_clean_from_done_with_failures(cli, slow_emulator, runs_dir, tmp_path):
