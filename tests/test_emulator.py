@@ -622,7 +622,12 @@ def test_stop_cuts_kept_alive_connections() -> None:
 
 def test_module_entry_point_serves_until_ctrl_c() -> None:
     command = [sys.executable, "-m", "batchpipe.emulator", "--port", "0", "--in-progress-seconds", "0"]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+    # As in a terminal, Ctrl-C must reach the server: a suite started from a background job hands
+    # its children SIGINT ignored (Python then never raises KeyboardInterrupt), so restore it.
+    def interruptible() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, preexec_fn=interruptible) as process:
         try:
             assert process.stdout is not None
             line = process.stdout.readline().strip()
