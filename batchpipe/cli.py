@@ -392,7 +392,9 @@ def run_(
     paths = ops.run_paths(runs_dir, target)
     provider = _provider(paths)
     start = time.monotonic()
-    total = ops.describe_run(paths)["requests"]
+    from batchpipe.ledger.store import Ledger  # here: --help loads no ledger code
+
+    total = Ledger.load(paths).run.requests  # the count alone: describing the run would price it
     # On a terminal a bar; anywhere else (cron, a log file) one timestamped line per change.
     log = render.log_mode()
     with render.progress_bar(total, enabled=wait and not as_json) as update:

@@ -160,11 +160,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(tmp)
         Path(f"{path}-journal").unlink(missing_ok=True)
         os.replace(tmp, path)
     except BaseException:

@@ -164,15 +164,6 @@ class Index:
 
     # -- requests (written once, at create) -----------------------------------------------
     @_guarded
-    def add_request(self, custom_id: str, row_no: int, line_no: int, file: str, shard_line: int) -> None:
-        try:
-            self.db.execute("INSERT INTO requests VALUES (?, ?, ?)", (custom_id, row_no, line_no))
-        except sqlite3.IntegrityError:
-            (first,) = self.db.execute("SELECT line_no FROM requests WHERE custom_id = ?", (custom_id,)).fetchone()
-            raise DuplicateId(custom_id, line_no, first) from None
-        self.db.execute("INSERT INTO shard_lines VALUES (?, ?, ?)", (file, shard_line, custom_id))
-
-    @_guarded
     def add_created(self, rows: list[tuple[str, int, int, str, int]]) -> None:
         """Record a batch of new requests, as (custom_id, row_no, line_no, shard file, line in it),
         in the open transaction (create commits once at the end). Raises DuplicateId for the
@@ -210,10 +201,6 @@ class Index:
             self.db.executemany(
                 "INSERT INTO shard_lines VALUES (?, ?, ?)", ((file, n, cid) for n, cid in enumerate(custom_ids, 1))
             )
-
-    @_guarded
-    def commit(self) -> None:
-        self.db.commit()
 
     @_guarded
     def shard_ids(self, file: str) -> Iterator[tuple[int, str]]:

@@ -66,9 +66,13 @@ def _shard_lines(sid: str, old: _Shard | None, new: _Shard) -> list[str]:
         kind = "a new shard" if sid.endswith(".a1") else "a new attempt, for the requests worth trying again"
         lines.append(f"shard {sid} prepared: {new.requests} request(s), {kind}")
         first = ShardState.UPLOADED
-    elif rank(new.state) < rank(old.state):  # only SUBMITTED -> UPLOADED goes back (transitions.py)
-        lines.append(f"shard {sid} back to {new.state.value}: batch {old.batch_id} was refused because the "
-                     "provider's queue was full; it is sent again when there is room")
+    elif rank(new.state) < rank(old.state):  # the two ways back (transitions.py)
+        if new.state == ShardState.PREPARED:  # UPLOADED -> PREPARED: the service lost the uploaded file
+            lines.append(f"shard {sid} back to prepared: the service no longer has its file {old.file_id}; "
+                         "it is uploaded again")
+        else:  # SUBMITTED -> UPLOADED: refused for a full queue
+            lines.append(f"shard {sid} back to {new.state.value}: batch {old.batch_id} was refused because the "
+                         "provider's queue was full; it is sent again when there is room")
         return lines
     elif new.batch_id is not None and old.batch_id not in (None, new.batch_id):
         first = ShardState.SUBMITTED  # refused for a full queue and created again, both since the last look

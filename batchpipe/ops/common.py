@@ -26,7 +26,7 @@ def run_paths(runs_dir: Path, run_id: str) -> RunPaths:
 
 def run_config(paths: RunPaths) -> JobConfig:
     """The config snapshot taken at create (never the original file, which may have changed)."""
-    from batchpipe.config import load_config  # here: `list` and `status` read no config (nor load yaml)
+    from batchpipe.config import load_config  # here: `list` and `--help` read no config (nor load yaml)
 
     return load_config(paths.config)
 

@@ -26,6 +26,9 @@ from batchpipe.ledger.store import Ledger, encode
 from batchpipe.paths import RunPaths, check_run_id
 from batchpipe.pipeline.inputs import InputDigest, display_path
 from batchpipe.pipeline.requests import Request, render_requests
+from batchpipe.pipeline.shards import assign_shards, shard_id
+from batchpipe.pipeline.tokens import TokenCounter, counter_for, max_output_tokens
+from batchpipe.pricing import price_for
 
 # Output tokens assumed for a request that sets no max_tokens, when the model's maximum is unknown.
 DEFAULT_UNBOUNDED_OUTPUT_TOKENS = 16_384
@@ -34,9 +37,6 @@ PROGRESS_EVERY = 1000
 # Index rows are inserted this many at a time (one executemany each), in one transaction.
 INDEX_BATCH = 10_000
 OnProgress = Callable[[int, int], None]
-from batchpipe.pipeline.shards import assign_shards, shard_id
-from batchpipe.pipeline.tokens import TokenCounter, counter_for, max_output_tokens
-from batchpipe.pricing import price_for
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from batchpipe.errors import ProviderError
 from batchpipe.ledger.model import Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import usage_tokens
+from batchpipe.ops.remote import file_not_found
 from batchpipe.providers import Provider
 
 LOST_CODE = "result_file_lost"
@@ -68,7 +69,7 @@ def input_file_gone(shard: Shard, provider: Provider, exc: ProviderError) -> boo
     moment ago that the batch service does not see yet (which BatchCreates waits out);
     the Files API tells the two apart: it answers 404 only for a file that is gone.
     """
-    if exc.param not in ("file_id", "input_file_id") or exc.status_code not in (400, 404):
+    if not file_not_found(exc):
         return False
     file_id = shard.upload.file_id if shard.upload else None
     return file_id is not None and not provider.file_exists(file_id)

@@ -20,6 +20,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -114,29 +115,31 @@ def in_force(runs_dir: Path, base_url: str | None, model: str, configured: int |
                  learned_at=entry.get("learned_at"), paused_until=paused_until, floor=entry.get("floor", 0))
 
 
-def raise_floor(runs_dir: Path, base_url: str | None, model: str, accepted: int) -> None:
-    """Remember that the service has held `accepted` tokens of the model at once (limit unknown)."""
+def _update(runs_dir: Path, base_url: str | None, model: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]
+            ) -> dict[str, Any] | None:
+    """Change the model's entry under the lock (`change` gets the entry as stored, or a new one,
+    and returns it changed, or None to leave the file alone); return what was stored."""
     with fsio.file_lock(Path(runs_dir) / LOCK_NAME, "the learned queue limits"):
         limits = load_all(runs_dir)
         key = service_key(base_url, model)
-        entry = limits.get(key) or {"model": model, "service": key.split(" @ ", 1)[1]}
-        if accepted <= entry.get("floor", 0):
-            return
-        limits[key] = {**entry, "floor": accepted}
-        fsio.write_bytes_atomic(_path(runs_dir), orjson.dumps({"limits": limits}, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+        entry = change({**limits.get(key, {}), "model": model, "service": key.split(" @ ", 1)[1]})
+        if entry is not None:
+            limits[key] = entry
+            fsio.write_bytes_atomic(_path(runs_dir), orjson.dumps({"limits": limits}, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+        return entry
+
+
+def raise_floor(runs_dir: Path, base_url: str | None, model: str, accepted: int) -> None:
+    """Remember that the service has held `accepted` tokens of the model at once (limit unknown)."""
+    _update(runs_dir, base_url, model, lambda entry: None if accepted <= entry.get("floor", 0) else {**entry, "floor": accepted})
 
 
 def learn(runs_dir: Path, base_url: str | None, model: str, *, message: str | None, in_flight: int,
           shard_tokens: int, shard_requests: int, run_id: str) -> dict[str, Any]:
     """Record what a `token_limit_exceeded` teaches; return the entry as now stored."""
-    path = _path(runs_dir)
-    with fsio.file_lock(Path(runs_dir) / LOCK_NAME, "the learned queue limits"):
-        limits = load_all(runs_dir)
-        key = service_key(base_url, model)
-        old = limits.get(key) or {}
+    def change(old: dict[str, Any]) -> dict[str, Any]:
         now = time.time()
-        entry: dict[str, Any] = {**old, "model": model, "service": key.split(" @ ", 1)[1], "rejected_at": now,
-                                 "run": run_id, "message": (message or "")[:300]}
+        entry: dict[str, Any] = {**old, "rejected_at": now, "run": run_id, "message": (message or "")[:300]}
         stated = parse_limit(message)
         if stated is not None and in_flight + shard_tokens > stated:
             entry |= {"tokens": stated, "source": STATED, "definitive": True, "learned_at": now, "pauses": 0}
@@ -156,6 +159,6 @@ def learn(runs_dir: Path, base_url: str | None, model: str, *, message: str | No
             if shard_requests > 1:
                 entry |= {"tokens": max(1, shard_tokens // 2), "source": HALF_SHARD, "definitive": False,
                           "learned_at": now}
-        limits[key] = entry
-        fsio.write_bytes_atomic(path, orjson.dumps({"limits": limits}, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
         return entry
+
+    return _update(runs_dir, base_url, model, change)

@@ -161,9 +161,9 @@ def cancel_duplicate(ledger: Ledger, shard: Shard, provider: Provider, batch: Re
     return message
 
 
-def _file_not_visible(exc: ProviderError) -> bool:
-    # Right after an upload the service may not see the file yet and answers 400 for it
-    # (reference/openai-batch-api.md §1.4); that is worth another try, unlike other 400s.
+def file_not_found(exc: ProviderError) -> bool:
+    """A create answered that it cannot find the input file: right after an upload the service
+    may not see the file yet (reference/openai-batch-api.md §1.4), or the file is gone."""
     return exc.status_code in (400, 404) and exc.param in ("file_id", "input_file_id")
 
 
@@ -240,7 +240,7 @@ class BatchCreates:
         # "file not found" is waited out only while the Files API still has the file; a file it no
         # longer has is uploaded again instead (ops/submit.py, ops/lost.py)
         outcome = _send(lambda: self.provider.create_batch(file_id, run.endpoint, tag), sleep=self.sleep,
-                        also_retry=lambda exc: _file_not_visible(exc) and self.provider.file_exists(file_id))
+                        also_retry=lambda exc: file_not_found(exc) and self.provider.file_exists(file_id))
         if isinstance(outcome, ProviderError):
             self._unknown.append((shard, outcome))
             return

@@ -199,10 +199,6 @@ class Schedule:
                        if _unconfirmed(s) and max(s.batch.refreshed_at or 0, s.batch.intent_at) > fresh]
         return cls(ledger, budget_usd, limit, price, elsewhere, unconfirmed)
 
-    @property
-    def queue_limit(self) -> int | None:
-        return self.limit.tokens
-
     def over_budget(self, shard: Shard) -> str | None:
         """Why `shard` may not be uploaded (None: it may)."""
         if self.budget_usd is None or self.price is None:
