@@ -8,6 +8,8 @@ batch is finished the first time it is looked at after its create: no sleeping i
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -144,3 +146,14 @@ def sdk(emu: Emulator | str, max_retries: int = 0) -> openai.OpenAI:
 
 
 PYTHON = sys.executable
+
+
+def batchpipe(*args: str, crash_at: str | None = None, runs_dir: Path | None = None, preexec_fn=None,
+              **env: str) -> subprocess.CompletedProcess:
+    """The real `batchpipe` in a process of its own (so that a named crash point can kill it:
+    BATCHPIPE_CRASH_AT), with the test's environment plus `env`; a hang fails after 120 s."""
+    environ = {**os.environ, "BATCHPIPE_CRASH_AT": crash_at or "", **env}
+    if runs_dir is not None:
+        environ["BATCHPIPE_RUNS_DIR"] = str(runs_dir)
+    return subprocess.run([PYTHON, "-m", "batchpipe", *args], env=environ, capture_output=True, text=True,
+                          timeout=120, preexec_fn=preexec_fn)

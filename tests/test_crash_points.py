@@ -8,14 +8,13 @@ cleanup, no finally). The resume is the ordinary CLI: `recover`, then `run --wai
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import openai
 import pytest
-from conftest import read_jsonl, review_rows, write_job
+from conftest import batchpipe, read_jsonl, review_rows, write_job
 
 from batchpipe import crash
 
@@ -32,10 +31,6 @@ def job_rows() -> list[dict]:
     rows[7]["text"] += " [[fail:400]]"  # a permanent one: kept as it is
     return rows
 
-
-def batchpipe(*args: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "BATCHPIPE_CRASH_AT": crash_at or ""}
-    return subprocess.run([sys.executable, "-m", "batchpipe", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 _reference: list[list[dict]] = []

@@ -6,13 +6,10 @@ as a new attempt (within max_attempts and the budget); a vanished input file is 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import openai
 import pytest
-from conftest import expected_answer, read_jsonl, review_rows, sdk, write_job
+from conftest import batchpipe, expected_answer, read_jsonl, review_rows, sdk, write_job
 
 from batchpipe import crash
 from batchpipe.emulator.server import build_parser, options_from_args
@@ -124,10 +121,7 @@ def test_recover_reports_and_repairs_lost_result_and_input_files(cli, emulator, 
     config = write_job(tmp_path / "job", rows, limits={"max_requests_per_shard": 3})
     cli("create", config, "--run", "lost")
     # killed after shard 2's upload, before its batch create: shard 1's batch is created
-    killed = subprocess.run(
-        [sys.executable, "-m", "batchpipe", "submit", "lost"],
-        env={**os.environ, "BATCHPIPE_CRASH_AT": "batch_create:before:2"}, capture_output=True, text=True, timeout=120,
-    )
+    killed = batchpipe("submit", "lost", crash_at="batch_create:before:2")
     assert killed.returncode == crash.EXIT_CODE, killed.stdout + killed.stderr
     client = sdk(emulator)
     [batch] = emulator.batches

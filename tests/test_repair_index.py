@@ -3,14 +3,11 @@ run's files, never an empty index that zeroes the paid results, never a tracebac
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
-from conftest import read_jsonl, review_rows, write_job
+from conftest import batchpipe, read_jsonl, review_rows, write_job
 
 from batchpipe import crash
 
@@ -21,11 +18,6 @@ def job_rows() -> list[dict]:
     rows[7]["text"] += " [[fail:400]]"
     return rows
 
-
-def batchpipe(*args: str, crash_at: str = "", preexec_fn=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "BATCHPIPE_CRASH_AT": crash_at}
-    return subprocess.run([sys.executable, "-m", "batchpipe", *args], env=env, capture_output=True, text=True,
-                          timeout=120, preexec_fn=preexec_fn)
 
 
 def finished(cli, tmp_path: Path, runs_dir: Path, run_id: str = "idx") -> list[dict]:

@@ -10,15 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import read_jsonl, review_rows, write_job
+from conftest import batchpipe, read_jsonl, review_rows, write_job
 
 from batchpipe import crash
 
-
-def batchpipe(*args: str, crash_at: str = "", **env: str) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "BATCHPIPE_CRASH_AT": crash_at, **env}
-    return subprocess.run([sys.executable, "-m", "batchpipe", *args], env=environ, capture_output=True, text=True,
-                          timeout=120)
 
 
 def job(tmp_path: Path, n: int = 6) -> Path:

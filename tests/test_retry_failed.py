@@ -5,12 +5,9 @@ the run's budget, until `run --wait` takes the run back to done and rewrites its
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import expected_answer, read_jsonl, review_rows, write_job
+from conftest import batchpipe, expected_answer, read_jsonl, review_rows, write_job
 
 from batchpipe import crash
 from batchpipe.emulator import Emulator, EmulatorOptions
@@ -94,8 +91,7 @@ def test_retry_failed_killed_midway_sends_each_failed_row_once(cli, flaky, runs_
     before = batch_ids(flaky)
     flaky.options.request_failure_rate = 0.0
 
-    killed = subprocess.run([sys.executable, "-m", "batchpipe", "process", "k", "--retry-failed"],
-                            env={**os.environ, "BATCHPIPE_CRASH_AT": crash_at}, capture_output=True, text=True)
+    killed = batchpipe("process", "k", "--retry-failed", crash_at=crash_at)
     assert killed.returncode == crash.EXIT_CODE, killed.stderr
     cli("recover", "k")
     cli("process", "k", "--retry-failed", code=3)  # plans it, or finds it planned: either way not done
