@@ -114,7 +114,7 @@ def test_full_config_loads(job_dir: Path) -> None:
         "response_format": {"type": "json_object"},
         "stop": ["\n\n", "END"],
     }
-    assert cfg.output == OutputConfig(key="verdict")
+    assert cfg.output == OutputConfig(key="verdict", parse="json")  # the response format asks for JSON
     assert cfg.limits == Limits(max_requests_per_shard=1000, max_bytes_per_shard=5_000_000, max_attempts=5)
     assert cfg.provider == ProviderConfig(name="openai", base_url="http://127.0.0.1:8080/v1")
     assert cfg.source == (job_dir / "job.yaml").absolute()

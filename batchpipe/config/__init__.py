@@ -41,6 +41,7 @@ from batchpipe.config.models import (
     RESERVED_PARAMS,
     TRUNCATED_POLICIES,
     JobFile,
+    asks_for_json,
 )
 from batchpipe.config.problems import Translator
 from batchpipe.config.yamlfile import (
@@ -99,10 +100,12 @@ class PromptConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     """`key`: the key under which each row's result is written in the merged output;
-    `truncated`: `keep` or `fail` an answer cut at the output limit (see `output.truncated`)."""
+    `truncated`: `keep` or `fail` an answer cut at the output limit (see `output.truncated`);
+    `parse`: `text` or `json`, how an answer becomes the value under `key`."""
 
     key: str = "response"
     truncated: str = "keep"
+    parse: str = "text"  # resolved at load: `json` when params ask for JSON and it was not set
 
 
 @dataclass(frozen=True)
@@ -230,7 +233,8 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
         # `truncated` only when it is not the default: a config that does not use it keeps the
         # snapshot (and so the config hash and the default run id) it had before the field existed.
         "output": {"key": cfg.output.key}
-        | ({"truncated": cfg.output.truncated} if cfg.output.truncated != OutputConfig.truncated else {}),
+        | ({"truncated": cfg.output.truncated} if cfg.output.truncated != OutputConfig.truncated else {})
+        | ({"parse": cfg.output.parse} if cfg.output.parse != _default_parse(cfg) else {}),
         "limits": {
             "max_requests_per_shard": cfg.limits.max_requests_per_shard,
             "max_bytes_per_shard": cfg.limits.max_bytes_per_shard,
@@ -245,6 +249,11 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
         ),
         "provider": {"name": cfg.provider.name, "base_url": cfg.provider.base_url},
     }
+
+
+def _default_parse(cfg: JobConfig) -> str:
+    """What `output.parse` resolves to when not written: written only when it differs."""
+    return "json" if asks_for_json(cfg.params) else "text"
 
 
 class _SnapshotDumper(yaml.SafeDumper):

@@ -36,6 +36,8 @@ ENDPOINTS: tuple[str, ...] = (
 DEFAULT_ENDPOINT = "/v1/chat/completions"
 # Endpoints whose request body has no place for a system message.
 NO_SYSTEM_ENDPOINTS: frozenset[str] = frozenset({"/v1/embeddings", "/v1/completions", "/v1/moderations"})
+# Endpoints whose answer is not text (a vector, a moderation result): `output.parse` does not apply.
+NO_TEXT_ENDPOINTS: frozenset[str] = frozenset({"/v1/embeddings", "/v1/moderations"})
 # Endpoints the Batch API accepts but batchpipe does not build requests for (yet).
 UNSUPPORTED_ENDPOINTS = ("/v1/images/generations", "/v1/images/edits", "/v1/videos")
 
@@ -57,6 +59,15 @@ RESERVED_PARAMS: Mapping[str, str] = MappingProxyType(
         "stream": "the Batch API refuses streaming requests",
     }
 )
+
+
+def asks_for_json(params: Mapping[str, Any]) -> bool:
+    """Does the request body ask the model for JSON (chat `response_format`, responses `text.format`)?"""
+    text = params.get("text")
+    for fmt in (params.get("response_format"), text.get("format") if isinstance(text, dict) else None):
+        if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+            return True
+    return False
 
 
 def _problem(message: str, **ctx: Any) -> PydanticCustomError:
@@ -236,6 +247,14 @@ class OutputSection(Section):
     """Where each row's result goes in the merged output."""
 
     key: Text = Field("response", description="The key under which each row's result is written.")
+    parse: Literal["text", "json"] | None = Field(
+        None,
+        description="How an answer becomes the value under `key`: `text` writes the answer as the model gave it; "
+        "`json` parses it and writes the JSON value (an answer that does not parse is a failed row, error code "
+        "`invalid_json`, retried like a failed request; its raw text stays in the run's results/). Not set: `json` "
+        "when `params.response_format` (responses: `params.text.format`) asks for json_object or json_schema, else "
+        "`text`. Only for endpoints that answer with text (chat completions, responses, completions).",
+    )
     truncated: Literal["keep", "fail"] = Field(
         "keep",
         description="An answer the service cut at the output limit (`finish_reason: length`, or `status: "
@@ -352,6 +371,19 @@ class JobFile(Section):
         "prices required. Not set: the shipped table's price for `model`.",
     )
     provider: ProviderSection = Field(default_factory=ProviderSection, description="The batch service.")
+
+    @model_validator(mode="after")
+    def _parse_default(self) -> JobFile:
+        """`output.parse` follows the response format when not set; JSON needs a text answer."""
+        if self.output.parse is None:
+            self.output.parse = "json" if asks_for_json(self.params) else "text"
+        elif self.output.parse == "json" and self.endpoint in NO_TEXT_ENDPOINTS:
+            raise _problem(
+                f"output.parse: json cannot be used with endpoint {self.endpoint}: its answers are not text",
+                hint="remove output.parse, or use a chat completions, responses or completions endpoint",
+                field=("output", "parse"),
+            )
+        return self
 
     @field_validator("prompt")
     @classmethod

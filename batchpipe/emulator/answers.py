@@ -7,6 +7,8 @@ result landed on its own row:
   message>``. A content given as a list of parts contributes its text parts joined by one space.
 * `/v1/responses`: ``output[0].content[0].text`` is the same echo of the last user input (a plain
   string `input` counts as the user text).
+* A request that asks for JSON (`response_format` json_object / json_schema; responses:
+  `text.format`) is answered with JSON instead of the echo: see `json_answers`.
 * An answer longer than the request's `max_tokens` / `max_completion_tokens` (responses:
   `max_output_tokens`) is cut to it, with `finish_reason: "length"` (responses: `status:
   "incomplete"`, `incomplete_details.reason: "max_output_tokens"`), as the real service does: so
@@ -33,6 +35,8 @@ import math
 import struct
 from typing import Any
 
+from .json_answers import json_format, json_text
+
 ECHO_PREFIX = "echo: "
 DEFAULT_EMBEDDING_DIMENSIONS = 8
 
@@ -53,14 +57,17 @@ def prompt_tokens_of(endpoint: str, body: dict[str, Any]) -> int:
     return max(1, input_tokens(body, endpoint))
 
 
-def answer_for(endpoint: str, body: dict[str, Any], *, created: int = 0) -> dict[str, Any]:
-    """The response body the emulator returns for `body` sent to `endpoint`."""
+def answer_for(endpoint: str, body: dict[str, Any], *, created: int = 0, broken_json: bool = False) -> dict[str, Any]:
+    """The response body the emulator returns for `body` sent to `endpoint`.
+
+    `broken_json`: a request that asks for JSON gets JSON cut in half (see json_answers).
+    """
     model = str(body.get("model", ""))
     ident = _digest(endpoint, body)
     if endpoint == "/v1/chat/completions":
-        return _chat(body, model, ident, created)
+        return _chat(body, model, ident, created, broken_json)
     if endpoint == "/v1/responses":
-        return _responses(body, model, ident, created)
+        return _responses(body, model, ident, created, broken_json)
     if endpoint == "/v1/completions":
         return _completions(body, model, ident, created)
     if endpoint == "/v1/embeddings":
@@ -146,10 +153,17 @@ def _bounded(text: str, limit: Any) -> tuple[str, int, str]:
     return text, tokens, "stop"
 
 
-def _chat(body: dict[str, Any], model: str, ident: str, created: int) -> dict[str, Any]:
-    text, completion_tokens, finish = _bounded(
-        ECHO_PREFIX + _last_user_text(body.get("messages")), body.get("max_completion_tokens", body.get("max_tokens"))
-    )
+def _said(endpoint: str, body: dict[str, Any], user_text: str, broken_json: bool) -> str:
+    """What the model says: the echo, or JSON when the request asks for it."""
+    fmt = json_format(endpoint, body)
+    if fmt is None:
+        return ECHO_PREFIX + user_text
+    return json_text(fmt, user_text, broken=broken_json)
+
+
+def _chat(body: dict[str, Any], model: str, ident: str, created: int, broken_json: bool = False) -> dict[str, Any]:
+    said = _said("/v1/chat/completions", body, _last_user_text(body.get("messages")), broken_json)
+    text, completion_tokens, finish = _bounded(said, body.get("max_completion_tokens", body.get("max_tokens")))
     prompt_tokens = prompt_tokens_of("/v1/chat/completions", body)
     return {
         "id": f"chatcmpl-{ident}",
@@ -176,10 +190,9 @@ def _chat(body: dict[str, Any], model: str, ident: str, created: int) -> dict[st
     }
 
 
-def _responses(body: dict[str, Any], model: str, ident: str, created: int) -> dict[str, Any]:
-    text, output_tokens, finish = _bounded(
-        ECHO_PREFIX + _last_user_text(body.get("input")), body.get("max_output_tokens")
-    )
+def _responses(body: dict[str, Any], model: str, ident: str, created: int, broken_json: bool = False) -> dict[str, Any]:
+    said = _said("/v1/responses", body, _last_user_text(body.get("input")), broken_json)
+    text, output_tokens, finish = _bounded(said, body.get("max_output_tokens"))
     input_tokens = prompt_tokens_of("/v1/responses", body)
     status = "incomplete" if finish == "length" else "completed"
     return {

@@ -61,6 +61,10 @@ class EmulatorOptions:
     # Fraction of requests inside a batch that fail with a 500 error-file line, decided per request
     # from (fault_seed, batch id, custom_id): the same request retried in a new batch may succeed.
     request_failure_rate: float = 0.0
+    # Fraction of JSON answers (requests asking for json_object / json_schema) that come back as
+    # JSON cut in half, decided per request like request_failure_rate: validators, retries of
+    # invalid answers and targets can be rehearsed. `[[invalid-json]]` in a request always does it.
+    invalid_json_share: float = 0.0
     # A batch with more requests than this runs only the first N (input order) and then ends
     # `expired`: output holds what ran, the error file the rest as `batch_expired` lines.
     expire_after_requests: int | None = None

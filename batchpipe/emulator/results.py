@@ -59,23 +59,27 @@ def planned_failure(body: dict[str, Any]) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def injected_failure(custom_id: str, batch_id: str, seed: int | None, rate: float) -> bool:
-    """Does `request_failure_rate` fail this request? A pure function of its arguments."""
+def injected_failure(custom_id: str, batch_id: str, seed: int | None, rate: float, salt: str = "") -> bool:
+    """Does `request_failure_rate` (or, with salt "json", `invalid_json_share`) hit this request?
+    A pure function of its arguments: a retry in a new batch decides afresh."""
     if rate <= 0:
         return False
     if rate >= 1:
         return True
-    digest = hashlib.sha256(json.dumps([seed, batch_id, custom_id]).encode()).digest()
+    key = [seed, batch_id, custom_id] + ([salt] if salt else [])
+    digest = hashlib.sha256(json.dumps(key).encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < rate
 
 
-def run_request(endpoint: str, request: Request, *, created: int, inject_failure: bool = False) -> Outcome:
+def run_request(
+    endpoint: str, request: Request, *, created: int, inject_failure: bool = False, broken_json: bool = False
+) -> Outcome:
     status = planned_failure(request.body)
     if status is not None:
         return Outcome(request, status, error_body(status))
     if inject_failure:
         return Outcome(request, 500, INJECTED_FAILURE_BODY)
-    answer = answer_for(endpoint, request.body, created=created)
+    answer = answer_for(endpoint, request.body, created=created, broken_json=broken_json)
     input_tokens, output_tokens = usage_tokens(endpoint, answer)
     return Outcome(request, 200, answer, input_tokens, output_tokens)
 

@@ -398,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--fault-seed", type=int, default=defaults.fault_seed, help="make fault decisions reproducible")
     faults.add_argument("--request-failure-rate", type=float, default=defaults.request_failure_rate,
                         help="fraction of requests inside a batch that fail with a 500 error line")
+    faults.add_argument("--invalid-json-share", type=float, default=defaults.invalid_json_share,
+                        help="fraction of JSON answers (json_object / json_schema requests) cut in half")
     faults.add_argument("--expire-after-requests", type=int, default=defaults.expire_after_requests,
                         help="a bigger batch runs only its first N requests, then expires")
     faults.add_argument("--enqueued-token-limit", type=int, default=defaults.enqueued_token_limit,
@@ -439,6 +441,7 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         lost_answer_rate=args.lost_answer_rate,
         fault_seed=args.fault_seed,
         request_failure_rate=args.request_failure_rate,
+        invalid_json_share=args.invalid_json_share,
         expire_after_requests=args.expire_after_requests,
         enqueued_token_limit=args.enqueued_token_limit,
         token_limit_message_has_number=not args.token_limit_message_without_number,

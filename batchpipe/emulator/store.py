@@ -521,7 +521,8 @@ class Store:
         seed, rate = opts.fault_seed, opts.request_failure_rate
         outcomes = [
             run_request(endpoint, r, created=started,
-                        inject_failure=injected_failure(r.custom_id, batch_id, seed, rate))
+                        inject_failure=injected_failure(r.custom_id, batch_id, seed, rate),
+                        broken_json=injected_failure(r.custom_id, batch_id, seed, opts.invalid_json_share, "json"))
             for r in requests
         ]
         ok_prefix, input_prefix, output_prefix = [0], [0], [0]

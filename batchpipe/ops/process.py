@@ -22,6 +22,7 @@ from typing import Any
 
 
 from batchpipe import crash, fsio
+from batchpipe.config import JobConfig
 from batchpipe.errors import ExitCode, InputError
 from batchpipe.ledger.index import Index, Outcome
 from batchpipe.ledger.model import FileRef, Shard, ShardState
@@ -31,6 +32,7 @@ from batchpipe.ops.lost import billed_usage, lost_error
 from batchpipe.ops.reindex import intact, open_index, restore_shard_file
 from batchpipe.paths import RunPaths
 from batchpipe.pipeline.inputs import InputDigest, display_path, dumps_row, iter_rows
+from batchpipe.pipeline.interpret import Interpreter
 from batchpipe.pipeline.results import TRUNCATED, BadLine, Parsed, is_retryable, parse_lines
 from batchpipe.pipeline.shards import shard_id
 
@@ -96,13 +98,17 @@ def _validation_failure(shard: Shard, index: Index, result: Processed) -> Iterat
 
 
 def _outcomes(
-    ledger: Ledger, shard: Shard, index: Index, result: Processed, usage: dict[str, int], fail_truncated: bool
+    ledger: Ledger, shard: Shard, index: Index, result: Processed, usage: dict[str, int], cfg: JobConfig
 ) -> Iterator[Outcome]:
     """Each request's outcome; adds the tokens the service reported for the successful ones to `usage`.
 
     Failed requests are not billed (and report no usage): only successful lines count, truncated
-    answers too (they were paid for, even when `fail_truncated` makes them failures).
+    answers too (they were paid for, even when `output.truncated: fail` makes them failures), and
+    answers that do not mean anything usable (batchpipe.pipeline.interpret): those are failed
+    outcomes with their reason, retried like a failed request.
     """
+    fail_truncated = cfg.output.truncated == "fail"
+    interpret = Interpreter(cfg.output)
     if shard.batch.status == "failed":
         yield from _validation_failure(shard, index, result)
         return
@@ -126,8 +132,15 @@ def _outcomes(
             usage["output_tokens"] += tokens_out
             if fail_truncated and p.finish_reason == TRUNCATED:
                 yield Outcome(custom_id, False, None, TRUNCATED_ERROR, attempt=shard.attempt, finish_reason=p.finish_reason)
+                continue
+            meant = interpret(p.value)
+            if meant.ok:
+                yield Outcome(custom_id, True, meant.value, None, attempt=shard.attempt, finish_reason=p.finish_reason)
             else:
-                yield Outcome(custom_id, True, p.value, None, attempt=shard.attempt, finish_reason=p.finish_reason)
+                yield Outcome(
+                    custom_id, False, None, meant.error, retryable=True, attempt=shard.attempt,
+                    finish_reason=p.finish_reason,
+                )  # fmt: skip
         else:
             error = p.error if p is not None else absent
             yield Outcome(custom_id, False, None, error, retryable=is_retryable(error), attempt=shard.attempt)
@@ -135,8 +148,8 @@ def _outcomes(
 
 def replay(ledger: Ledger, shard: Shard, index: Index) -> Iterator[Outcome]:
     """A merged shard's outcomes once more, from its result files (to rebuild the index)."""
-    fail_truncated = run_config(ledger.paths).output.truncated == "fail"
-    return _outcomes(ledger, shard, index, Processed(ledger.run.id), {"input_tokens": 0, "output_tokens": 0}, fail_truncated)
+    cfg = run_config(ledger.paths)
+    return _outcomes(ledger, shard, index, Processed(ledger.run.id), {"input_tokens": 0, "output_tokens": 0}, cfg)
 
 
 def _plan_retry(ledger: Ledger, shard: Shard, index: Index, max_attempts: int, result: Processed) -> None:
@@ -316,12 +329,12 @@ def process(paths: RunPaths, *, retry_failed: bool = False) -> Processed:
     with fsio.run_lock(paths.root):
         ledger = Ledger.load(paths)
         cfg = run_config(paths)
-        max_attempts, fail_truncated = cfg.limits.max_attempts, cfg.output.truncated == "fail"
+        max_attempts = cfg.limits.max_attempts
         with open_index(ledger, replay, result.warnings) as index:  # rebuilt first if it is lost or damaged
             for shard in list(ledger.shards):
                 if shard.state == ShardState.COMPLETED:
                     usage = {"input_tokens": 0, "output_tokens": 0}  # a running sum: bounded, whatever the shard
-                    outcomes = _outcomes(ledger, shard, index, result, usage, fail_truncated)
+                    outcomes = _outcomes(ledger, shard, index, result, usage, cfg)
                     counts = index.put_results(shard.id, outcomes)
                     usage = billed_usage(shard) or usage  # a lost output file's requests were still billed
                     crash.point("process:after_index")
