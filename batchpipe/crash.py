@@ -29,6 +29,7 @@ POINTS: frozenset[str] = frozenset(
         "output:after_file",  # output.jsonl written, not yet in the ledger
         "canary:after_files",  # canary and rest files written, not yet in the index or ledger
         "canary:after_index",  # canary split in the index, not yet in the ledger
+        "recut:after_index",  # recut pieces written and in the index, the ledger still names the old shard
         "cancel:before",  # cancel of a duplicate batch not sent
         "cancel:after",  # duplicate batch cancelled, not yet reported
     }

@@ -10,9 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import INSTANT, expected_answer, read_jsonl, review_rows, sdk, write_job
+from conftest import INSTANT, batchpipe, expected_answer, read_jsonl, review_rows, sdk, write_job
 
-from batchpipe import ops
+from batchpipe import crash, ops
 from batchpipe.emulator import Emulator, ManualClock
 
 
@@ -43,6 +43,23 @@ def test_a_shard_bigger_than_the_queue_is_recut_and_the_run_finishes(cli, limite
     assert counts["max_enqueued_tokens"]["gpt-4o-mini"] <= limited.options.enqueued_token_limit
     state = json.loads((runs_dir / "big" / "state.json").read_text())
     assert all(len(s["history"]) <= 1 for s in state["shards"])  # no history growing without bound
+
+
+def test_a_kill_in_the_middle_of_a_recut_is_resumed_without_a_second_batch(cli, limited, runs_dir, tmp_path):
+    rows = review_rows(12)
+    config = write_job(tmp_path / "job", rows, limits={"max_requests_per_shard": 12})
+    limited.options.enqueued_token_limit = job_tokens(cli, config) // 2
+    cli("create", config, "--run", "cut")
+    cli("tick", "cut", code=None)  # the one shard is refused for the queue: the limit is learned
+    killed = batchpipe("tick", "cut", crash_at="recut:after_index")
+    assert killed.returncode == crash.EXIT_CODE, killed.stderr
+    state = json.loads((runs_dir / "cut" / "state.json").read_text())
+    assert [s["id"] for s in state["shards"]] == ["00001.a1"]  # the pieces are not in the ledger yet
+    codes = [cli("tick", "cut", code=None).exit_code for _ in range(8)]
+    assert codes[-1] == 0, codes
+    assert [r["verdict"] for r in read_jsonl(runs_dir / "cut" / "output.jsonl")] == [expected_answer(r) for r in rows]
+    assert limited.counts["duplicate_creates"] == 0
+    assert sorted(limited.counts["creates_by_tag"].values()) == [1] * len(limited.counts["creates_by_tag"])
 
 
 # --- a job four times the queue, with no limit configured (issue 8) ---------------------------

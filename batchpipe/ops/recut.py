@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import orjson
 
-from batchpipe import fsio
+from batchpipe import crash, fsio
 from batchpipe.ledger.index import Index
 from batchpipe.ledger.model import Shard, ShardState
 from batchpipe.ledger.store import Ledger
@@ -62,6 +62,7 @@ def recut(ledger: Ledger, shard: Shard, limit: int) -> list[Shard]:
                 max_output_tokens=sum(fallback if bounds[n] is None else bounds[n] for n in lines_of),
                 recut_from=shard.id,
             ))
+    crash.point("recut:after_index")
     pieces[0].history = list(shard.history)  # the refused batches of these requests stay on record
     at = ledger.shards.index(shard)
     ledger.state.shards[at:at + 1] = pieces
