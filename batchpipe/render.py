@@ -28,8 +28,9 @@ from batchpipe.pricing import format_usd
 
 ENVELOPE_VERSION = 1
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji=False: text such as a hook's name `hooks:mask:` must come out as written, not as an emoji.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def envelope(command: str, data: Any, exit_code: int = 0) -> None:
@@ -241,7 +242,7 @@ def _print_table(table: Table) -> None:
         out.print(table)
         return
     natural = Measurement.get(out, out.options.update_width(100_000), table).maximum
-    Console(highlight=False, soft_wrap=True, width=max(out.width, natural)).print(table)
+    Console(highlight=False, soft_wrap=True, emoji=False, width=max(out.width, natural)).print(table)
 
 
 @contextmanager

@@ -247,14 +247,14 @@ class PromptSection(Section):
     )
 
 
-def _hook_or(*words: str) -> Any:
-    """A check for a field that takes one of `words` or a `module:function` hook."""
+def _hook_or(name: str, *words: str) -> Any:
+    """A check for the field `name` that takes one of `words` or a `module:function` hook."""
 
     def check(value: str) -> str:
         if value not in words and not is_hook(value):
             choices = " or ".join(f"`{w}`" for w in words)
             raise _problem(
-                f"must be {choices + ' or ' if words else ''}a hook written module:function (got {value!r})",
+                f"{name} must be {choices + ' or ' if words else ''}a hook written module:function (got {value!r})",
                 hint="a hook names a function in a Python file beside the config, e.g. hooks:check for "
                 "def check(...) in hooks.py",
             )
@@ -263,9 +263,12 @@ def _hook_or(*words: str) -> Any:
     return AfterValidator(check)
 
 
-Hook = Annotated[str, _hook_or(), Field(json_schema_extra={"pattern": HOOK_PATTERN})]
+def _hook(name: str) -> Any:
+    return Annotated[str, _hook_or(name), Field(json_schema_extra={"pattern": HOOK_PATTERN})]
+
+
 ParseChoice = Annotated[
-    str, _hook_or("text", "json"), Field(json_schema_extra={"pattern": f"^(text|json)$|{HOOK_PATTERN}"})
+    str, _hook_or("output.parse", "text", "json"), Field(json_schema_extra={"pattern": f"^(text|json)$|{HOOK_PATTERN}"})
 ]
 
 
@@ -329,7 +332,7 @@ with warnings.catch_warnings():
             description="The answer must be one of these values, exactly. Error code `invalid_choices`.",
             examples=[["positive", "negative"]],
         )
-        function: Hook | None = Field(
+        function: _hook("output.validate.function") | None = Field(  # type: ignore[valid-type]
             None,
             description="A `module:function` hook called with the answer's value: it returns True (valid), or False "
             "or a reason string (invalid); a hook that raises makes the answer invalid too. Error code "
@@ -345,8 +348,9 @@ with warnings.catch_warnings():
                 return None
             if isinstance(value, str):
                 config_file = (info.context or {}).get("config_file")
-                base = Path(os.path.abspath(config_file)).parent if config_file is not None else Path.cwd()
-                path = base / os.path.expanduser(value)
+                if config_file is None:  # not loading a file (as for input.path): the path is not looked up
+                    return value  # type: ignore[return-value]
+                path = Path(os.path.abspath(config_file)).parent / os.path.expanduser(value)
                 try:
                     value = _json_module.loads(path.read_text(encoding="utf-8"))
                 except OSError as exc:
@@ -407,7 +411,7 @@ with warnings.catch_warnings():
             "the row out of the output (counted); `fallback` fills it from `output.fallback` at once. Invalid "
             "answers are counted per error code.",
         )
-        fallback: Hook | CopyFallback | None = Field(
+        fallback: _hook("output.fallback") | CopyFallback | None = Field(  # type: ignore[valid-type]
             None,
             description="What fills a row whose request finally failed or whose answer stayed invalid: a "
             "`module:function` hook called with the input row (returns the value), or `{copy: FIELD}`. Every row "
@@ -423,6 +427,15 @@ with warnings.catch_warnings():
             "`truncated`). Either way the row is marked `<key>_finish_reason: length`; it is not retried "
             "automatically (`process --retry-failed` sends failed rows again).",
         )
+
+        @field_validator("fallback", mode="before")
+        @classmethod
+        def _one_fallback(cls, value: Any) -> Any:
+            """Text must be a hook (one message, not one per kind of fallback)."""
+            if isinstance(value, str) and not is_hook(value):
+                raise _problem(f"output.fallback must be a hook written module:function or {{copy: FIELD}} "
+                               f"(got {value!r})", hint="for example: fallback: hooks:mask, or fallback: {copy: text}")  # fmt: skip
+            return value
 
         @model_validator(mode="after")
         def _consistent(self) -> OutputSection:
