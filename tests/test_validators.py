@@ -252,3 +252,26 @@ def test_a_hook_gone_after_create_stops_process_until_it_is_back(cli, emulator, 
     run(cli, "gone", "gone", code=6)  # the answers were kept: merged now, nothing sent again
     assert errors(read_jsonl(runs_dir / "gone" / "output.jsonl")) == [None, "invalid_function", None]
     assert emulator.counts["batch_creates"] == 1
+
+
+def test_every_answer_field_survives_the_snapshot(tmp_path):
+    """The run reads its config snapshot: every new field, the schema file's content and the hooks'
+    directory come back from it as they were loaded from the original."""
+    import dataclasses
+
+    from batchpipe.config import load_config, snapshot_yaml
+
+    hooks(tmp_path, "def check(value):\n    return True\n\ndef mask(row):\n    return 'x'\n")
+    (tmp_path / "s.json").write_text(json.dumps(SCHEMA), encoding="utf-8")
+    config = write_job(tmp_path, params={"response_format": SCHEMA_FORMAT}, output={
+        "key": "verdict", "fields": ["sentiment"], "meta": True, "on_invalid": "fallback", "fallback": "hooks:mask",
+        "validate": {"json": True, "json_schema": "s.json", "regex": ".*", "choices": ["a", 1], "function": "hooks:check"},
+    })  # fmt: skip
+    cfg = load_config(config, check_hooks=True)
+    assert cfg.output.validate.json_schema == SCHEMA and cfg.hook_directory() == tmp_path.resolve()
+    elsewhere = tmp_path / "run" / "config.yaml"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(snapshot_yaml(cfg), encoding="utf-8")
+    again = load_config(elsewhere)
+    assert dataclasses.replace(again, source=cfg.source) == cfg
+    assert again.hook_directory() == tmp_path.resolve()  # not the run dir the snapshot sits in

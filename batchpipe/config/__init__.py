@@ -127,11 +127,6 @@ class OutputConfig:
     on_invalid: str = "retry"
     fallback: str | Mapping[str, str] | None = None
 
-    def hooks(self) -> list[str]:
-        """Every `module:function` hook the output names."""
-        refs = [self.parse, self.validate.function if self.validate else None, self.fallback]
-        return [r for r in refs if isinstance(r, str) and ":" in r]
-
 
 @dataclass(frozen=True)
 class Limits:
@@ -179,8 +174,13 @@ class JobConfig:
     provider: ProviderConfig
     source: Path
     pricing: Pricing | None = None  # None: the shipped price table (batchpipe.pricing)
-    # Where `module:function` hooks are imported from: `hooks_dir`, else the config file's directory.
+    # Where `module:function` hooks are imported from: `hooks_dir` as written, else (when the config
+    # names a hook) the config file's directory; None: neither. See hook_directory().
     hooks_dir: Path | None = None
+
+    def hook_directory(self) -> Path:
+        """The directory the job's hooks are imported from."""
+        return self.hooks_dir or self.source.parent
 
 
 # --------------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ def _job_config(job: JobFile, source: Path) -> JobConfig:
         provider=ProviderConfig(**job.provider.model_dump()),
         source=source,
         pricing=Pricing(**job.pricing.model_dump()) if job.pricing is not None else None,
-        hooks_dir=Path(job.hooks_dir) if job.hooks_dir else source.parent,
+        hooks_dir=Path(job.hooks_dir) if job.hooks_dir else source.parent if job.output.hooks() else None,
     )
 
 
@@ -301,7 +301,7 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
         "provider": {"name": cfg.provider.name, "base_url": cfg.provider.base_url},
         # Only with hooks: the absolute directory they are imported from, so that every later step
         # of the run (which reads this snapshot from the run dir) finds the same code.
-    } | ({"hooks_dir": str(cfg.hooks_dir)} if cfg.output.hooks() and cfg.hooks_dir is not None else {})
+    } | ({"hooks_dir": str(cfg.hooks_dir)} if cfg.hooks_dir is not None else {})
 
 
 def _answer_fields(out: OutputConfig) -> dict[str, Any]:

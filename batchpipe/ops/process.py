@@ -119,7 +119,7 @@ def _outcomes(
     outcomes with their reason, retried like a failed request.
     """
     fail_truncated = cfg.output.truncated == "fail"
-    interpret = Interpreter(cfg.output, cfg.hooks_dir)
+    interpret = Interpreter(cfg.output, cfg.hook_directory())
     retry_invalid = cfg.output.on_invalid == "retry"
     if shard.batch.status == "failed":
         yield from _validation_failure(shard, index, result)
@@ -273,7 +273,7 @@ def _new_attempt(
 def _merged_rows(ledger: Ledger, index: Index, result: Processed) -> Iterator[bytes]:
     cfg = run_config(ledger.paths)
     out = cfg.output
-    fallback = Fallback(out.fallback, cfg.hooks_dir or cfg.source.parent) if out.fallback is not None else None
+    fallback = Fallback(out.fallback, cfg.hook_directory()) if out.fallback is not None else None
     joined = index.joined()
     digest = InputDigest()
     for row in iter_rows(cfg.input, digest):
