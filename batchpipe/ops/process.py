@@ -116,7 +116,8 @@ def _outcomes(
     Failed requests are not billed (and report no usage): only successful lines count, truncated
     answers too (they were paid for, even when `output.truncated: fail` makes them failures), and
     answers that do not mean anything usable (batchpipe.pipeline.interpret): those are failed
-    outcomes with their reason, retried like a failed request.
+    outcomes with their reason (counted per code), retried like a failed request unless
+    `output.on_invalid` makes them final (drop, fallback).
     """
     fail_truncated = cfg.output.truncated == "fail"
     interpret = Interpreter(cfg.output, cfg.hook_directory())
