@@ -100,6 +100,9 @@ def test_drop_leaves_invalid_rows_out_and_counts_them(cli, emulator, runs_dir, t
     assert emulator.counts["batch_creates"] == 1  # dropped answers are not sent again
     counts = cli.json("status", "dr")["data"]["result_counts"]
     assert counts == {"ok": 1, "failed": 1, "truncated": 0, "dropped": 2, "invalid_json": 1, "invalid_schema": 1}
+    processed = cli.json("process", "dr", code=6)["data"]
+    assert (processed["ok"], processed["failed"], processed["dropped"], processed["fallback"]) == (1, 1, 2, 0)
+    assert processed["invalid"] == {"invalid_json": 1, "invalid_schema": 1}
 
 
 def test_a_fallback_that_raises_leaves_the_row_failed_saying_both(cli, emulator, runs_dir, tmp_path):

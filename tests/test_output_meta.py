@@ -50,3 +50,19 @@ def test_without_meta_rows_are_as_before(cli, emulator, runs_dir, tmp_path):
     for row in read_jsonl(runs_dir / "plain" / "output.jsonl"):
         assert set(row) == {"review_id", "stars", "text", "verdict", "verdict_attempts"}
     assert "meta:" not in (runs_dir / "plain" / "config.yaml").read_text()
+
+
+def test_an_index_from_before_usage_was_kept_still_serves(cli, emulator, runs_dir, tmp_path):
+    """A run whose index was written by an earlier batchpipe (no usage column) is processed as before."""
+    import sqlite3
+
+    cli("run", write_job(tmp_path, review_rows(3)), "--run", "old", "--wait", "--poll-interval", "0")
+    before = (runs_dir / "old" / "output.jsonl").read_bytes()
+    db = sqlite3.connect(runs_dir / "old" / "index.sqlite")
+    db.executescript(  # the results table as it was before the usage column
+        "CREATE TABLE r AS SELECT custom_id, shard, attempt, ok, retryable, value, error, finish_reason FROM results;"
+        "DROP TABLE results; ALTER TABLE r RENAME TO results;")
+    db.close()
+    os.remove(runs_dir / "old" / "output.jsonl")
+    cli("process", "old")
+    assert (runs_dir / "old" / "output.jsonl").read_bytes() == before
