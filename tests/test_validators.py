@@ -275,3 +275,18 @@ def test_every_answer_field_survives_the_snapshot(tmp_path):
     again = load_config(elsewhere)
     assert dataclasses.replace(again, source=cfg.source) == cfg
     assert again.hook_directory() == tmp_path.resolve()  # not the run dir the snapshot sits in
+
+
+def test_hooks_from_a_hooks_dir_of_their_own(cli, emulator, runs_dir, tmp_path):
+    (tmp_path / "shared").mkdir()
+    hooks(tmp_path / "shared", "def short(text):\n    return text[:10]\n")
+    config = write_job(tmp_path / "job", review_rows(2), output={"key": "verdict", "parse": "hooks:short"},
+                       hooks_dir="../shared")
+    run(cli, config, "hd")
+    assert [r["verdict"] for r in read_jsonl(runs_dir / "hd" / "output.jsonl")] == ["echo: Revi"] * 2
+    assert f"hooks_dir: {(tmp_path / 'shared').resolve()}" in (runs_dir / "hd" / "config.yaml").read_text()
+    missing = write_job(tmp_path / "job", review_rows(2), name="other", output={"key": "v", "parse": "hooks:short"},
+                        hooks_dir="nowhere")
+    result = cli("create", missing, code=2)
+    line = missing.read_text().splitlines().index("hooks_dir: nowhere") + 1
+    assert f"other.yaml line {line}: hooks_dir is not a directory: " in " ".join(result.stderr.split())
