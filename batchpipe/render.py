@@ -186,7 +186,9 @@ def invalid_summary(invalid: dict[str, int] | None, what: str = "invalid answer(
     return f"{sum(invalid.values())} {what}: " + ", ".join(f"{n} {code}" for code, n in invalid.items())
 
 
-def outcome_notes(run_id: str, output: Any, failed: int, truncated: int, counts: dict[str, int] | None = None) -> list[str]:
+def outcome_notes(
+    run_id: str, output: Any, failed: int, truncated: int, counts: dict[str, int] | None = None
+) -> list[str]:
     """What a person should know about a finished run's failed, truncated, fallen back and dropped
     rows, and what to do.
 

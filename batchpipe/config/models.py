@@ -355,7 +355,8 @@ with warnings.catch_warnings():
                     value = _json_module.loads(path.read_text(encoding="utf-8"))
                 except OSError as exc:
                     raise _problem(f"output.validate.json_schema: cannot read {path}: {exc.strerror or exc}",
-                                   hint="a relative path is read from the config file's directory") from None  # fmt: skip
+                                   hint="a relative path is read from the config file's directory",
+                                   ) from None  # fmt: skip
                 except ValueError as exc:
                     raise _problem(f"output.validate.json_schema: {path} is not JSON: {exc}",
                                    hint="write the schema as JSON, or inline under json_schema:") from None  # fmt: skip
@@ -369,7 +370,8 @@ with warnings.catch_warnings():
                 where = "/".join(str(p) for p in exc.path)
                 raise _problem(f"output.validate.json_schema is not a valid JSON Schema: {exc.message}"
                                + (f" (at {where})" if where else ""),
-                               hint="see json-schema.org; the answer's value is checked against it") from None  # fmt: skip
+                               hint="see json-schema.org; the answer's value is checked against it",
+                               ) from None  # fmt: skip
             return value
 
     class OutputSection(Section):
@@ -434,7 +436,8 @@ with warnings.catch_warnings():
             """Text must be a hook (one message, not one per kind of fallback)."""
             if isinstance(value, str) and not is_hook(value):
                 raise _problem(f"output.fallback must be a hook written module:function or {{copy: FIELD}} "
-                               f"(got {value!r})", hint="for example: fallback: hooks:mask, or fallback: {copy: text}")  # fmt: skip
+                               f"(got {value!r})",
+                               hint="for example: fallback: hooks:mask, or fallback: {copy: text}")  # fmt: skip
             return value
 
         @model_validator(mode="after")
@@ -446,7 +449,8 @@ with warnings.catch_warnings():
             for name in self.fields or ():
                 if name == self.key or name.startswith(f"{self.key}_"):
                     raise _problem(f"output.fields: {name!r} would overwrite what batchpipe writes under the key "
-                                   f"{self.key!r}", hint="set output.key to another name", field=("output", "fields"))  # fmt: skip
+                                   f"{self.key!r}", hint="set output.key to another name",
+                                   field=("output", "fields"))  # fmt: skip
             if len(set(self.fields or ())) != len(self.fields or ()):
                 raise _problem("output.fields names a field twice", field=("output", "fields"))
             return self

@@ -67,7 +67,8 @@ class Processed:
     requeued: int = 0  # failed requests sent again by retry_failed, in the attempts of `retries`
     dropped: int = 0  # rows left out of the output: their answer was invalid and output.on_invalid is drop
     fallback: int = 0  # rows of the output filled by output.fallback (their error is kept beside)
-    invalid: dict[str, int] = field(default_factory=dict)  # rows finally invalid (failed, dropped or fallen back), per code
+    # rows whose answer stayed invalid (failed, dropped or filled by the fallback), per error code
+    invalid: dict[str, int] = field(default_factory=dict)
     # Batches that failed validation, as {"shard", "code", "message", "line", "row_no", "custom_id"}:
     # retrying cannot fix them, a person has to look.
     batch_errors: list[dict[str, Any]] = field(default_factory=list)
