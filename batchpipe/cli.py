@@ -251,13 +251,17 @@ def status(
             render.line(f"running for {render.duration(time.time() - p.started_at)}: {render.describe_progress(p)}")
         if st.note:
             render.warn(st.note)
+        if invalid := render.invalid_summary(data["invalid_answers"]):
+            render.line(invalid)
         if queue := render.queue_summary(data["queue"]):
             render.line(queue)
         if data.get("hold"):
             render.warn(f"held ({data['hold']}): resume with `batchpipe run {data['run']}`")
         if p.done:
             render.line(f"done: output at {data['output']}")
-            for note in render.outcome_notes(data["run"], ops.run_config(st.ledger.paths).output, p.failed, p.truncated):
+            counts = data["result_counts"] or {}
+            for note in render.outcome_notes(data["run"], ops.run_config(st.ledger.paths).output,
+                                             counts.get("failed", p.failed), p.truncated, counts):
                 render.warn(note)
     if not reports:
         render.line("no runs yet: start one with `batchpipe run CONFIG --wait`")
@@ -289,8 +293,13 @@ def _processed(p: ops.Processed, paths) -> None:
         render.warn(f"shard {e['shard']} failed validation at {where}: {e.get('code')}: {e.get('message')}")
     if p.done:
         truncated = f", {p.truncated} truncated" if p.truncated else ""
-        render.line(f"output: {paths.output} ({p.ok} answered, {p.failed} failed{truncated})")
-        for note in render.outcome_notes(paths.run_id, ops.run_config(paths).output, p.failed, p.truncated):
+        filled = f", {p.fallback} by fallback" if p.fallback else ""
+        dropped = f", {p.dropped} dropped" if p.dropped else ""
+        render.line(f"output: {paths.output} ({p.ok} answered{filled}, {p.failed} failed{dropped}{truncated})")
+        if invalid := render.invalid_summary(p.invalid, "row(s) whose answer stayed invalid"):
+            render.line(invalid)
+        counts = {"fallback": p.fallback, "dropped": p.dropped}
+        for note in render.outcome_notes(paths.run_id, ops.run_config(paths).output, p.failed, p.truncated, counts):
             render.warn(note)
 
 
@@ -318,7 +327,8 @@ def process(
     code = p.exit_code
     if as_json:
         render.envelope("process", {"run": run, "merged": p.merged, "done": p.done, "ok": p.ok, "failed": p.failed,
-                                    "truncated": p.truncated, "retries": p.retries, "requeued": p.requeued,
+                                    "truncated": p.truncated, "fallback": p.fallback, "dropped": p.dropped,
+                                    "invalid": p.invalid, "retries": p.retries, "requeued": p.requeued,
                                     "output": str(paths.output) if p.done else None, "batch_errors": p.batch_errors,
                                     "warnings": p.warnings}, int(code))
     else:

@@ -28,8 +28,9 @@ from batchpipe.pricing import format_usd
 
 ENVELOPE_VERSION = 1
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji=False: text such as a hook's name `hooks:mask:` must come out as written, not as an emoji.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def envelope(command: str, data: Any, exit_code: int = 0) -> None:
@@ -178,11 +179,28 @@ def cost_summary(data: dict[str, Any]) -> str:
     return f"cost so far: {format_usd(data['cost_usd'])} for {tokens}, at {data.get('price_source')}"
 
 
-def outcome_notes(run_id: str, output: Any, failed: int, truncated: int) -> list[str]:
-    """What a person should know about a finished run's failed and truncated rows, and what to do.
+def invalid_summary(invalid: dict[str, int] | None, what: str = "invalid answer(s)") -> str | None:
+    """Counts per reason, for people: "7 invalid answer(s): 4 invalid_json, 3 invalid_schema"."""
+    if not invalid:
+        return None
+    return f"{sum(invalid.values())} {what}: " + ", ".join(f"{n} {code}" for code, n in invalid.items())
 
-    `output` is the run's OutputConfig (its key and truncated policy)."""
+
+def outcome_notes(
+    run_id: str, output: Any, failed: int, truncated: int, counts: dict[str, int] | None = None
+) -> list[str]:
+    """What a person should know about a finished run's failed, truncated, fallen back and dropped
+    rows, and what to do.
+
+    `output` is the run's OutputConfig (its key and truncated policy); `counts` the run's result_counts."""
     notes = []
+    counts = counts or {}
+    if counts.get("fallback"):
+        notes.append(f"{counts['fallback']} row(s) were filled by output.fallback, not by the model: they have "
+                     f"{output.key}_source: fallback and keep the reason under {output.key}_error")
+    if counts.get("dropped"):
+        notes.append(f"{counts['dropped']} row(s) were left out of the output: their answer was invalid and "
+                     "output.on_invalid is drop (the raw answers are in the run's results/)")
     if truncated:
         how = "counted as failed (output.truncated: fail)" if output.truncated == "fail" else "kept as the answer"
         notes.append(f"{truncated} answer(s) were cut at the output limit, {how}: their rows have "
@@ -226,7 +244,7 @@ def _print_table(table: Table) -> None:
         out.print(table)
         return
     natural = Measurement.get(out, out.options.update_width(100_000), table).maximum
-    Console(highlight=False, soft_wrap=True, width=max(out.width, natural)).print(table)
+    Console(highlight=False, soft_wrap=True, emoji=False, width=max(out.width, natural)).print(table)
 
 
 @contextmanager

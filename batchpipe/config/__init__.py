@@ -66,6 +66,7 @@ __all__ = [
     "RESERVED_PARAMS",
     "TRUNCATED_POLICIES",
     "InputConfig",
+    "ValidateConfig",
     "JobConfig",
     "Limits",
     "OutputConfig",
@@ -98,14 +99,33 @@ class PromptConfig:
 
 
 @dataclass(frozen=True)
+class ValidateConfig:
+    """`output.validate`: the checks every answer must pass (None / False: not asked for).
+    `json_schema` is always the schema itself (a file named in the config is read at load)."""
+
+    json: bool = False
+    json_schema: Mapping[str, Any] | None = None
+    regex: str | None = None
+    choices: tuple[Any, ...] | None = None
+    function: str | None = None  # module:function
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """`key`: the key under which each row's result is written in the merged output;
     `truncated`: `keep` or `fail` an answer cut at the output limit (see `output.truncated`);
-    `parse`: `text` or `json`, how an answer becomes the value under `key`."""
+    `parse`: `text`, `json` or a `module:function` hook, how an answer becomes the value under `key`;
+    `fields`, `meta`, `validate`, `on_invalid`, `fallback`: see the models' descriptions.
+    `fallback` is a `module:function` hook, `{"copy": FIELD}`, or None."""
 
     key: str = "response"
     truncated: str = "keep"
     parse: str = "text"  # resolved at load: `json` when params ask for JSON and it was not set
+    fields: tuple[str, ...] = ()
+    meta: bool = False
+    validate: ValidateConfig | None = None
+    on_invalid: str = "retry"
+    fallback: str | Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -154,14 +174,24 @@ class JobConfig:
     provider: ProviderConfig
     source: Path
     pricing: Pricing | None = None  # None: the shipped price table (batchpipe.pricing)
+    # Where `module:function` hooks are imported from: `hooks_dir` as written, else (when the config
+    # names a hook) the config file's directory; None: neither. See hook_directory().
+    hooks_dir: Path | None = None
+
+    def hook_directory(self) -> Path:
+        """The directory the job's hooks are imported from."""
+        return self.hooks_dir or self.source.parent
 
 
 # --------------------------------------------------------------------------------------
 # Loading
 
 
-def load_config(path: Path | str) -> JobConfig:
-    """Read and validate the job config at `path`; raises ConfigError listing every problem."""
+def load_config(path: Path | str, *, check_hooks: bool = False) -> JobConfig:
+    """Read and validate the job config at `path`; raises ConfigError listing every problem.
+
+    `check_hooks`: also import every `module:function` hook it names (create does; a run's
+    snapshot is read without importing them, so a finished run's status needs no hook code)."""
     path = Path(path)
     name = str(path)
     root, data = parse_yaml(read_text(path, name), name)
@@ -179,7 +209,7 @@ def load_config(path: Path | str) -> JobConfig:
         )
     problems = duplicate_keys(root)
     try:
-        job = JobFile.model_validate(data, context={"config_file": path})
+        job = JobFile.model_validate(data, context={"config_file": path, "check_hooks": check_hooks})
     except ValidationError as exc:
         problems += Translator(locator, data).translate(exc.errors())
         job = None
@@ -196,12 +226,32 @@ def _job_config(job: JobFile, source: Path) -> JobConfig:
         input=InputConfig(path=Path(job.input.path), format=job.input.format or "", id=job.input.id),
         prompt=PromptConfig(system=job.prompt.system, user=job.prompt.user),
         params=MappingProxyType(copy.deepcopy(job.params)),
-        output=OutputConfig(**job.output.model_dump()),
+        output=_output_config(job),
         limits=Limits(**job.limits.model_dump()),
         provider=ProviderConfig(**job.provider.model_dump()),
         source=source,
         pricing=Pricing(**job.pricing.model_dump()) if job.pricing is not None else None,
+        hooks_dir=Path(job.hooks_dir) if job.hooks_dir else source.parent if job.output.hooks() else None,
     )
+
+
+def _output_config(job: JobFile) -> OutputConfig:
+    out = job.output
+    check = out.validate
+    fallback = out.fallback if isinstance(out.fallback, str) or out.fallback is None else {"copy": out.fallback.copy}
+    return OutputConfig(
+        key=out.key,
+        truncated=out.truncated,
+        parse=out.parse or "text",
+        fields=tuple(out.fields or ()),
+        meta=out.meta,
+        validate=None if check is None else ValidateConfig(
+            json=check.json, json_schema=check.json_schema, regex=check.regex,
+            choices=tuple(check.choices) if check.choices is not None else None, function=check.function,
+        ),
+        on_invalid=out.on_invalid,
+        fallback=fallback,
+    )  # fmt: skip
 
 
 def json_schema() -> dict[str, Any]:
@@ -234,7 +284,8 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
         # snapshot (and so the config hash and the default run id) it had before the field existed.
         "output": {"key": cfg.output.key}
         | ({"truncated": cfg.output.truncated} if cfg.output.truncated != OutputConfig.truncated else {})
-        | ({"parse": cfg.output.parse} if cfg.output.parse != _default_parse(cfg) else {}),
+        | ({"parse": cfg.output.parse} if cfg.output.parse != _default_parse(cfg) else {})
+        | _answer_fields(cfg.output),
         "limits": {
             "max_requests_per_shard": cfg.limits.max_requests_per_shard,
             "max_bytes_per_shard": cfg.limits.max_bytes_per_shard,
@@ -248,7 +299,35 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
             else None
         ),
         "provider": {"name": cfg.provider.name, "base_url": cfg.provider.base_url},
-    }
+        # Only with hooks: the absolute directory they are imported from, so that every later step
+        # of the run (which reads this snapshot from the run dir) finds the same code.
+    } | ({"hooks_dir": str(cfg.hooks_dir)} if cfg.hooks_dir is not None else {})
+
+
+def _answer_fields(out: OutputConfig) -> dict[str, Any]:
+    """The output fields about answers (fields, meta, validate, on_invalid, fallback), each only when
+    set: a config that uses none of them keeps its snapshot (and its run id)."""
+    written: dict[str, Any] = {}
+    if out.fields:
+        written["fields"] = list(out.fields)
+    if out.meta:
+        written["meta"] = True
+    if out.validate is not None:
+        check = out.validate
+        written["validate"] = {
+            k: v for k, v in (
+                ("json", check.json or None),
+                ("json_schema", copy.deepcopy(dict(check.json_schema)) if check.json_schema is not None else None),
+                ("regex", check.regex),
+                ("choices", list(check.choices) if check.choices is not None else None),
+                ("function", check.function),
+            ) if v is not None
+        }  # fmt: skip
+    if out.on_invalid != OutputConfig.on_invalid:
+        written["on_invalid"] = out.on_invalid
+    if out.fallback is not None:
+        written["fallback"] = out.fallback if isinstance(out.fallback, str) else dict(out.fallback)
+    return written
 
 
 def _default_parse(cfg: JobConfig) -> str:

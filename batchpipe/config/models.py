@@ -13,8 +13,11 @@ values before validation, so the default applies.
 
 from __future__ import annotations
 
+import json as _json_module
 import math
 import os
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -24,6 +27,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from batchpipe.pipeline.hooks import HOOK_PATTERN, HookError, is_hook, load_hook
 from batchpipe.pipeline.template import TemplateSyntaxError, check_field, compile_template
 
 ENDPOINTS: tuple[str, ...] = (
@@ -243,25 +247,219 @@ class PromptSection(Section):
     )
 
 
-class OutputSection(Section):
-    """Where each row's result goes in the merged output."""
+def _hook_or(name: str, *words: str) -> Any:
+    """A check for the field `name` that takes one of `words` or a `module:function` hook."""
 
-    key: Text = Field("response", description="The key under which each row's result is written.")
-    parse: Literal["text", "json"] | None = Field(
-        None,
-        description="How an answer becomes the value under `key`: `text` writes the answer as the model gave it; "
-        "`json` parses it and writes the JSON value (an answer that does not parse is a failed row, error code "
-        "`invalid_json`, retried like a failed request; its raw text stays in the run's results/). Not set: `json` "
-        "when `params.response_format` (responses: `params.text.format`) asks for json_object or json_schema, else "
-        "`text`. Only for endpoints that answer with text (chat completions, responses, completions).",
-    )
-    truncated: Literal["keep", "fail"] = Field(
-        "keep",
-        description="An answer the service cut at the output limit (`finish_reason: length`, or `status: "
-        "incomplete` for responses): `keep` writes it as the answer; `fail` makes the row failed (error code "
-        "`truncated`). Either way the row is marked `<key>_finish_reason: length`; it is not retried "
-        "automatically (`process --retry-failed` sends failed rows again).",
-    )
+    def check(value: str) -> str:
+        if value not in words and not is_hook(value):
+            choices = " or ".join(f"`{w}`" for w in words)
+            raise _problem(
+                f"{name} must be {choices + ' or ' if words else ''}a hook written module:function (got {value!r})",
+                hint="a hook names a function in a Python file beside the config, e.g. hooks:check for "
+                "def check(...) in hooks.py",
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _hook(name: str) -> Any:
+    return Annotated[str, _hook_or(name), Field(json_schema_extra={"pattern": HOOK_PATTERN})]
+
+
+ParseChoice = Annotated[
+    str, _hook_or("output.parse", "text", "json"), Field(json_schema_extra={"pattern": f"^(text|json)$|{HOOK_PATTERN}"})
+]
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise _problem(f"output.validate.regex is not a valid regular expression: {exc}",
+                       hint="Python `re` syntax; in YAML, single-quote it: regex: '^\\d+$'") from None  # fmt: skip
+    return value
+
+
+# Fields named as a user writes them (`validate`, `json`, `copy`) hide pydantic's deprecated
+# BaseModel methods of those names, which batchpipe never calls: pydantic's note about it is
+# silenced for these classes only.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r'Field name "(validate|json|copy)" in ".*" shadows')
+
+    class CopyFallback(Section):
+        """The fallback that copies a field of the input row."""
+
+        copy: Text = Field(  # type: ignore[assignment]
+            description="The field (or dotted path, `user.name`) of the input row whose value becomes the fallback "
+            "value.",
+            examples=["full_text"],
+        )
+
+        @field_validator("copy")
+        @classmethod
+        def _path(cls, value: str) -> str:
+            try:
+                check_field(value)
+            except TemplateSyntaxError as exc:
+                raise _problem(f"output.fallback.copy is not a valid field path: {exc.message}") from None
+            return value
+
+    class ValidateSection(Section):
+        """Checks an answer must pass (all that are given); an answer that fails one is invalid."""
+
+        json: bool = Field(  # type: ignore[assignment]
+            False,
+            description="`true`: the answer must be JSON (a text answer is checked; an `output.parse: json` answer "
+            "already is). Error code `invalid_json`.",
+        )
+        json_schema: Text | dict[str, Any] | None = Field(
+            None,
+            description="A JSON Schema the answer's JSON value must fit (a text answer is parsed for the check): "
+            "inline, or the path of a .json file (from the config's directory). The schema itself is checked when "
+            "the config is loaded; the run's config snapshot keeps it inline. Error code `invalid_schema`.",
+            examples=["verdict.schema.json"],
+        )
+        regex: Annotated[str, AfterValidator(_regex)] | None = Field(
+            None,
+            description="A regular expression the whole answer must match (Python `re.fullmatch`; an answer that is "
+            "not text fails it). Error code `invalid_regex`.",
+            examples=["^(yes|no)$"],
+        )
+        choices: list[str | int | float | bool] | None = Field(
+            None,
+            min_length=1,
+            description="The answer must be one of these values, exactly. Error code `invalid_choices`.",
+            examples=[["positive", "negative"]],
+        )
+        function: _hook("output.validate.function") | None = Field(  # type: ignore[valid-type]
+            None,
+            description="A `module:function` hook called with the answer's value: it returns True (valid), or False "
+            "or a reason string (invalid); a hook that raises makes the answer invalid too. Error code "
+            "`invalid_function`.",
+            examples=["hooks:check"],
+        )
+
+        @field_validator("json_schema")
+        @classmethod
+        def _schema(cls, value: str | dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+            """A file is read (from the config's directory); file or inline, it is checked as a JSON Schema."""
+            if value is None:
+                return None
+            if isinstance(value, str):
+                config_file = (info.context or {}).get("config_file")
+                if config_file is None:  # not loading a file (as for input.path): the path is not looked up
+                    return value  # type: ignore[return-value]
+                path = Path(os.path.abspath(config_file)).parent / os.path.expanduser(value)
+                try:
+                    value = _json_module.loads(path.read_text(encoding="utf-8"))
+                except OSError as exc:
+                    raise _problem(f"output.validate.json_schema: cannot read {path}: {exc.strerror or exc}",
+                                   hint="a relative path is read from the config file's directory",
+                                   ) from None  # fmt: skip
+                except ValueError as exc:
+                    raise _problem(f"output.validate.json_schema: {path} is not JSON: {exc}",
+                                   hint="write the schema as JSON, or inline under json_schema:") from None  # fmt: skip
+                if not isinstance(value, dict):
+                    raise _problem(f"output.validate.json_schema: {path} holds no JSON Schema (a schema is an object)")
+            import jsonschema  # here: only a config that uses it pays for the import
+
+            try:
+                jsonschema.validators.validator_for(value).check_schema(value)
+            except jsonschema.SchemaError as exc:
+                where = "/".join(str(p) for p in exc.path)
+                raise _problem(f"output.validate.json_schema is not a valid JSON Schema: {exc.message}"
+                               + (f" (at {where})" if where else ""),
+                               hint="see json-schema.org; the answer's value is checked against it",
+                               ) from None  # fmt: skip
+            return value
+
+    class OutputSection(Section):
+        """Where each row's result goes in the merged output, and what makes an answer valid."""
+
+        key: Text = Field("response", description="The key under which each row's result is written.")
+        parse: ParseChoice | None = Field(
+            None,
+            description="How an answer becomes the value under `key`: `text` writes the answer as the model gave "
+            "it; `json` parses it and writes the JSON value (an answer that does not parse is invalid, error code "
+            "`invalid_json`; its raw text stays in the run's results/); a `module:function` hook is called with the "
+            "answer's text and returns the value (a hook that raises makes the answer invalid, error code "
+            "`invalid_function`). Not set: `json` when `params.response_format` (responses: `params.text.format`) "
+            "asks for json_object or json_schema, else `text`. Only for endpoints that answer with text (chat "
+            "completions, responses, completions).",
+            examples=["json"],
+        )
+        fields: list[Text] | None = Field(
+            None,
+            min_length=1,
+            description="Fields of the answer's JSON object to also write as top-level fields of the row (the whole "
+            "value stays under `key`; a field of the same name in the input row is replaced; null on a row without "
+            "a value). An answer that is not an object or lacks one of them is invalid (error code "
+            "`invalid_fields`). Needs `parse` json or a hook.",
+            examples=[["sentiment", "score"]],
+        )
+        meta: bool = Field(
+            False,
+            description="`true`: every row also gets `<key>_usage` (the tokens the service reported for its "
+            "answer; null when the request failed) and `<key>_finish_reason`.",
+        )
+        validate: ValidateSection | None = Field(  # type: ignore[assignment]
+            None, description="Checks every answer must pass; an answer that fails one is invalid (see on_invalid)."
+        )
+        on_invalid: Literal["retry", "drop", "fallback"] = Field(
+            "retry",
+            description="What happens to an invalid answer: `retry` sends the request again (up to "
+            "`limits.max_attempts`, then the row is failed, or filled by `output.fallback` if set); `drop` leaves "
+            "the row out of the output (counted); `fallback` fills it from `output.fallback` at once. Invalid "
+            "answers are counted per error code.",
+        )
+        fallback: _hook("output.fallback") | CopyFallback | None = Field(  # type: ignore[valid-type]
+            None,
+            description="What fills a row whose request finally failed or whose answer stayed invalid: a "
+            "`module:function` hook called with the input row (returns the value), or `{copy: FIELD}`. Every row "
+            "then gets `<key>_source`: `model` or `fallback` (null: no value at all); a fallback row keeps its "
+            "`<key>_error`. A hook that raises, or a missing field, leaves the row failed (error code "
+            "`fallback_failed`).",
+            examples=["hooks:mask"],
+        )
+        truncated: Literal["keep", "fail"] = Field(
+            "keep",
+            description="An answer the service cut at the output limit (`finish_reason: length`, or `status: "
+            "incomplete` for responses): `keep` writes it as the answer; `fail` makes the row failed (error code "
+            "`truncated`). Either way the row is marked `<key>_finish_reason: length`; it is not retried "
+            "automatically (`process --retry-failed` sends failed rows again).",
+        )
+
+        @field_validator("fallback", mode="before")
+        @classmethod
+        def _one_fallback(cls, value: Any) -> Any:
+            """Text must be a hook (one message, not one per kind of fallback)."""
+            if isinstance(value, str) and not is_hook(value):
+                raise _problem(f"output.fallback must be a hook written module:function or {{copy: FIELD}} "
+                               f"(got {value!r})",
+                               hint="for example: fallback: hooks:mask, or fallback: {copy: text}")  # fmt: skip
+            return value
+
+        @model_validator(mode="after")
+        def _consistent(self) -> OutputSection:
+            if self.on_invalid == "fallback" and self.fallback is None:
+                raise _problem("output.on_invalid is fallback but output.fallback is not set",
+                               hint="set output.fallback (module:function or {copy: FIELD}), or use retry or drop",
+                               field=("output", "on_invalid"))  # fmt: skip
+            for name in self.fields or ():
+                if name == self.key or name.startswith(f"{self.key}_"):
+                    raise _problem(f"output.fields: {name!r} would overwrite what batchpipe writes under the key "
+                                   f"{self.key!r}", hint="set output.key to another name",
+                                   field=("output", "fields"))  # fmt: skip
+            if len(set(self.fields or ())) != len(self.fields or ()):
+                raise _problem("output.fields names a field twice", field=("output", "fields"))
+            return self
+
+        def hooks(self) -> dict[tuple[str, ...], str]:
+            """Every `module:function` hook this section names, by the path of its field."""
+            found = {("output", "parse"): self.parse, ("output", "fallback"): self.fallback,
+                     ("output", "validate", "function"): self.validate.function if self.validate else None}  # fmt: skip
+            return {path: ref for path, ref in found.items() if isinstance(ref, str) and is_hook(ref)}
 
 
 class LimitsSection(Section):
@@ -371,18 +569,62 @@ class JobFile(Section):
         "prices required. Not set: the shipped table's price for `model`.",
     )
     provider: ProviderSection = Field(default_factory=ProviderSection, description="The batch service.")
+    hooks_dir: Text | None = Field(
+        None,
+        description="The directory `module:function` hooks (output.parse, output.validate.function, "
+        "output.fallback) are imported from. Not set: the config file's directory. The run's config snapshot "
+        "records it as an absolute path: the hooks are imported from there (not copied) whenever answers are "
+        "processed.",
+        examples=["hooks"],
+    )
+
+    @field_validator("hooks_dir")
+    @classmethod
+    def _hooks_dir(cls, raw: str | None, info: ValidationInfo) -> str | None:
+        """Absolute, from the config's directory; must exist where hooks are checked (create, estimate)."""
+        config_file = (info.context or {}).get("config_file")
+        if raw is None or config_file is None:
+            return raw
+        resolved = (Path(os.path.abspath(config_file)).parent / os.path.expanduser(raw)).resolve()
+        if (info.context or {}).get("check_hooks") and not resolved.is_dir():
+            raise _problem(f"hooks_dir is not a directory: {resolved}",
+                           hint="a relative path is read from the config file's directory")  # fmt: skip
+        return str(resolved)
 
     @model_validator(mode="after")
     def _parse_default(self) -> JobFile:
         """`output.parse` follows the response format when not set; JSON needs a text answer."""
         if self.output.parse is None:
             self.output.parse = "json" if asks_for_json(self.params) else "text"
-        elif self.output.parse == "json" and self.endpoint in NO_TEXT_ENDPOINTS:
+        elif self.output.parse != "text" and self.endpoint in NO_TEXT_ENDPOINTS:
             raise _problem(
-                f"output.parse: json cannot be used with endpoint {self.endpoint}: its answers are not text",
+                f"output.parse: {self.output.parse} cannot be used with endpoint {self.endpoint}: its answers are "
+                "not text",
                 hint="remove output.parse, or use a chat completions, responses or completions endpoint",
                 field=("output", "parse"),
             )
+        if self.output.fields and self.output.parse == "text":
+            raise _problem(
+                "output.fields needs a JSON answer: set output.parse: json (or a hook that returns an object)",
+                hint="or ask for JSON with params.response_format, which makes output.parse json by default",
+                field=("output", "fields"),
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _hooks_load(self, info: ValidationInfo) -> JobFile:
+        """With `check_hooks` in the context (create, estimate), every hook must import from its directory."""
+        context = info.context or {}
+        if not context.get("check_hooks") or context.get("config_file") is None:
+            return self
+        directory = Path(self.hooks_dir or os.path.dirname(os.path.abspath(context["config_file"])))
+        for path, ref in self.output.hooks().items():
+            try:
+                load_hook(ref, directory)
+            except HookError as exc:
+                raise _problem(f"{'.'.join(path)}: cannot load hook {ref}: {exc}",
+                               hint=f"hooks are imported from {directory} (hooks_dir; default: the config's "
+                               "directory)", field=path) from None  # fmt: skip
         return self
 
     @field_validator("prompt")

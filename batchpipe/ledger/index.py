@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS results (       -- the latest outcome of each request
     retryable INTEGER NOT NULL,
     value     BLOB,
     error     BLOB,
-    finish_reason TEXT                     -- why the model stopped ("stop", "length", ...), if it said
+    finish_reason TEXT,                    -- why the model stopped ("stop", "length", ...), if it said
+    usage     BLOB                         -- the tokens the service reported for this answer (JSON)
 );
 CREATE INDEX IF NOT EXISTS results_by_shard ON results (shard);
 """
@@ -63,6 +64,8 @@ class Outcome:
     retryable: bool = False  # a failure another attempt may fix (5xx, expired, cancelled, missing)
     attempt: int = 1  # the shard attempt this outcome came from
     finish_reason: str | None = None  # why the model stopped: "length" = cut at the output limit
+    usage: dict[str, Any] | None = None  # the tokens the service reported for the answer, as it said them
+    invalid: bool = False  # the answer came back but means nothing usable: counted per error code
 
 
 class DuplicateId(Exception):
@@ -149,9 +152,12 @@ class Index:
             self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
         # An index written before finish_reason existed: add the column (NULL: not recorded).
-        if "finish_reason" not in {row[1] for row in self.db.execute("PRAGMA table_info(results)")}:
-            self.db.execute("ALTER TABLE results ADD COLUMN finish_reason TEXT")
-            self.db.commit()
+        # Likewise usage (NULL: not recorded; `process` records it as it merges).
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
+        for column, kind in (("finish_reason", "TEXT"), ("usage", "BLOB")):
+            if column not in columns:
+                self.db.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
+                self.db.commit()
 
     def close(self) -> None:
         self.db.close()
@@ -258,7 +264,8 @@ class Index:
     @_guarded
     def put_results(self, shard: str, outcomes: Iterable[Outcome]) -> dict[str, int]:
         """Record the outcomes of one shard attempt in one transaction; return {"ok": n, "failed": n,
-        "truncated": n} (truncated: answers cut at the output limit, kept or failed).
+        "truncated": n} (truncated: answers cut at the output limit, kept or failed), and for each
+        code of an invalid answer (`invalid_json`, ...; batchpipe.pipeline.interpret) how many.
 
         An attempt's outcome replaces the request's earlier one: a retry only holds requests
         whose earlier attempt failed, so the newest outcome is the one that counts.
@@ -269,14 +276,18 @@ class Index:
             for o in outcomes:
                 counts["ok" if o.ok else "failed"] += 1
                 counts["truncated"] += o.finish_reason == "length"
+                if o.invalid and o.error is not None:
+                    code = str(o.error.get("code"))
+                    counts[code] = counts.get(code, 0) + 1
                 error = None if o.error is None else orjson.dumps(o.error)
+                usage = None if o.usage is None else orjson.dumps(o.usage)
                 yield (o.custom_id, shard, o.attempt, int(o.ok), int(o.retryable), orjson.dumps(o.value), error,
-                       o.finish_reason)
+                       o.finish_reason, usage)
 
         with self.db:  # one transaction: all of the shard or none of it; one statement for all its rows
             self.db.executemany(
                 "INSERT OR REPLACE INTO results (custom_id, shard, attempt, ok, retryable, value, error, "
-                "finish_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "finish_reason, usage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows(),
             )
         return counts
@@ -285,10 +296,10 @@ class Index:
     def joined(self) -> Iterator[tuple[int, str, Outcome | None]]:
         """Every request in row order with its outcome (None if it has none yet)."""
         rows = self.db.execute(
-            "SELECT r.row_no, r.custom_id, s.ok, s.value, s.error, s.retryable, s.attempt, s.finish_reason "
-            "FROM requests r LEFT JOIN results s ON s.custom_id = r.custom_id ORDER BY r.row_no"
+            "SELECT r.row_no, r.custom_id, s.ok, s.value, s.error, s.retryable, s.attempt, s.finish_reason, "
+            "s.usage FROM requests r LEFT JOIN results s ON s.custom_id = r.custom_id ORDER BY r.row_no"
         )
-        for row_no, custom_id, ok, value, error, retryable, attempt, finish_reason in rows:
+        for row_no, custom_id, ok, value, error, retryable, attempt, finish_reason, usage in rows:
             if ok is None:
                 yield row_no, custom_id, None
             else:
@@ -300,4 +311,5 @@ class Index:
                     bool(retryable),
                     attempt,
                     finish_reason,
+                    orjson.loads(usage) if usage is not None else None,
                 )

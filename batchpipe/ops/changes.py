@@ -120,7 +120,10 @@ def changes(before: Look, after: Look) -> list[str]:
         lines.append(f"held: {after.hold}" if after.hold else "resumed")
     if after.done and not before.done:
         counts = dict(after.result_counts)
-        lines.append(f"done: {counts.get('ok', 0)} answered, {counts.get('failed', 0)} failed; output at {after.output}")
+        filled = f", {counts['fallback']} by fallback" if counts.get("fallback") else ""
+        dropped = f", {counts['dropped']} dropped" if counts.get("dropped") else ""
+        lines.append(f"done: {counts.get('ok', 0)} answered{filled}, {counts.get('failed', 0)} failed{dropped}; "
+                     f"output at {after.output}")
     return lines
 
 

@@ -205,6 +205,17 @@ def run_cost(ledger: Ledger) -> Cost:
     return Cost(usd(tokens_in, tokens_out), None, price.source, tokens_in, tokens_out, shards)
 
 
+def invalid_answers(ledger: Ledger) -> dict[str, int]:
+    """Answers that came back invalid, per error code (invalid_json, ...), over every merged shard
+    attempt: each answer once, the ones that a retry then got right included."""
+    counts: dict[str, int] = {}
+    for shard in ledger.shards:
+        for key, n in (shard.merged or {}).items():
+            if key.startswith("invalid_"):  # (put_results counts invalid answers under their code)
+                counts[key] = counts.get(key, 0) + n
+    return dict(sorted(counts.items()))
+
+
 def describe_run(paths: RunPaths) -> dict:
     """describe() of the run as it is on disk now (no network, no lock)."""
     return describe(Ledger.load(paths))
@@ -238,6 +249,7 @@ def describe(ledger: Ledger) -> dict:
         "eta_seconds": progress.eta_seconds,
         "output": str(ledger.paths.output) if run.output else None,
         "result_counts": run.result_counts,
+        "invalid_answers": invalid_answers(ledger),
         "hold": run.hold,
         "usage": {"input_tokens": cost.input_tokens, "output_tokens": cost.output_tokens},
         "cost_usd": cost.usd,

@@ -59,7 +59,7 @@ def create(
     config_path: Path, *, runs_dir: Path, run_id: str | None = None, on_progress: OnProgress | None = None
 ) -> Created:
     """Create the run of a job config (or find it, if it exists); `on_progress(rows, shards)` for long inputs."""
-    cfg = load_config(Path(config_path))
+    cfg = load_config(Path(config_path), check_hooks=True)
     snapshot = snapshot_yaml(cfg).encode()
     config_sha = hashlib.sha256(snapshot).hexdigest()
     expected_sha = None  # the input's sha read before the run is built, when the run id needs it

@@ -125,7 +125,7 @@ def estimate(
         lines = _run_lines(source)
         name = source.run_id
     else:
-        cfg = load_config(Path(source))
+        cfg = load_config(Path(source), check_hooks=True)
         price = price_for(cfg.model, cfg)
         lines = _config_lines(cfg, counter_for(cfg.model, tokenizer=tokenizer))
         name = str(source)

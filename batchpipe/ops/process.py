@@ -11,6 +11,13 @@ with `output.truncated: fail` it is a failure (code `truncated`) that is not ret
 own: the same limit would cut it again. `retry_failed` (a person asking, `process
 --retry-failed`) sends every failed request again, whatever its error, as one new attempt of
 its shard: the budget check of `submit` applies to it as to any prepared shard.
+
+An answer that came back but is invalid (batchpipe.pipeline.interpret: it does not parse, or a
+validator refuses it) is a failed outcome with an `invalid_*` code, counted per code in its
+shard's `merged`; `output.on_invalid` decides what becomes of it: `retry` (retryable like a
+5xx), `drop` (final; its row is left out of the output) or `fallback` (final; the fallback fills
+it). `output.fallback` fills every row whose outcome is finally a failure (but a dropped one)
+when the output is written, and marks each row's `<key>_source`.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any
 
 
 from batchpipe import crash, fsio
-from batchpipe.config import JobConfig
+from batchpipe.config import JobConfig, OutputConfig
 from batchpipe.errors import ExitCode, InputError
 from batchpipe.ledger.index import Index, Outcome
 from batchpipe.ledger.model import FileRef, Shard, ShardState
@@ -32,7 +39,8 @@ from batchpipe.ops.lost import billed_usage, lost_error
 from batchpipe.ops.reindex import intact, open_index, restore_shard_file
 from batchpipe.paths import RunPaths
 from batchpipe.pipeline.inputs import InputDigest, display_path, dumps_row, iter_rows
-from batchpipe.pipeline.interpret import Interpreter
+from batchpipe.pipeline.fallback import Fallback
+from batchpipe.pipeline.interpret import Interpreter, is_invalid
 from batchpipe.pipeline.results import TRUNCATED, BadLine, Parsed, is_retryable, parse_lines
 from batchpipe.pipeline.shards import shard_id
 
@@ -57,6 +65,10 @@ class Processed:
     failed: int = 0
     truncated: int = 0  # rows of the output whose answer was cut at the output limit (kept or failed)
     requeued: int = 0  # failed requests sent again by retry_failed, in the attempts of `retries`
+    dropped: int = 0  # rows left out of the output: their answer was invalid and output.on_invalid is drop
+    fallback: int = 0  # rows of the output filled by output.fallback (their error is kept beside)
+    # rows whose answer stayed invalid (failed, dropped or filled by the fallback), per error code
+    invalid: dict[str, int] = field(default_factory=dict)
     # Batches that failed validation, as {"shard", "code", "message", "line", "row_no", "custom_id"}:
     # retrying cannot fix them, a person has to look.
     batch_errors: list[dict[str, Any]] = field(default_factory=list)
@@ -105,10 +117,12 @@ def _outcomes(
     Failed requests are not billed (and report no usage): only successful lines count, truncated
     answers too (they were paid for, even when `output.truncated: fail` makes them failures), and
     answers that do not mean anything usable (batchpipe.pipeline.interpret): those are failed
-    outcomes with their reason, retried like a failed request.
+    outcomes with their reason (counted per code), retried like a failed request unless
+    `output.on_invalid` makes them final (drop, fallback).
     """
     fail_truncated = cfg.output.truncated == "fail"
-    interpret = Interpreter(cfg.output)
+    interpret = Interpreter(cfg.output, cfg.hook_directory())
+    retry_invalid = cfg.output.on_invalid == "retry"
     if shard.batch.status == "failed":
         yield from _validation_failure(shard, index, result)
         return
@@ -135,11 +149,12 @@ def _outcomes(
                 continue
             meant = interpret(p.value)
             if meant.ok:
-                yield Outcome(custom_id, True, meant.value, None, attempt=shard.attempt, finish_reason=p.finish_reason)
+                yield Outcome(custom_id, True, meant.value, None, attempt=shard.attempt, finish_reason=p.finish_reason,
+                              usage=p.usage)  # fmt: skip
             else:
                 yield Outcome(
-                    custom_id, False, None, meant.error, retryable=True, attempt=shard.attempt,
-                    finish_reason=p.finish_reason,
+                    custom_id, False, None, meant.error, retryable=retry_invalid, attempt=shard.attempt,
+                    finish_reason=p.finish_reason, usage=p.usage, invalid=True,
                 )  # fmt: skip
         else:
             error = p.error if p is not None else absent
@@ -257,8 +272,10 @@ def _new_attempt(
     result.retries.append(new_id)
 
 
-def _merged_rows(ledger: Ledger, index: Index, key: str, result: Processed) -> Iterator[bytes]:
+def _merged_rows(ledger: Ledger, index: Index, result: Processed) -> Iterator[bytes]:
     cfg = run_config(ledger.paths)
+    out = cfg.output
+    fallback = Fallback(out.fallback, cfg.hook_directory()) if out.fallback is not None else None
     joined = index.joined()
     digest = InputDigest()
     for row in iter_rows(cfg.input, digest):
@@ -266,19 +283,50 @@ def _merged_rows(ledger: Ledger, index: Index, key: str, result: Processed) -> I
         if row_no != row.row_no:  # the index and the input disagree: the input changed under us
             raise InputError(f"{cfg.input.path}: row {row.row_no} does not match the run's index")
         data = row.data  # parsed for this row alone: filled in place, not copied
-        if outcome is not None and outcome.ok:
-            data[key] = outcome.value
-            result.ok += 1
-        else:
-            data[key] = None
-            data[f"{key}_error"] = outcome.error if outcome is not None else MISSING
-            result.failed += 1
-        data[f"{key}_attempts"] = outcome.attempt if outcome is not None else 0
-        if outcome is not None and outcome.finish_reason not in (None, "stop"):  # "stop" is the norm: not written
-            data[f"{key}_finish_reason"] = outcome.finish_reason
-            result.truncated += outcome.finish_reason == TRUNCATED
+        kind = _fill_row(data, outcome, out, fallback, result)
+        if kind == "dropped":
+            continue
+        result.truncated += outcome is not None and outcome.finish_reason == TRUNCATED
         yield dumps_row(data)
     _check_every_request_has_a_row(ledger, cfg.input.path, joined, digest)
+
+
+def _fill_row(data: dict[str, Any], outcome: Outcome | None, out: OutputConfig, fallback: Fallback | None,
+              result: Processed) -> str:
+    """Write a row's outcome into it and count it in `result`; return "ok", "failed", "fallback" or
+    "dropped" (a dropped row is left as it was: it is not written)."""
+    key = out.key
+    why = outcome.error if outcome is not None else MISSING  # why the model's answer is not the value
+    error = why
+    if outcome is not None and outcome.ok:
+        value, source, kind = outcome.value, "model", "ok"
+    elif out.on_invalid == "drop" and is_invalid(why):
+        value, source, kind = None, None, "dropped"
+    elif fallback is not None and (filled := fallback(data, why)).ok:
+        value, source, kind = filled.value, "fallback", "fallback"
+    else:
+        value, source, kind = None, None, "failed"
+        error = filled.error if fallback is not None else why  # fallback_failed, naming both failures
+    setattr(result, kind, getattr(result, kind) + 1)
+    if kind != "ok" and is_invalid(why):
+        result.invalid[why["code"]] = result.invalid.get(why["code"], 0) + 1
+    if kind == "dropped":
+        return kind
+    data[key] = value
+    if kind != "ok":
+        data[f"{key}_error"] = error
+    for name in out.fields:  # spread from the value (null when the row has none)
+        data[name] = value.get(name) if isinstance(value, dict) else None
+    data[f"{key}_attempts"] = outcome.attempt if outcome is not None else 0
+    finish_reason = outcome.finish_reason if outcome is not None else None
+    if out.meta:  # on every row, null when not known
+        data[f"{key}_finish_reason"] = finish_reason
+        data[f"{key}_usage"] = outcome.usage if outcome is not None else None
+    elif finish_reason not in (None, "stop"):  # "stop" is the norm: not written
+        data[f"{key}_finish_reason"] = finish_reason
+    if fallback is not None:
+        data[f"{key}_source"] = source
+    return kind
 
 
 def _check_every_request_has_a_row(
@@ -311,12 +359,14 @@ def _write_output(ledger: Ledger, index: Index, result: Processed) -> None:
             f"{run.input['path']} has changed since the run was created: its rows can no longer be matched",
             hint="restore the original input file (same content) and run `batchpipe process` again",
         )
-    key = run_config(ledger.paths).output.key
-    out_size, out_sha = fsio.write_lines_atomic(ledger.paths.output, _merged_rows(ledger, index, key, result))
+    out_size, out_sha = fsio.write_lines_atomic(ledger.paths.output, _merged_rows(ledger, index, result))
     crash.point("output:after_file")
     run.output = ledger.file_ref(ledger.paths.output, out_size, out_sha)
-    run.result_counts = {"ok": result.ok, "failed": result.failed, "truncated": result.truncated}
-    ledger.commit({"event": "output", "rows": result.ok + result.failed, **run.result_counts})
+    # dropped, fallback and the invalid codes only when there are some: a run without them keeps its figures
+    extra = {"dropped": result.dropped, "fallback": result.fallback, **dict(sorted(result.invalid.items()))}
+    run.result_counts = {"ok": result.ok, "failed": result.failed, "truncated": result.truncated} | {
+        k: n for k, n in extra.items() if n}
+    ledger.commit({"event": "output", "rows": result.ok + result.failed + result.fallback, **run.result_counts})
     result.output_written = True
 
 
@@ -355,6 +405,8 @@ def process(paths: RunPaths, *, retry_failed: bool = False) -> Processed:
         if ledger.run.result_counts:
             counts = ledger.run.result_counts
             result.ok, result.failed, result.truncated = counts["ok"], counts["failed"], counts.get("truncated", 0)
+            result.dropped, result.fallback = counts.get("dropped", 0), counts.get("fallback", 0)
+            result.invalid = {k: n for k, n in counts.items() if k.startswith("invalid_")}
         result.done = Progress.of(ledger).done
     return result
 
