@@ -255,10 +255,14 @@ def status(
             render.line(queue)
         if data.get("hold"):
             render.warn(f"held ({data['hold']}): resume with `batchpipe run {data['run']}`")
+        if data["summary"]["answers"] or data["summary"]["invalid"]:
+            render.line("summary: " + ops.summary_line(data["summary"], ops.run_config(st.ledger.paths).limits.target))
         if p.done:
             render.line(f"done: output at {data['output']}")
-            for note in render.outcome_notes(data["run"], ops.run_config(st.ledger.paths).output, p.failed, p.truncated):
-                render.warn(note)
+            if st.ledger.run.target_reached is None:
+                for note in render.outcome_notes(data["run"], ops.run_config(st.ledger.paths).output, p.failed,
+                                                 p.truncated):
+                    render.warn(note)
     if not reports:
         render.line("no runs yet: start one with `batchpipe run CONFIG --wait`")
 
@@ -287,11 +291,16 @@ def _processed(p: ops.Processed, paths) -> None:
     for e in p.batch_errors:
         where = f"line {e.get('line')} (row {e['row_no']}, id {e['custom_id']})" if e.get("row_no") else "the batch"
         render.warn(f"shard {e['shard']} failed validation at {where}: {e.get('code')}: {e.get('message')}")
+    cfg = ops.run_config(paths)
     if p.done:
         truncated = f", {p.truncated} truncated" if p.truncated else ""
-        render.line(f"output: {paths.output} ({p.ok} answered, {p.failed} failed{truncated})")
-        for note in render.outcome_notes(paths.run_id, ops.run_config(paths).output, p.failed, p.truncated):
-            render.warn(note)
+        lines = f"{p.written} lines, " if p.written and p.written != p.ok + p.failed else ""
+        render.line(f"output: {paths.output} ({lines}{p.ok} answered, {p.failed} failed{truncated})")
+        if p.target_reached is None:
+            for note in render.outcome_notes(paths.run_id, cfg.output, p.failed, p.truncated):
+                render.warn(note)
+    if p.summary and (p.summary["answers"] or p.summary["invalid"]):
+        render.line("summary: " + ops.summary_line(p.summary, cfg.limits.target))
 
 
 @command()
@@ -318,6 +327,7 @@ def process(
     code = p.exit_code
     if as_json:
         render.envelope("process", {"run": run, "merged": p.merged, "done": p.done, "ok": p.ok, "failed": p.failed,
+                                    "summary": p.summary,
                                     "truncated": p.truncated, "retries": p.retries, "requeued": p.requeued,
                                     "output": str(paths.output) if p.done else None, "batch_errors": p.batch_errors,
                                     "warnings": p.warnings}, int(code))

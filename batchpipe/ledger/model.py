@@ -109,6 +109,9 @@ class Run:
     canary: str | None = None  # the canary shard's id (submit --canary N)
     canary_state: str | None = None  # pending | passed | failed
     hold: str | None = None  # why `tick` must not submit (e.g. "cancelled at ..."); a person's submit/run clears it
+    # limits.target: the valid records counted when it was reached (None: not reached, or no target).
+    # From then on nothing more is sent, running batches are cancelled, unsent shards are not needed.
+    target_reached: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Run:

@@ -6,7 +6,8 @@ that does not mean anything usable (text that should be JSON and is not) becomes
 outcome with its reason, retried like a failed request. The raw answer is never lost: it stays in
 the run's results/ files. Pure: no I/O.
 
-`output.parse`: `text` keeps the answer as the model gave it; `json` parses it.
+`output.parse`: `text` keeps the answer as the model gave it; `json` parses it. Then
+`output.explode` takes the list the answer holds (`explode`): its items become output records.
 """
 
 from __future__ import annotations
@@ -46,9 +47,34 @@ class Interpreter:
         self.output = output
 
     def __call__(self, answer: Any) -> Interpreted:
-        if self.output.parse == "json":
-            return parse_json(answer)
-        return Interpreted(True, answer)
+        meant = parse_json(answer) if self.output.parse == "json" else Interpreted(True, answer)
+        # (validators of the whole answer go here, before explode)
+        if meant.ok and self.output.explode is not False:
+            meant = explode(self.output.explode, meant.value)
+            # Seam for per-item validators: with explode they are meant to run on each item of
+            # `meant.value`, dropping the invalid ones (counted by reason) rather than failing the
+            # whole answer; the kept items stay the value, in their order.
+        return meant
+
+
+def explode(how: bool | str, value: Any) -> Interpreted:
+    """`output.explode`: the list an answer becomes one output record per item of.
+
+    `True`: the value itself must be a list. A field name: the value must be a JSON object with
+    a list under that field (a json_schema response format needs an object at the top). The
+    interpreted value is then the list alone, so the results index holds the items.
+    """
+    if how is True:
+        if isinstance(value, list):
+            return Interpreted(True, value)
+        return invalid("invalid_explode", f"output.explode needs a list answer, got {quote(value)}")
+    if isinstance(value, dict) and isinstance(value.get(how), list):
+        return Interpreted(True, value[how])
+    if isinstance(value, dict) and how in value:
+        return invalid("invalid_explode", f"output.explode: field '{how}' of the answer is not a list "
+                       f"(got {quote(value[how])})")
+    return invalid("invalid_explode", f"output.explode needs an object answer with a list under '{how}', "
+                   f"got {quote(value)}")
 
 
 def parse_json(answer: Any) -> Interpreted:
