@@ -236,12 +236,16 @@ class InputSection(Section):
 
     @model_validator(mode="after")
     def _format_from_suffix(self) -> InputSection:
-        if (self.path is None) == (self.count is None):
+        if self.path is None and self.count is None:
             raise _problem(
-                "input needs exactly one of path (a dataset) and count (a generation job: rows {index})"
-                + (", not both" if self.path is not None else ""),
-                hint="write input: path: rows.jsonl, or input: count: 100",
-                field=("input", "count" if self.path is not None else "path"),
+                "input.path is required: the dataset (or input.count: N, a generation job with no dataset)",
+                hint="add the dataset file, for example: path: rows.jsonl", field=("input", "path"),
+            )
+        if self.path is not None and self.count is not None:
+            raise _problem(
+                "input.path and input.count cannot both be set: a job reads a dataset (path) or makes its rows "
+                "(count, a generation job)",
+                hint="remove input.count, or input.path", field=("input", "count"),
             )
         if self.count is not None:
             for name in ("format", "records", "record_id"):

@@ -77,6 +77,9 @@ class Shard:
     max_output_tokens: int = 0  # sum of the requests' output bounds (for the worst-case cost)
     usage: dict[str, int] | None = None  # {"input_tokens", "output_tokens"} the service reported, once merged
     recut_from: str | None = None  # the shard this one was re-cut from, too big for the provider's queue
+    # What this attempt's answers made, counted when it was merged (ops/summary.py): {"answers", "records",
+    # "valid", "invalid.<code>": n}. None: merged before it was counted, or not merged yet.
+    answers: dict[str, int] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Shard:

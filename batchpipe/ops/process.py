@@ -400,7 +400,7 @@ def process(paths: RunPaths, *, retry_failed: bool = False) -> Processed:
                     counts = index.put_results(shard.id, outcomes)
                     usage = billed_usage(shard) or usage  # a lost output file's requests were still billed
                     crash.point("process:after_index")
-                    ledger.advance(shard, ShardState.MERGED, merged=counts | stats, usage=usage)
+                    ledger.advance(shard, ShardState.MERGED, merged=counts, usage=usage, answers=stats)
                     result.merged.append(shard.id)
                 elif (shard.state == ShardState.MERGED and shard.batch.status == "failed" and shard.batch.errors
                       and shard.retry is None):
@@ -439,7 +439,7 @@ def _check_target(ledger: Ledger, cfg: JobConfig) -> None:
     target = cfg.limits.target
     if target is None or ledger.run.target_reached is not None:
         return
-    valid = sum((s.merged or {}).get("valid", 0) for s in ledger.shards if s.state == ShardState.MERGED)
+    valid = sum((s.answers or {}).get("valid", 0) for s in ledger.shards if s.state == ShardState.MERGED)
     if valid >= target:
         ledger.run.target_reached = valid
         ledger.commit({"event": "target_reached", "target": target, "valid": valid})

@@ -1,7 +1,7 @@
 """A run's summary line: answers, records, valid, invalid by reason, success rate.
 
 `process` counts, per shard attempt as it merges it, what the model's answers made of the job
-(in the shard's `merged` figures in the ledger): `answers` (successful requests, every attempt),
+(in the shard's `answers` figures in the ledger): `answers` (successful requests, every attempt),
 `records` (one per answer, or with `output.explode` one per item of an answer's list), `valid`
 (records whose answer was usable: what the output holds) and `invalid.<code>` (answers that were
 not usable, by reason: `invalid_json`, `invalid_explode`, `truncated`, ...). Retried answers are
@@ -31,7 +31,7 @@ def summary(ledger: Ledger) -> dict[str, Any]:
     answers = records = valid = 0
     invalid: dict[str, int] = {}
     for shard in ledger.shards:
-        merged = shard.merged or {}
+        merged = shard.answers or {}
         if shard.state != ShardState.MERGED:
             continue
         answers += merged.get("answers", 0)
