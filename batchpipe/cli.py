@@ -292,13 +292,18 @@ def _processed(p: ops.Processed, paths) -> None:
         where = f"line {e.get('line')} (row {e['row_no']}, id {e['custom_id']})" if e.get("row_no") else "the batch"
         render.warn(f"shard {e['shard']} failed validation at {where}: {e.get('code')}: {e.get('message')}")
     cfg = ops.run_config(paths)
-    if p.done:
+    if p.done and cfg.limits.target is not None:  # a dataset: valid records only
+        reached = "limits.target reached" if p.target_reached is not None else "limits.target not reached"
+        render.line(f"output: {paths.output} ({p.written} valid records; {reached})")
+        if p.failed and p.target_reached is None:
+            render.warn(f"{p.failed} row(s) failed and are not in the output (limits.target writes valid records "
+                        f"only): `batchpipe process {paths.run_id} --retry-failed` sends them again")
+    elif p.done:
         truncated = f", {p.truncated} truncated" if p.truncated else ""
         lines = f"{p.written} lines, " if p.written and p.written != p.ok + p.failed else ""
         render.line(f"output: {paths.output} ({lines}{p.ok} answered, {p.failed} failed{truncated})")
-        if p.target_reached is None:
-            for note in render.outcome_notes(paths.run_id, cfg.output, p.failed, p.truncated):
-                render.warn(note)
+        for note in render.outcome_notes(paths.run_id, cfg.output, p.failed, p.truncated):
+            render.warn(note)
     if p.summary and (p.summary["answers"] or p.summary["invalid"]):
         render.line("summary: " + ops.summary_line(p.summary, cfg.limits.target))
 

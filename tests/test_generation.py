@@ -90,6 +90,24 @@ def test_explode_writes_one_line_per_item_with_its_parent(cli, emulator, runs_di
         in result.stdout
 
 
+def test_explode_true_takes_a_list_answer_and_survives_an_index_rebuild(cli, emulator, runs_dir, tmp_path):
+    # OpenAI's json_schema needs an object at the top (so `explode: FIELD`); a list answer, as a
+    # parse hook or another server may give, is exploded by `explode: true`. The emulator answers one.
+    schema = {"type": "array", "minItems": 2, "maxItems": 3, "items": {"type": "string"}}
+    params = {"response_format": {"type": "json_schema", "json_schema": {"name": "l", "schema": schema}}}
+    config = write_gen(tmp_path / "g", input={"count": 2}, params=params, output={"key": "q", "explode": True})
+    cli("run", config, "--run", "l", "--wait", "--poll-interval", "0")
+    out = read_jsonl(runs_dir / "l" / "output.jsonl")
+    items = [json.loads(json_text({"type": "json_schema", "schema": schema}, f"Write refusal scenarios, set {i}"))
+             for i in range(2)]
+    assert [(r["index"], r["q"], r["q_parent"], r["q_index"]) for r in out] == [
+        (i, item, str(i), n) for i in range(2) for n, item in enumerate(items[i])]
+    (runs_dir / "l" / "index.sqlite").unlink()  # rebuilt from the count and the results, the same output
+    (runs_dir / "l" / "output.jsonl").unlink()
+    cli("process", "l")
+    assert read_jsonl(runs_dir / "l" / "output.jsonl") == out
+
+
 def test_an_answer_that_is_not_a_list_is_invalid_and_retried(cli, emulator, runs_dir, tmp_path):
     # explode: true needs a list at the top; this schema's answers are objects: every answer is invalid
     config = write_gen(tmp_path / "g", input={"count": 2}, params={"response_format": PAIRS_FORMAT},
@@ -138,6 +156,7 @@ def test_target_stops_sending_and_cancels_running_batches(cli, slow_emulator, ru
     assert slow_emulator.counts["cancels"] == 1
     clock.advance(5)  # the cancel takes effect
     result = cli("run", "t", code=0)
+    assert "(3 valid records; limits.target reached)" in result.stdout
     assert slow_emulator.counts["batch_creates"] == 2 and slow_emulator.counts["uploads"] == 2  # shard 3 never sent
     out = read_jsonl(runs_dir / "t" / "output.jsonl")
     first = [{"index": 0, "pair": item, "pair_parent": "0", "pair_index": n, "pair_attempts": 1}
