@@ -257,12 +257,15 @@ def status(
             render.line(queue)
         if data.get("hold"):
             render.warn(f"held ({data['hold']}): resume with `batchpipe run {data['run']}`")
+        if data["summary"]["answers"] or data["summary"]["invalid"]:
+            render.line("summary: " + ops.summary_line(data["summary"], ops.run_config(st.ledger.paths).limits.target))
         if p.done:
             render.line(f"done: output at {data['output']}")
-            counts = data["result_counts"] or {}
-            for note in render.outcome_notes(data["run"], ops.run_config(st.ledger.paths).output,
-                                             counts.get("failed", p.failed), p.truncated, counts):
-                render.warn(note)
+            if st.ledger.run.target_reached is None:
+                counts = data["result_counts"] or {}
+                for note in render.outcome_notes(data["run"], ops.run_config(st.ledger.paths).output,
+                                                 counts.get("failed", p.failed), p.truncated, counts):
+                    render.warn(note)
     if not reports:
         render.line("no runs yet: start one with `batchpipe run CONFIG --wait`")
 
@@ -291,16 +294,26 @@ def _processed(p: ops.Processed, paths) -> None:
     for e in p.batch_errors:
         where = f"line {e.get('line')} (row {e['row_no']}, id {e['custom_id']})" if e.get("row_no") else "the batch"
         render.warn(f"shard {e['shard']} failed validation at {where}: {e.get('code')}: {e.get('message')}")
-    if p.done:
+    cfg = ops.run_config(paths)
+    if p.done and cfg.limits.target is not None:  # a dataset: valid records only
+        reached = "limits.target reached" if p.target_reached is not None else "limits.target not reached"
+        render.line(f"output: {paths.output} ({p.written} valid records; {reached})")
+        if p.failed and p.target_reached is None:
+            render.warn(f"{p.failed} row(s) failed and are not in the output (limits.target writes valid records "
+                        f"only): `batchpipe process {paths.run_id} --retry-failed` sends them again")
+    elif p.done:
         truncated = f", {p.truncated} truncated" if p.truncated else ""
         filled = f", {p.fallback} by fallback" if p.fallback else ""
         dropped = f", {p.dropped} dropped" if p.dropped else ""
-        render.line(f"output: {paths.output} ({p.ok} answered{filled}, {p.failed} failed{dropped}{truncated})")
+        lines = f"{p.written} lines, " if p.written and p.written != p.ok + p.failed + p.fallback else ""
+        render.line(f"output: {paths.output} ({lines}{p.ok} answered{filled}, {p.failed} failed{dropped}{truncated})")
         if invalid := render.invalid_summary(p.invalid, "row(s) whose answer stayed invalid"):
             render.line(invalid)
         counts = {"fallback": p.fallback, "dropped": p.dropped}
-        for note in render.outcome_notes(paths.run_id, ops.run_config(paths).output, p.failed, p.truncated, counts):
+        for note in render.outcome_notes(paths.run_id, cfg.output, p.failed, p.truncated, counts):
             render.warn(note)
+    if p.summary and (p.summary["answers"] or p.summary["invalid"]):
+        render.line("summary: " + ops.summary_line(p.summary, cfg.limits.target))
 
 
 @command()
@@ -328,7 +341,8 @@ def process(
     if as_json:
         render.envelope("process", {"run": run, "merged": p.merged, "done": p.done, "ok": p.ok, "failed": p.failed,
                                     "truncated": p.truncated, "fallback": p.fallback, "dropped": p.dropped,
-                                    "invalid": p.invalid, "retries": p.retries, "requeued": p.requeued,
+                                    "invalid": p.invalid, "summary": p.summary, "retries": p.retries,
+                                    "requeued": p.requeued,
                                     "output": str(paths.output) if p.done else None, "batch_errors": p.batch_errors,
                                     "warnings": p.warnings}, int(code))
     else:

@@ -85,9 +85,12 @@ class InputConfig:
     """Where the rows come from. `path` is absolute and resolved; `format` is `jsonl` or
     `csv`; `id` is the field (or dotted path) holding each row's id, or None to number rows."""
 
-    path: Path
+    path: Path | None  # None: a generation job (`count`)
     format: str
     id: str | None = None
+    count: int | None = None  # a generation job: rows {"index": 0..count-1}, no file
+    records: str | None = None  # dotted path to a list of records in each line: one request per record
+    record_id: str | None = None  # field of a record naming it in its custom_id (None: its position)
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class OutputConfig:
     validate: ValidateConfig | None = None
     on_invalid: str = "retry"
     fallback: str | Mapping[str, str] | None = None
+    explode: bool | str = False  # True, or the field of an object answer holding the list
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,7 @@ class Limits:
     max_attempts: int = 3
     budget_usd: float | None = None
     enqueued_tokens: int | None = None
+    target: int | None = None  # stop once this many valid records exist
 
 
 @dataclass(frozen=True)
@@ -223,7 +228,15 @@ def _job_config(job: JobFile, source: Path) -> JobConfig:
     return JobConfig(
         model=job.model,
         endpoint=job.endpoint,
-        input=InputConfig(path=Path(job.input.path), format=job.input.format or "", id=job.input.id),
+        input=InputConfig(
+            path=Path(job.input.path) if job.input.path is not None else None,
+            format=job.input.format or "",
+            # a generation job's rows are named by their index (0-based, as `{index}` shows it)
+            id=job.input.id if job.input.count is None or job.input.id is not None else "index",
+            count=job.input.count,
+            records=job.input.records,
+            record_id=job.input.record_id,
+        ),
         prompt=PromptConfig(system=job.prompt.system, user=job.prompt.user),
         params=MappingProxyType(copy.deepcopy(job.params)),
         output=_output_config(job),
@@ -251,6 +264,7 @@ def _output_config(job: JobFile) -> OutputConfig:
         ),
         on_invalid=out.on_invalid,
         fallback=fallback,
+        explode=out.explode,
     )  # fmt: skip
 
 
@@ -277,7 +291,7 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
     return {
         "model": cfg.model,
         "endpoint": cfg.endpoint,
-        "input": {"path": str(cfg.input.path), "format": cfg.input.format, "id": cfg.input.id},
+        "input": _input_dict(cfg),
         "prompt": {"system": cfg.prompt.system, "user": cfg.prompt.user},
         "params": copy.deepcopy(dict(cfg.params)),
         # `truncated` only when it is not the default: a config that does not use it keeps the
@@ -285,6 +299,7 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
         "output": {"key": cfg.output.key}
         | ({"truncated": cfg.output.truncated} if cfg.output.truncated != OutputConfig.truncated else {})
         | ({"parse": cfg.output.parse} if cfg.output.parse != _default_parse(cfg) else {})
+        | ({"explode": cfg.output.explode} if cfg.output.explode is not False else {})
         | _answer_fields(cfg.output),
         "limits": {
             "max_requests_per_shard": cfg.limits.max_requests_per_shard,
@@ -292,7 +307,8 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
             "max_attempts": cfg.limits.max_attempts,
             "budget_usd": cfg.limits.budget_usd,
             "enqueued_tokens": cfg.limits.enqueued_tokens,
-        },
+        }
+        | ({"target": cfg.limits.target} if cfg.limits.target is not None else {}),
         "pricing": (
             {"input_per_million": cfg.pricing.input_per_million, "output_per_million": cfg.pricing.output_per_million}
             if cfg.pricing is not None
@@ -328,6 +344,15 @@ def _answer_fields(out: OutputConfig) -> dict[str, Any]:
     if out.fallback is not None:
         written["fallback"] = out.fallback if isinstance(out.fallback, str) else dict(out.fallback)
     return written
+
+
+def _input_dict(cfg: JobConfig) -> dict[str, Any]:
+    """input: as written before generation jobs and records existed, their fields only when set."""
+    inp = cfg.input
+    if inp.count is not None:
+        return {"count": inp.count, "id": inp.id}
+    out = {"path": str(inp.path), "format": inp.format, "id": inp.id}
+    return out | {k: v for k, v in (("records", inp.records), ("record_id", inp.record_id)) if v is not None}
 
 
 def _default_parse(cfg: JobConfig) -> str:

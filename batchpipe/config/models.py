@@ -97,11 +97,11 @@ def _template(value: str) -> str:
     return value
 
 
-def _field_path(value: str) -> str:
+def _field_path(value: str, name: str = "input.id") -> str:
     try:
         check_field(value)
     except TemplateSyntaxError as exc:
-        raise _problem(f"input.id is not a valid field path: {exc.message}") from None
+        raise _problem(f"{name} is not a valid field path: {exc.message}") from None
     return value
 
 
@@ -177,10 +177,32 @@ class Section(BaseModel):
 class InputSection(Section):
     """Where the rows come from."""
 
-    path: Text = Field(
+    path: Text | None = Field(
+        None,
         description="The dataset. A relative path is read from the config file's directory (not from the "
-        "current directory); `~` is expanded. The file must exist when the config is loaded.",
+        "current directory); `~` is expanded. The file must exist when the config is loaded. Exactly one of "
+        "`path` and `count`.",
         examples=["reviews.jsonl"],
+    )
+    count: int | None = Field(
+        None, ge=1, examples=[500],
+        description="A generation job, with no dataset: this many rows `{\"index\": 0}` to `{\"index\": N-1}`, "
+        "`{index}` in templates; each row's id is its index. Exactly one of `path` and `count`.",
+    )  # fmt: skip
+    records: Annotated[Text, AfterValidator(lambda v: _field_path(v, "input.records"))] | None = Field(
+        None,
+        description="A field (or dotted path) of each line holding a list of records (JSON objects): one request "
+        "per record, `{record.x}` in templates is a field of the record and `{x}` one of the line; each answer is "
+        "written into its record, the rest of the line as it was. A line whose list is empty is written "
+        "unchanged. jsonl input only.",
+        examples=["tweets"],
+    )
+    record_id: Annotated[Text, AfterValidator(lambda v: _field_path(v, "input.record_id"))] | None = Field(
+        None,
+        description="With `records`: the field of each record whose value (a non-empty string without `#`, or a "
+        "whole number) names it in its request's `custom_id`, `<line id>#<record id>`, unique within its line. "
+        "Not set: the record's 0-based position in the list.",
+        examples=["tweet_id"],
     )
     format: Literal["jsonl", "csv"] | None = Field(
         None,
@@ -198,10 +220,10 @@ class InputSection(Section):
 
     @field_validator("path")
     @classmethod
-    def _resolve(cls, raw: str, info: ValidationInfo) -> str:
+    def _resolve(cls, raw: str | None, info: ValidationInfo) -> str | None:
         """Absolute and resolved, from the config's directory; checked only when loading a file."""
         config_file = (info.context or {}).get("config_file")
-        if config_file is None:
+        if config_file is None or raw is None:
             return raw
         base = Path(os.path.abspath(config_file)).parent
         candidate = Path(os.path.expanduser(raw))
@@ -218,6 +240,26 @@ class InputSection(Section):
 
     @model_validator(mode="after")
     def _format_from_suffix(self) -> InputSection:
+        if self.path is None and self.count is None:
+            raise _problem(
+                "input.path is required: the dataset (or input.count: N, a generation job with no dataset)",
+                hint="add the dataset file, for example: path: rows.jsonl", field=("input", "path"),
+            )
+        if self.path is not None and self.count is not None:
+            raise _problem(
+                "input.path and input.count cannot both be set: a job reads a dataset (path) or makes its rows "
+                "(count, a generation job)",
+                hint="remove input.count, or input.path", field=("input", "count"),
+            )
+        if self.count is not None:
+            for name in ("format", "records", "record_id"):
+                if getattr(self, name) is not None:
+                    raise _problem(f"input.{name} cannot be used with input.count: a generation job has no dataset",
+                                   hint=f"remove input.{name}", field=("input", name))
+            return self
+        if self.record_id is not None and self.records is None:
+            raise _problem("input.record_id needs input.records (the list whose records it names)",
+                           hint="add input.records, or remove input.record_id", field=("input", "record_id"))
         if self.format is None:
             suffix = Path(self.path).suffix.lower()
             if suffix not in SUFFIX_FORMATS:
@@ -228,6 +270,11 @@ class InputSection(Section):
                     field=("input", "path"),
                 )
             self.format = SUFFIX_FORMATS[suffix]
+        if self.records is not None and self.format != "jsonl":
+            raise _problem(
+                "input.records needs jsonl input: a csv cell holds text, not a list of records",
+                hint="convert the file to jsonl, or remove input.records", field=("input", "records"),
+            )
         return self
 
 
@@ -422,6 +469,16 @@ with warnings.catch_warnings():
             "`fallback_failed`).",
             examples=["hooks:mask"],
         )
+        explode: bool | Text = Field(
+            False,
+            description="`true`: an answer whose value (after `parse`) is a list becomes one output line per item, "
+            "each with its row's fields, `<key>` = the item, `<key>_parent` = the request's `custom_id` and "
+            "`<key>_index` = its 0-based position; a FIELD name: the list is that field of a JSON object answer "
+            "(a json_schema response format must have an object at the top). An answer without such a list is "
+            "invalid (error code `invalid_explode`). Each item then goes through `validate` and `fields` on its "
+            "own: an invalid item is left out and counted by its code. Not with `input.records`.",
+            examples=["items"],
+        )
         truncated: Literal["keep", "fail"] = Field(
             "keep",
             description="An answer the service cut at the output limit (`finish_reason: length`, or `status: "
@@ -484,6 +541,13 @@ class LimitsSection(Section):
         None, ge=1, examples=[2000000],
         description="The most input tokens this job may have waiting at the service at once (the Batch API's "
         "enqueued-token limit of your organisation for the model). Not set: no limit.",
+    )  # fmt: skip
+    target: int | None = Field(
+        None, ge=1, examples=[1500],
+        description="Stop once this many valid records exist (answered rows, or with `output.explode` items): "
+        "shards not yet sent are not sent, running batches are cancelled (what they finished is still merged), "
+        "and the output holds the first `target` valid records in row order (the rest stay in results/). "
+        "Not set: every row is sent.",
     )  # fmt: skip
 
 
@@ -625,6 +689,26 @@ class JobFile(Section):
                 raise _problem(f"{'.'.join(path)}: cannot load hook {ref}: {exc}",
                                hint=f"hooks are imported from {directory} (hooks_dir; default: the config's "
                                "directory)", field=path) from None  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
+    def _explode_needs_rows(self) -> JobFile:
+        """An exploded answer becomes whole output lines: a record inside a line has no line of its own."""
+        if self.output.explode is not False and self.input.records is not None:
+            raise _problem(
+                "output.explode cannot be used with input.records: an exploded answer becomes output lines of "
+                "its own, and a record's answer is written inside its line",
+                hint="remove one of output.explode and input.records", field=("output", "explode"),
+            )
+        if self.limits.target is not None and self.input.records is not None:
+            raise _problem(
+                "limits.target cannot be used with input.records: the output is written line by line, and a "
+                "line whose records were not all sent would be written half answered",
+                hint="remove limits.target, or input.records", field=("limits", "target"),
+            )
+        if self.output.explode is not False and self.endpoint in NO_TEXT_ENDPOINTS:
+            raise _problem(f"output.explode cannot be used with endpoint {self.endpoint}: its answers are not lists",
+                           hint="remove output.explode", field=("output", "explode"))
         return self
 
     @field_validator("prompt")

@@ -77,6 +77,9 @@ class Shard:
     max_output_tokens: int = 0  # sum of the requests' output bounds (for the worst-case cost)
     usage: dict[str, int] | None = None  # {"input_tokens", "output_tokens"} the service reported, once merged
     recut_from: str | None = None  # the shard this one was re-cut from, too big for the provider's queue
+    # What this attempt's answers made, counted when it was merged (ops/summary.py): {"answers", "records",
+    # "valid", "invalid.<code>": n}. None: merged before it was counted, or not merged yet.
+    answers: dict[str, int] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Shard:
@@ -109,6 +112,9 @@ class Run:
     canary: str | None = None  # the canary shard's id (submit --canary N)
     canary_state: str | None = None  # pending | passed | failed
     hold: str | None = None  # why `tick` must not submit (e.g. "cancelled at ..."); a person's submit/run clears it
+    # limits.target: the valid records counted when it was reached (None: not reached, or no target).
+    # From then on nothing more is sent, running batches are cancelled, unsent shards are not needed.
+    target_reached: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Run:

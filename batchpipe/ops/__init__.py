@@ -25,6 +25,7 @@ _NAMES = {
     "Recovered": ("recover", "Recovered"), "recover": ("recover", "recover"),
     "RunReport": ("run", "RunReport"), "run": ("run", "run"), "step": ("run", "step"),
     "Status": ("status", "Status"), "status": ("status", "status"),
+    "summary_line": ("summary", "summary_line"),
     "SubmitOptions": ("submit", "SubmitOptions"), "Submitted": ("submit", "Submitted"), "submit": ("submit", "submit"),
     "Ticked": ("tick", "Ticked"), "tick": ("tick", "tick"), "tick_all": ("tick", "tick_all"),
     "tick_exit_code": ("tick", "exit_code"),
@@ -68,5 +69,6 @@ if TYPE_CHECKING:  # what a type checker and an editor see: the same names, impo
     from batchpipe.ops.run import RunReport, run, step
     from batchpipe.ops.status import Status, status
     from batchpipe.ops.submit import SubmitOptions, Submitted, submit
+    from batchpipe.ops.summary import summary_line
     from batchpipe.ops.tick import Ticked, tick, tick_all
     from batchpipe.ops.tick import exit_code as tick_exit_code

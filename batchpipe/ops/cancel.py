@@ -33,23 +33,32 @@ def cancel(paths: RunPaths, provider: Provider) -> Cancelled:
         if ledger.run.hold is None:
             ledger.run.hold = time.strftime("cancelled at %Y-%m-%d %H:%M:%S")
             ledger.commit({"event": "hold", "reason": ledger.run.hold})
-        for shard in ledger.shards:
-            if shard.state != ShardState.SUBMITTED or shard.batch.status not in RUNNING_STATUSES:
-                continue
-            bind_provider(ledger, provider)
-            ledger.log({"event": "intent", "call": "cancel", "shard": shard.id, "batch_id": shard.batch.id})
-            crash.point("cancel:before")
-            try:
-                b = provider.cancel_batch(shard.batch.id)
-            except ProviderError as exc:
-                if exc.status_code != 409:  # 409: it finished meanwhile; its results will be downloaded
-                    raise
-                continue
-            crash.point("cancel:after")
-            shard.batch = batch_record(shard.batch.metadata, shard.batch.intent_at, b)
-            ledger.commit({"event": "remote", "call": "cancel", "shard": shard.id, "batch_id": b.id, "status": b.status})
-            result.cancelled.append(b.id)
+        result.cancelled = cancel_running(ledger, provider)
     return result
+
+
+def cancel_running(ledger: Ledger, provider: Provider, why: str | None = None) -> list[str]:
+    """Ask the service to stop every running batch of the run (the caller holds the run lock);
+    return their ids. What they finished is downloaded and merged as usual."""
+    cancelled = []
+    for shard in ledger.shards:
+        if shard.state != ShardState.SUBMITTED or shard.batch.status not in RUNNING_STATUSES:
+            continue
+        bind_provider(ledger, provider)
+        ledger.log({"event": "intent", "call": "cancel", "shard": shard.id, "batch_id": shard.batch.id}
+                   | ({"why": why} if why else {}))
+        crash.point("cancel:before")
+        try:
+            b = provider.cancel_batch(shard.batch.id)
+        except ProviderError as exc:
+            if exc.status_code != 409:  # 409: it finished meanwhile; its results will be downloaded
+                raise
+            continue
+        crash.point("cancel:after")
+        shard.batch = batch_record(shard.batch.metadata, shard.batch.intent_at, b)
+        ledger.commit({"event": "remote", "call": "cancel", "shard": shard.id, "batch_id": b.id, "status": b.status})
+        cancelled.append(b.id)
+    return cancelled
 
 
 def release_hold(ledger: Ledger) -> str | None:

@@ -12,6 +12,7 @@ from batchpipe.errors import BatchpipeError, UsageError
 from batchpipe.ledger.model import Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.schedule import queue_figures
+from batchpipe.ops.summary import not_needed, summary
 from batchpipe.paths import RunPaths
 from batchpipe.pricing import cost_usd, price_for
 from batchpipe.providers import Provider, open_provider
@@ -106,7 +107,10 @@ class Progress:
                 counts = shard.batch.request_counts
                 finished += min(shard.requests, counts.get("completed", 0) + counts.get("failed", 0))
                 failed += counts.get("failed", 0)
-        done = states[ShardState.MERGED.value] == len(ledger.shards) and ledger.run.output is not None
+        # limits.target reached: the shards it made unnecessary are not waited for
+        done = ledger.run.output is not None and all(
+            s.state == ShardState.MERGED or not_needed(ledger, s) for s in ledger.shards
+        )
         starts = [s.batch.intent_at for s in ledger.shards if s.batch is not None]
         starts += [h["intent_at"] for s in ledger.shards for h in s.history if "intent_at" in h]
         started = min(starts) if starts else None
@@ -250,6 +254,7 @@ def describe(ledger: Ledger) -> dict:
         "output": str(ledger.paths.output) if run.output else None,
         "result_counts": run.result_counts,
         "invalid_answers": invalid_answers(ledger),
+        "summary": summary(ledger),
         "hold": run.hold,
         "usage": {"input_tokens": cost.input_tokens, "output_tokens": cost.output_tokens},
         "cost_usd": cost.usd,

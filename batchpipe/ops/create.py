@@ -24,7 +24,7 @@ from batchpipe.ledger.index import DuplicateId, Index
 from batchpipe.ledger.model import FileRef, Run, RunState, Shard, ShardState
 from batchpipe.ledger.store import Ledger, encode
 from batchpipe.paths import RunPaths, check_run_id
-from batchpipe.pipeline.inputs import InputDigest, display_path
+from batchpipe.pipeline.inputs import InputDigest, input_name, input_sha256
 from batchpipe.pipeline.requests import Request, render_requests
 from batchpipe.pipeline.shards import assign_shards, shard_id
 from batchpipe.pipeline.tokens import TokenCounter, counter_for, max_output_tokens
@@ -68,12 +68,12 @@ def create(
     else:
         # The default id names the content, so the input is hashed before it is read for the
         # requests; the read must then see the very same bytes (_build checks).
-        _, expected_sha = fsio.sha256_file(cfg.input.path)
+        expected_sha = input_sha256(cfg.input)
         run_id = default_run_id(cfg.source, hashlib.sha256(snapshot + expected_sha.encode()).hexdigest())
     paths = RunPaths.of(runs_dir, run_id)
 
     if paths.root.exists():
-        return _existing(paths, config_sha, expected_sha or fsio.sha256_file(cfg.input.path)[1])
+        return _existing(paths, config_sha, expected_sha or input_sha256(cfg.input))
 
     # Creates killed mid-way leave their build dirs behind (up to a shard each): clear those first.
     cleaned = [f"removed {d.path.name} ({d.bytes:,} bytes), left by an interrupted create"
@@ -139,7 +139,7 @@ def plan_shards(
     def sized() -> Iterator[tuple[tuple[Request, int, int], int, int]]:
         output_bound = None
         for req in render_requests(cfg, digest):
-            where = f"{cfg.input.path.name} line {req.line_no} (row id {req.custom_id})"
+            where = f"{input_name(cfg.input)} line {req.line_no} (row id {req.custom_id})"
             if len(req.line) > limits.max_bytes_per_shard:
                 raise InputError(
                     f"{where}: the request is {len(req.line)} bytes, more than limits.max_bytes_per_shard "
@@ -216,6 +216,15 @@ class _ShardFiles:
         )
 
 
+def _id_fields(cfg: JobConfig) -> str:
+    """Which config fields make a custom_id, for a message about a duplicate one."""
+    if cfg.input.records is None:
+        return f"field '{cfg.input.id}'"
+    line = f"input.id '{cfg.input.id}'" if cfg.input.id else "the row number"
+    record = f"input.record_id '{cfg.input.record_id}'" if cfg.input.record_id else "the position"
+    return f"{line} # {record}"
+
+
 def _build(
     paths: RunPaths,
     cfg: JobConfig,
@@ -244,7 +253,7 @@ def _build(
                         sid, current = files.start(planned.shard), planned.shard
                         file = f"shards/{sid}.jsonl"
                     req = planned.request
-                    batch.append((req.custom_id, req.row_no, req.line_no, file, files.write(planned)))
+                    batch.append((req.custom_id, req.seq, req.line_no, file, files.write(planned)))
                     rows += 1
                     if len(batch) >= INDEX_BATCH:
                         index.add_created(batch)
@@ -260,17 +269,19 @@ def _build(
                 on_progress(rows, len(files.shards))
         except DuplicateId as dup:
             raise InputError(
-                f"{cfg.input.path.name} line {dup.line}: id {dup.custom_id!r} (field '{cfg.input.id}') "
+                f"{input_name(cfg.input)} line {dup.line}: id {dup.custom_id!r} ({_id_fields(cfg)}) "
                 f"appears twice, first on line {dup.first_line}",
                 hint="ids must be unique: fix the data, or leave input.id out to number rows instead",
             ) from None
         finally:
             files.close()  # on error the caller removes the whole temp run dir
         if rows == 0:
-            raise InputError(f"{cfg.input.path}: no rows to process", hint="check input.path in the config")
+            raise InputError(f"{input_name(cfg.input)}: no rows to process" + (
+                f" (every line's '{cfg.input.records}' list is empty)" if cfg.input.records else ""),
+                hint="check input.path in the config")
         if expected_sha is not None and digest.sha256 != expected_sha:
             raise InputError(
-                f"{display_path(cfg.input.path)}: the file changed while the run was being created",
+                f"{input_name(cfg.input)}: the file changed while the run was being created",
                 hint="wait until whatever writes the file has finished (or work on a copy of it), then run create again",
             )
         index.finish_bulk()
@@ -280,7 +291,8 @@ def _build(
             created_at=time.time(),
             batchpipe_version=__version__,
             config_sha256=config_sha,
-            input={"path": str(cfg.input.path), "bytes": digest.bytes, "sha256": digest.sha256, "rows": rows},
+            input={"path": str(cfg.input.path) if cfg.input.path is not None else None, "bytes": digest.bytes,
+                   "sha256": digest.sha256, "rows": rows},
             endpoint=cfg.endpoint,
             model=cfg.model,
             requests=rows,

@@ -56,7 +56,7 @@ def _config(config: Path | None) -> tuple[Check | None, str | None]:
         cfg = load_config(config)
     except BatchpipeError as exc:
         return Check("config", False, exc.message, exc.hint or "fix the config"), None
-    return Check("config", True, f"{config}: valid ({cfg.model}, {cfg.endpoint}, input {cfg.input.path})"), cfg.provider.base_url
+    return Check("config", True, f"{config}: valid ({cfg.model}, {cfg.endpoint}, input {cfg.input.path or f'count {cfg.input.count}'})"), cfg.provider.base_url
 
 
 def _runs_dir(runs_dir: Path) -> Check:

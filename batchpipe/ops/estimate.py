@@ -44,6 +44,7 @@ from batchpipe.ops.create import (  # the very split create makes
     plan_shards,
 )
 from batchpipe.paths import RunPaths
+from batchpipe.pipeline.inputs import input_name
 from batchpipe.pipeline.tokens import TokenCounter, counter_for, max_output_tokens
 from batchpipe.pricing import Price, cost_usd, format_usd, price_for
 
@@ -178,7 +179,7 @@ def _tally(
     if on_progress is not None:
         on_progress(requests, len(shard_tokens))
     if requests == 0:
-        raise InputError(f"{cfg.input.path}: no rows to process", hint="check input.path in the config")
+        raise InputError(f"{input_name(cfg.input)}: no rows to process", hint="check input.path in the config")
     expected_output = round(output_bound * EXPECTED_OUTPUT_FRACTION)
     worst = cost_usd(price, input_tokens, output_bound)
     expected = cost_usd(price, input_tokens, expected_output)

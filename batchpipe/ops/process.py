@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 
@@ -38,9 +37,11 @@ from batchpipe.ops.common import Progress, run_config, usage_tokens
 from batchpipe.ops.lost import billed_usage, lost_error
 from batchpipe.ops.reindex import intact, open_index, restore_shard_file
 from batchpipe.paths import RunPaths
-from batchpipe.pipeline.inputs import InputDigest, display_path, dumps_row, iter_rows
+from batchpipe.ops.summary import not_needed, summary
 from batchpipe.pipeline.fallback import Fallback
+from batchpipe.pipeline.inputs import InputDigest, dumps_row, input_name, input_sha256, iter_rows
 from batchpipe.pipeline.interpret import Interpreter, is_invalid
+from batchpipe.pipeline.requests import custom_id_for, line_records
 from batchpipe.pipeline.results import TRUNCATED, BadLine, Parsed, is_retryable, parse_lines
 from batchpipe.pipeline.shards import shard_id
 
@@ -73,16 +74,20 @@ class Processed:
     # retrying cannot fix them, a person has to look.
     batch_errors: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    written: int = 0  # lines of the output (rows; with output.explode, records)
+    summary: dict[str, Any] | None = None  # answers, records, valid, invalid by reason (summary())
+    target_reached: int | None = None  # the valid records counted when limits.target was reached
 
     @property
     def exit_code(self) -> ExitCode:
         """Where this leaves the run, for a script: 5 a batch failed validation, 3 not done yet,
-        6 done but some rows failed (their error is under `<key>_error`), 0 done and clean."""
+        6 done but some rows failed (their error is under `<key>_error`), 0 done and clean (or
+        done because limits.target was reached: the rows it did not need are not failures)."""
         if self.batch_errors:
             return ExitCode.ATTENTION
         if not self.done:
             return ExitCode.PENDING
-        return ExitCode.DONE_WITH_FAILURES if self.failed else ExitCode.OK
+        return ExitCode.DONE_WITH_FAILURES if self.failed and self.target_reached is None else ExitCode.OK
 
 
 def _lines(ledger: Ledger, shard: Shard) -> Iterator[bytes]:
@@ -110,7 +115,8 @@ def _validation_failure(shard: Shard, index: Index, result: Processed) -> Iterat
 
 
 def _outcomes(
-    ledger: Ledger, shard: Shard, index: Index, result: Processed, usage: dict[str, int], cfg: JobConfig
+    ledger: Ledger, shard: Shard, index: Index, result: Processed, usage: dict[str, int], cfg: JobConfig,
+    stats: dict[str, int] | None = None,
 ) -> Iterator[Outcome]:
     """Each request's outcome; adds the tokens the service reported for the successful ones to `usage`.
 
@@ -123,6 +129,8 @@ def _outcomes(
     fail_truncated = cfg.output.truncated == "fail"
     interpret = Interpreter(cfg.output, cfg.hook_directory())
     retry_invalid = cfg.output.on_invalid == "retry"
+    stats = {} if stats is None else stats  # the shard's summary counts (see summary())
+    explode = cfg.output.explode is not False
     if shard.batch.status == "failed":
         yield from _validation_failure(shard, index, result)
         return
@@ -144,14 +152,24 @@ def _outcomes(
             tokens_in, tokens_out = usage_tokens(p.usage)
             usage["input_tokens"] += tokens_in
             usage["output_tokens"] += tokens_out
+            _add(stats, "answers")
             if fail_truncated and p.finish_reason == TRUNCATED:
+                _add(stats, "invalid." + TRUNCATED_ERROR["code"])
+                _add(stats, "records", 1 - explode)
                 yield Outcome(custom_id, False, None, TRUNCATED_ERROR, attempt=shard.attempt, finish_reason=p.finish_reason)
                 continue
             meant = interpret(p.value)
+            made = len(meant.value) if explode and meant.ok else 1  # valid records this answer makes
+            dropped = sum(meant.dropped.values())  # its invalid items (explode), left out
+            _add(stats, "records", made + dropped if meant.ok or not explode else 0)
+            for code, n in meant.dropped.items():
+                _add(stats, "invalid." + code, n)
             if meant.ok:
+                _add(stats, "valid", made)
                 yield Outcome(custom_id, True, meant.value, None, attempt=shard.attempt, finish_reason=p.finish_reason,
                               usage=p.usage)  # fmt: skip
             else:
+                _add(stats, "invalid." + str(meant.error.get("code") if meant.error else "invalid"))
                 yield Outcome(
                     custom_id, False, None, meant.error, retryable=retry_invalid, attempt=shard.attempt,
                     finish_reason=p.finish_reason, usage=p.usage, invalid=True,
@@ -273,28 +291,61 @@ def _new_attempt(
 
 
 def _merged_rows(ledger: Ledger, index: Index, result: Processed) -> Iterator[bytes]:
+    """The output lines: the input walked in order, each request's outcome joined by its place.
+
+    Plain rows get the outcome's fields; with `input.records` each record of the line gets its
+    own; with `output.explode` an answer's items become a line each. With `limits.target` only
+    valid records are written, the first `target` of them (the rest stay in the index and results/).
+    A row whose invalid answer `output.on_invalid: drop` drops is not written.
+    """
     cfg = run_config(ledger.paths)
     out = cfg.output
     fallback = Fallback(out.fallback, cfg.hook_directory()) if out.fallback is not None else None
     joined = index.joined()
     digest = InputDigest()
+    explode = cfg.output.explode is not False
+    target = cfg.limits.target
     for row in iter_rows(cfg.input, digest):
-        row_no, _, outcome = next(joined, (None, None, None))
-        if row_no != row.row_no:  # the index and the input disagree: the input changed under us
-            raise InputError(f"{cfg.input.path}: row {row.row_no} does not match the run's index")
         data = row.data  # parsed for this row alone: filled in place, not copied
-        kind = _fill_row(data, outcome, out, fallback, result)
-        if kind == "dropped":
+        if cfg.input.records is not None:
+            line_id = custom_id_for(cfg, row)
+            for custom_id, record in line_records(cfg, row, line_id):
+                _, got_id, outcome = next(joined, (None, None, None))
+                if got_id != custom_id:  # the index and the input disagree: the input changed under us
+                    raise InputError(f"{input_name(cfg.input)}: line {row.line_no} does not match the run's index")
+                _fill_row(record, outcome, out, fallback, result)  # a dropped record keeps no answer
+            result.written += 1
+            yield dumps_row(data)
             continue
-        result.truncated += outcome is not None and outcome.finish_reason == TRUNCATED
+        row_no, custom_id, outcome = next(joined, (None, None, None))
+        if row_no != row.row_no:  # the index and the input disagree: the input changed under us
+            raise InputError(f"{input_name(cfg.input)}: row {row.row_no} does not match the run's index")
+        if target is not None and (outcome is None or not outcome.ok or result.written >= target):
+            result.failed += outcome is not None and not outcome.ok
+            continue  # a dataset: only valid records are written, up to the target; read on to the end
+        if explode and outcome is not None and outcome.ok:
+            result.ok += 1
+            result.truncated += outcome.finish_reason == TRUNCATED
+            for i, item in enumerate(outcome.value):
+                if target is not None and result.written >= target:
+                    break
+                line = dict(data)
+                line[out.key], line[f"{out.key}_parent"], line[f"{out.key}_index"] = item, custom_id, i
+                _fill_meta(line, item, outcome, out, "model" if fallback is not None else None)
+                result.written += 1
+                yield dumps_row(line)
+            continue
+        if _fill_row(data, outcome, out, fallback, result) == "dropped":
+            continue
+        result.written += 1
         yield dumps_row(data)
-    _check_every_request_has_a_row(ledger, cfg.input.path, joined, digest)
+    _check_every_request_has_a_row(ledger, cfg, joined, digest)
 
 
 def _fill_row(data: dict[str, Any], outcome: Outcome | None, out: OutputConfig, fallback: Fallback | None,
               result: Processed) -> str:
-    """Write a row's outcome into it and count it in `result`; return "ok", "failed", "fallback" or
-    "dropped" (a dropped row is left as it was: it is not written)."""
+    """Write a row's (or a nested record's) outcome into it and count it in `result`; return "ok",
+    "failed", "fallback" or "dropped" (a dropped row is left as it was: it is not written)."""
     key = out.key
     why = outcome.error if outcome is not None else MISSING  # why the model's answer is not the value
     error = why
@@ -315,6 +366,16 @@ def _fill_row(data: dict[str, Any], outcome: Outcome | None, out: OutputConfig, 
     data[key] = value
     if kind != "ok":
         data[f"{key}_error"] = error
+    result.truncated += outcome is not None and outcome.finish_reason == TRUNCATED
+    _fill_meta(data, value, outcome, out, source if fallback is not None else None)
+    return kind
+
+
+def _fill_meta(data: dict[str, Any], value: Any, outcome: Outcome | None, out: OutputConfig,
+               source: str | None) -> None:
+    """The fields beside the answer: output.fields spread from `value`, attempts, finish reason,
+    usage (output.meta) and the source (when a fallback is configured: `source` is not None)."""
+    key = out.key
     for name in out.fields:  # spread from the value (null when the row has none)
         data[name] = value.get(name) if isinstance(value, dict) else None
     data[f"{key}_attempts"] = outcome.attempt if outcome is not None else 0
@@ -324,13 +385,12 @@ def _fill_row(data: dict[str, Any], outcome: Outcome | None, out: OutputConfig, 
         data[f"{key}_usage"] = outcome.usage if outcome is not None else None
     elif finish_reason not in (None, "stop"):  # "stop" is the norm: not written
         data[f"{key}_finish_reason"] = finish_reason
-    if fallback is not None:
+    if out.fallback is not None:
         data[f"{key}_source"] = source
-    return kind
 
 
 def _check_every_request_has_a_row(
-    ledger: Ledger, path: Path, joined: Iterator[tuple[int, str, Any]], digest: InputDigest
+    ledger: Ledger, cfg: JobConfig, joined: Iterator[tuple[int, str, Any]], digest: InputDigest
 ) -> None:
     """Raised inside the output's writer, so no output is published: a paid answer whose row is
     gone must never be dropped while the run reports done."""
@@ -339,26 +399,28 @@ def _check_every_request_has_a_row(
         first, orphans = first or custom_id, orphans + 1
     if orphans:
         raise InputError(
-            f"{orphans} requests of run {ledger.run.id} have no row in {display_path(path)} "
+            f"{orphans} requests of run {ledger.run.id} have no row in {input_name(cfg.input)} "
             f"(the first: id {first!r}): the file has fewer rows than the run was created from",
             hint="restore the input file the run was created from and run `batchpipe process` again; "
             "the answers are kept until then",
         )
     if digest.sha256 != ledger.run.input["sha256"]:  # changed since the check in _write_output
         raise InputError(
-            f"{display_path(path)} has changed since the run was created: its rows can no longer be matched",
+            f"{input_name(cfg.input)} has changed since the run was created: its rows can no longer be matched",
             hint="restore the original input file (same content) and run `batchpipe process` again",
         )
 
 
 def _write_output(ledger: Ledger, index: Index, result: Processed) -> None:
     run = ledger.run
-    _, sha = fsio.sha256_file(Path(run.input["path"]))
-    if sha != run.input["sha256"]:
+    cfg = run_config(ledger.paths)
+    if input_sha256(cfg.input) != run.input["sha256"]:
         raise InputError(
             f"{run.input['path']} has changed since the run was created: its rows can no longer be matched",
             hint="restore the original input file (same content) and run `batchpipe process` again",
         )
+    result.ok = result.failed = result.truncated = result.written = result.dropped = result.fallback = 0
+    result.invalid = {}
     out_size, out_sha = fsio.write_lines_atomic(ledger.paths.output, _merged_rows(ledger, index, result))
     crash.point("output:after_file")
     run.output = ledger.file_ref(ledger.paths.output, out_size, out_sha)
@@ -366,6 +428,8 @@ def _write_output(ledger: Ledger, index: Index, result: Processed) -> None:
     extra = {"dropped": result.dropped, "fallback": result.fallback, **dict(sorted(result.invalid.items()))}
     run.result_counts = {"ok": result.ok, "failed": result.failed, "truncated": result.truncated} | {
         k: n for k, n in extra.items() if n}
+    if cfg.input.records is not None or cfg.output.explode is not False or cfg.limits.target is not None:
+        run.result_counts["lines"] = result.written  # not one line per request: say how many
     ledger.commit({"event": "output", "rows": result.ok + result.failed + result.fallback, **run.result_counts})
     result.output_written = True
 
@@ -381,21 +445,26 @@ def process(paths: RunPaths, *, retry_failed: bool = False) -> Processed:
         cfg = run_config(paths)
         max_attempts = cfg.limits.max_attempts
         with open_index(ledger, replay, result.warnings) as index:  # rebuilt first if it is lost or damaged
-            for shard in list(ledger.shards):
+            shards = list(ledger.shards)
+            for shard in shards:
                 if shard.state == ShardState.COMPLETED:
                     usage = {"input_tokens": 0, "output_tokens": 0}  # a running sum: bounded, whatever the shard
-                    outcomes = _outcomes(ledger, shard, index, result, usage, cfg)
+                    stats: dict[str, int] = {}
+                    outcomes = _outcomes(ledger, shard, index, result, usage, cfg, stats)
                     counts = index.put_results(shard.id, outcomes)
                     usage = billed_usage(shard) or usage  # a lost output file's requests were still billed
                     crash.point("process:after_index")
-                    ledger.advance(shard, ShardState.MERGED, merged=counts, usage=usage)
+                    ledger.advance(shard, ShardState.MERGED, merged=counts, usage=usage, answers=stats)
                     result.merged.append(shard.id)
                 elif (shard.state == ShardState.MERGED and shard.batch.status == "failed" and shard.batch.errors
                       and shard.retry is None):
                     list(_validation_failure(shard, index, result))  # report them again: still unresolved
-                if shard.state == ShardState.MERGED:
-                    _plan_retry(ledger, shard, index, max_attempts, result)
-            all_merged = all(s.state == ShardState.MERGED for s in ledger.shards)
+            _check_target(ledger, cfg)
+            if ledger.run.target_reached is None:  # once it is reached, nothing more is sent
+                for shard in shards:
+                    if shard.state == ShardState.MERGED:
+                        _plan_retry(ledger, shard, index, max_attempts, result)
+            all_merged = all(s.state == ShardState.MERGED or not_needed(ledger, s) for s in ledger.shards)
             if all_merged and (result.merged or ledger.run.output is None or not _output_intact(ledger)):
                 _write_output(ledger, index, result)
             if retry_failed:
@@ -407,8 +476,29 @@ def process(paths: RunPaths, *, retry_failed: bool = False) -> Processed:
             result.ok, result.failed, result.truncated = counts["ok"], counts["failed"], counts.get("truncated", 0)
             result.dropped, result.fallback = counts.get("dropped", 0), counts.get("fallback", 0)
             result.invalid = {k: n for k, n in counts.items() if k.startswith("invalid_")}
+            result.written = counts.get("lines", result.ok + result.failed + result.fallback)
         result.done = Progress.of(ledger).done
+        result.summary = summary(ledger)
+        result.target_reached = ledger.run.target_reached
     return result
+
+
+def _add(stats: dict[str, int], name: str, n: int = 1) -> None:
+    if n:
+        stats[name] = stats.get(name, 0) + n
+
+
+def _check_target(ledger: Ledger, cfg: JobConfig) -> None:
+    """`limits.target`: once the merged shards hold that many valid records, say so in the ledger:
+    `submit` then sends nothing more, `run` cancels the running batches, and the shards never
+    sent are not needed for the run to be done."""
+    target = cfg.limits.target
+    if target is None or ledger.run.target_reached is not None:
+        return
+    valid = sum((s.answers or {}).get("valid", 0) for s in ledger.shards if s.state == ShardState.MERGED)
+    if valid >= target:
+        ledger.run.target_reached = valid
+        ledger.commit({"event": "target_reached", "target": target, "valid": valid})
 
 
 def _output_intact(ledger: Ledger) -> bool:

@@ -73,7 +73,7 @@ def rebuild_index(ledger: Ledger, replay: Replay, why: str) -> str:
     _check_input(ledger, f"cannot rebuild {paths.index.name}")
     cfg = run_config(paths)
     with fsio.atomic_path(paths.index) as tmp, Index(tmp, create=True) as index:
-        index.add_requests((r.custom_id, r.row_no, r.line_no) for r in render_requests(cfg))
+        index.add_requests((r.custom_id, r.seq, r.line_no) for r in render_requests(cfg))
         replayed, differ = 0, []
         for attempt in sorted({s.attempt for s in ledger.shards}):
             for shard in (s for s in ledger.shards if s.attempt == attempt):
@@ -100,6 +100,8 @@ def rebuild_index(ledger: Ledger, replay: Replay, why: str) -> str:
 
 def _check_input(ledger: Ledger, doing: str) -> None:
     run = ledger.run
+    if run.input["path"] is None:  # a generation job (input.count): nothing on disk to change
+        return
     try:
         _, sha = fsio.sha256_file(Path(run.input["path"]))
     except OSError as exc:

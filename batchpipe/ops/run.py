@@ -6,8 +6,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from batchpipe import fsio
 from batchpipe.errors import BatchpipeError, ProviderError, RunLocked
 from batchpipe.ledger.store import Ledger
+from batchpipe.ops.cancel import cancel_running
 from batchpipe.ops.changes import Watch
 from batchpipe.ops.common import Progress
 from batchpipe.ops.download import download
@@ -74,6 +76,8 @@ def step(
     submitted = submit(paths, provider, options, sleep=sleep)
     downloaded = download(paths, provider)
     processed = process(paths)
+    if processed.target_reached is not None:
+        submitted.notes += stop_for_target(paths, provider)
     return RunReport(
         paths.run_id,
         Progress.of(Ledger.load(paths), with_cost=True),
@@ -86,6 +90,16 @@ def step(
         queued=submitted.queued,
         too_big=submitted.too_big,
     )
+
+
+def stop_for_target(paths: RunPaths, provider: Provider) -> list[str]:
+    """limits.target is reached: cancel the run's running batches (the next passes download and
+    merge what they finished); one note per batch cancelled."""
+    with fsio.run_lock(paths.root):
+        ledger = Ledger.load(paths)
+        cancelled = cancel_running(ledger, provider, why="limits.target reached")
+    return [f"limits.target reached ({ledger.run.target_reached} valid records): cancelled batch {b}"
+            for b in cancelled]
 
 
 def run(

@@ -18,6 +18,7 @@ from batchpipe.ops.recut import recut
 from batchpipe.ops.remote import BatchCreates, ensure_uploaded
 from batchpipe.ops.schedule import Schedule, queue_refusals
 from batchpipe.ops.status import refresh_shard
+from batchpipe.ops.summary import not_needed
 from batchpipe.paths import RunPaths
 from batchpipe.providers import Provider
 
@@ -83,6 +84,12 @@ def submit(
             bind_provider(ledger, provider)
             creates.look_up_open()  # intents an earlier process left open: one listing for all of them
         at = 0
+        if ledger.run.target_reached is not None:  # limits.target: nothing more is needed
+            unsent = sum(not_needed(ledger, s) for s in ledger.shards)
+            if unsent:
+                result.notes.append(f"limits.target reached ({ledger.run.target_reached} valid records): "
+                                    f"{unsent} shard(s) not sent, as they are not needed")
+            at = len(ledger.shards)
         while at < len(ledger.shards):  # by position: a re-cut replaces the shard there with its pieces
             shard = ledger.shards[at]
             at += 1

@@ -58,6 +58,9 @@ def _outcome(paths: RunPaths, report: RunReport) -> Ticked:
     truncated = f", {p.truncated} cut at the output limit" if p.truncated else ""
     if report.processed.batch_errors:
         return Ticked(paths.run_id, "attention", "a batch failed validation: see `batchpipe process`", report)
+    if p.done and report.processed.target_reached is not None:  # the rows it did not need are no failures
+        return Ticked(paths.run_id, "done", f"limits.target reached: {report.processed.written} records written "
+                      f"({report.processed.target_reached} valid)", report)
     if p.done and report.processed.failed:
         return Ticked(paths.run_id, "done_with_failures", f"{p.requests} requests, {report.processed.failed} "
                       f"failed{truncated}; send them again with `batchpipe process {paths.run_id} --retry-failed`", report)

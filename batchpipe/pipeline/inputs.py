@@ -38,12 +38,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from batchpipe import fsio
 from batchpipe.errors import InputError
 
 if TYPE_CHECKING:
     from batchpipe.config import InputConfig
 
-__all__ = ["InputDigest", "Row", "display_path", "dumps_row", "iter_rows"]
+__all__ = ["InputDigest", "Row", "count_sha256", "display_path", "dumps_row", "input_name", "input_sha256", "iter_rows"]
 
 _BOM = b"\xef\xbb\xbf"
 # csv refuses fields over 128 KiB by default; long documents in one cell are normal input.
@@ -159,7 +160,9 @@ def iter_rows(cfg: InputConfig, digest: InputDigest | None = None) -> Iterator[R
     almost always a wrong path or an export that failed. When the last row has been read,
     `digest` (if given) holds the size and sha256 of the bytes the rows were parsed from.
     """
-    if cfg.format == "jsonl":
+    if cfg.count is not None:
+        rows = _iter_count(cfg.count, digest)
+    elif cfg.format == "jsonl":
         rows = _iter_jsonl(Path(cfg.path), digest)
     elif cfg.format == "csv":
         rows = _iter_csv(Path(cfg.path), digest)
@@ -177,6 +180,30 @@ def iter_rows(cfg: InputConfig, digest: InputDigest | None = None) -> Iterator[R
             f"{display_path(cfg.path)}: the file has no data rows",
             hint="check input.path in the job config, or fill the file",
         )
+
+
+def count_sha256(count: int) -> str:
+    """What stands for the input's sha256 in a generation job: a digest of its row count, so a
+    run's checks that its input has not changed (create, process, recover) work unchanged."""
+    return hashlib.sha256(f"batchpipe input.count {count}\n".encode()).hexdigest()
+
+
+def input_sha256(cfg: InputConfig) -> str:
+    """The sha256 of the input as a run records it (a file's bytes, or count_sha256)."""
+    return count_sha256(cfg.count) if cfg.count is not None else fsio.sha256_file(Path(cfg.path))[1]
+
+
+def input_name(cfg: InputConfig) -> str:
+    """The input as messages name it: its file, or the generation job's count."""
+    return display_path(cfg.path) if cfg.count is None else f"input.count ({cfg.count} rows)"
+
+
+def _iter_count(count: int, digest: InputDigest | None) -> Iterator[Row]:
+    """A generation job's rows: {"index": 0} to {"index": count-1}; row_no and line_no are index + 1."""
+    for i in range(count):
+        yield Row(i + 1, i + 1, {"index": i})
+    if digest is not None:
+        digest.bytes, digest.sha256 = 0, count_sha256(count)
 
 
 def _open_error(path: Path, exc: OSError) -> InputError:

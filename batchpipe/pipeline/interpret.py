@@ -9,7 +9,8 @@ refuses) becomes a failed outcome with its reason (an `invalid_*` error code), h
 The steps, each a small function, in this order:
 
     parse      output.parse: `text` keeps the answer, `json` parses it, a hook returns the value
-    (explode)  one answer -> many items: each item then goes through the steps below on its own
+    explode    output.explode: the list the answer holds; each item then goes through the steps
+               below on its own, and an invalid item is dropped (counted by its code), not the answer
     validate   output.validate: json, json_schema, regex, choices, function (all must pass)
     fields     output.fields: the answer must be an object holding each of them
 
@@ -20,7 +21,7 @@ Interpreter is built.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from batchpipe.pipeline.validators import Validator, json_value, quote, validato
 
 # Error codes of answers that came back but mean nothing usable (counted per code).
 INVALID_CODES = ("invalid_json", "invalid_schema", "invalid_regex", "invalid_choices", "invalid_function",
-                 "invalid_fields")  # fmt: skip
+                 "invalid_fields", "invalid_explode")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class Interpreted:
     ok: bool
     value: Any = None
     error: dict[str, Any] | None = None  # {"code": "invalid_...", "message": ...} when not ok
+    # with output.explode: the items left out because they were invalid, by error code
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 def invalid(code: str, message: str) -> Interpreted:
@@ -75,9 +78,20 @@ class Interpreter:
         meant = self.parse(answer)
         if not meant.ok:
             return meant
-        # explode (helper [C]): a list value becomes items here, and each item goes through
-        # `self.check` on its own.
-        return self.check(meant.value)
+        if self.output.explode is False:
+            return self.check(meant.value)
+        meant = explode(self.output.explode, meant.value)
+        if not meant.ok:
+            return meant
+        kept, dropped = [], {}
+        for item in meant.value:
+            checked = self.check(item)
+            if checked.ok:
+                kept.append(checked.value)
+            else:
+                code = (checked.error or {}).get("code", "invalid")
+                dropped[code] = dropped.get(code, 0) + 1
+        return Interpreted(True, kept, dropped=dropped)
 
     def check(self, value: Any) -> Interpreted:
         """validate, then fields: of one value (with explode, of one item)."""
@@ -97,6 +111,29 @@ def parser(parse: str, directory: Path) -> Callable[[Any], Interpreted]:
     if is_hook(parse):
         return parse_hook(parse, load_hook(parse, directory))
     return lambda answer: Interpreted(True, answer)
+
+
+# -- explode -------------------------------------------------------------------------------
+
+
+def explode(how: bool | str, value: Any) -> Interpreted:
+    """`output.explode`: the list an answer becomes one output record per item of.
+
+    `True`: the value itself must be a list. A field name: the value must be a JSON object with
+    a list under that field (a json_schema response format needs an object at the top). The
+    interpreted value is then the list alone, so the results index holds the items.
+    """
+    if how is True:
+        if isinstance(value, list):
+            return Interpreted(True, value)
+        return invalid("invalid_explode", f"output.explode needs a list answer, got {quote(value)}")
+    if isinstance(value, dict) and isinstance(value.get(how), list):
+        return Interpreted(True, value[how])
+    if isinstance(value, dict) and how in value:
+        return invalid("invalid_explode", f"output.explode: field '{how}' of the answer is not a list "
+                       f"(got {quote(value[how])})")
+    return invalid("invalid_explode", f"output.explode needs an object answer with a list under '{how}', "
+                   f"got {quote(value)}")
 
 
 def parse_json(answer: Any) -> Interpreted:

@@ -8,7 +8,10 @@ serialized with orjson (compact, UTF-8, keys in insertion order), so the same co
 input always give the same bytes.
 
 custom_id: with `input.id`, the value at that (dotted) path of the row, which must be a
-non-empty string or a whole number; without it, the 1-based row number. Duplicate ids are
+non-empty string or a whole number; without it, the 1-based row number. With `input.records`
+(one request per record of a list in each line), `<line id>#<record id>`: the record id is the
+record's `input.record_id` (a string without `#`, or a whole number) or its 0-based position, so
+the last `#` always splits a custom_id back into line and record. Duplicate ids are
 **not** checked here: that needs an index on disk to keep memory flat, and the caller that
 writes the shards does it.
 """
@@ -23,7 +26,7 @@ import orjson
 
 from batchpipe.config import NO_SYSTEM_ENDPOINTS, RESERVED_PARAMS, JobConfig
 from batchpipe.errors import ConfigError, InputError
-from batchpipe.pipeline.inputs import InputDigest, Row, display_path, iter_rows
+from batchpipe.pipeline.inputs import InputDigest, Row, display_path, input_name, iter_rows
 from batchpipe.pipeline.template import (
     MissingField,
     Template,
@@ -33,7 +36,7 @@ from batchpipe.pipeline.template import (
     lookup,
 )
 
-__all__ = ["Request", "build_body", "custom_id_for", "render_requests"]
+__all__ = ["RECORD_SEPARATOR", "Request", "build_body", "custom_id_for", "line_records", "record_scope", "render_requests"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class Request:
     # The request's body as a dict, kept so that counting its tokens needs no second parse of
     # `line`. Shares nested params with the config: read it, don't mutate it.
     body: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # 1-based position among the job's requests (the index's order): the row number, or with
+    # `input.records` (several requests per line) the count of requests up to this one.
+    seq: int = 0
 
 
 def build_body(cfg: JobConfig, system: str | None, user: str) -> dict[str, Any]:
@@ -97,7 +103,7 @@ def _custom_id(cfg: JobConfig, row: Row, segments: tuple[str, ...] | None) -> st
         value = lookup(row.data, id_field, segments)
     except MissingField as exc:
         raise InputError(
-            f"{display_path(cfg.input.path)} line {row.line_no}: id field '{id_field}' (input.id) {exc.reason}",
+            f"{input_name(cfg.input)} line {row.line_no}: id field '{id_field}' (input.id) {exc.reason}",
             hint=f"give every row a '{id_field}', or remove input.id from {display_path(cfg.source)} "
             "to number the rows instead",
         ) from None
@@ -110,7 +116,7 @@ def _custom_id(cfg: JobConfig, row: Row, segments: tuple[str, ...] | None) -> st
     else:
         problem = f"must be a non-empty string or a whole number (got {_json(value)})"
     raise InputError(
-        f"{display_path(cfg.input.path)} line {row.line_no}: id field '{id_field}' (input.id) {problem}",
+        f"{input_name(cfg.input)} line {row.line_no}: id field '{id_field}' (input.id) {problem}",
         hint=f"give every row a unique text or number in '{id_field}', or remove input.id from "
         f"{display_path(cfg.source)}",
     )
@@ -151,16 +157,93 @@ def render_requests(cfg: JobConfig, digest: InputDigest | None = None) -> Iterat
     endpoint = cfg.endpoint
     id_segments = _id_segments(cfg)
     output_fields = _output_fields(cfg.output.key)
+    if cfg.output.explode is not False:
+        output_fields += (f"{cfg.output.key}_parent", f"{cfg.output.key}_index")
+    seq = 0
     for row in iter_rows(cfg.input, digest):
         cid = _custom_id(cfg, row, id_segments)
-        _check_output_fields(cfg, row, cid, output_fields)
-        system = _render(cfg, system_t, "prompt.system", row, cid) if system_t is not None else None
-        user = _render(cfg, user_t, "prompt.user", row, cid)
-        body = build_body(cfg, system, user)
-        line = orjson.dumps(
-            {"custom_id": cid, "method": "POST", "url": endpoint, "body": body}, option=orjson.OPT_APPEND_NEWLINE
+        if cfg.input.records is None:
+            _check_output_fields(cfg, row, row.data, cid, output_fields)
+            units = [(cid, row.data)]
+        else:
+            units = []
+            for rid, record in line_records(cfg, row, cid):
+                _check_output_fields(cfg, row, record, rid, output_fields)
+                units.append((rid, record_scope(row.data, record)))
+        for rid, scope in units:
+            system = _render(cfg, system_t, "prompt.system", row, rid, scope) if system_t is not None else None
+            user = _render(cfg, user_t, "prompt.user", row, rid, scope)
+            body = build_body(cfg, system, user)
+            line = orjson.dumps(
+                {"custom_id": rid, "method": "POST", "url": endpoint, "body": body}, option=orjson.OPT_APPEND_NEWLINE
+            )
+            seq += 1
+            yield Request(custom_id=rid, row_no=row.row_no, line_no=row.line_no, line=line, body=body, seq=seq)
+
+
+# Joins a line's id and its record's id in a custom_id; a record id may not hold it (see above).
+RECORD_SEPARATOR = "#"
+
+
+def record_scope(line: dict[str, Any], record: Any) -> dict[str, Any]:
+    """What a template sees for one record: the line's fields, and `record` (the record itself)."""
+    return {**line, "record": record}
+
+
+def line_records(cfg: JobConfig, row: Row, line_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """(custom_id, record) of each record in a line's `input.records` list, in list order.
+
+    A missing, null or non-list field, a record that is not an object, or a bad record id is an
+    InputError naming the file, the line and the field; an empty list has no records.
+    """
+    path = cfg.input.records
+    where = f"{input_name(cfg.input)} line {row.line_no} (row id {line_id})"
+    try:
+        records = lookup(row.data, path)
+    except MissingField as exc:
+        raise InputError(
+            f"{where}: records field '{path}' (input.records) {exc.reason}",
+            hint=f"give every line a list in '{path}' (an empty list [] for none), or fix input.records in "
+            f"{display_path(cfg.source)}",
+        ) from None
+    if not isinstance(records, list):
+        raise InputError(
+            f"{where}: records field '{path}' (input.records) must be a list of records (got {_json(records)})",
+            hint=f"make '{path}' a list of JSON objects in every line, or fix input.records in {display_path(cfg.source)}",
         )
-        yield Request(custom_id=cid, row_no=row.row_no, line_no=row.line_no, line=line, body=body)
+    out = []
+    for pos, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise InputError(
+                f"{where}: record {pos} of '{path}' must be a JSON object (got {_json(record)}): its answer is "
+                "written into it",
+                hint=f"make every item of '{path}' an object such as {{\"text\": \"...\"}}",
+            )
+        out.append((f"{line_id}{RECORD_SEPARATOR}{_record_id(cfg, where, path, pos, record)}", record))
+    return out
+
+
+def _record_id(cfg: JobConfig, where: str, path: str, pos: int, record: dict[str, Any]) -> str:
+    name = cfg.input.record_id
+    if name is None:
+        return str(pos)
+    try:
+        value = lookup(record, name)
+    except MissingField as exc:
+        problem = exc.reason
+    else:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, str) and value.strip() and RECORD_SEPARATOR not in value:
+            return value
+        problem = (f"contains '{RECORD_SEPARATOR}', which separates line and record in a custom_id"
+                   if isinstance(value, str) and value.strip()
+                   else f"must be a non-empty string or a whole number (got {_json(value)})")
+    raise InputError(
+        f"{where}: record {pos} of '{path}': record id field '{name}' (input.record_id) {problem}",
+        hint=f"give every record a text (without '{RECORD_SEPARATOR}') or number in '{name}', or remove "
+        f"input.record_id from {display_path(cfg.source)} to name records by position",
+    )
 
 
 def _output_fields(key: str) -> tuple[str, ...]:
@@ -168,14 +251,15 @@ def _output_fields(key: str) -> tuple[str, ...]:
     return (key, f"{key}_error", f"{key}_attempts")
 
 
-def _check_output_fields(cfg: JobConfig, row: Row, cid: str, fields: tuple[str, ...]) -> None:
-    """A row that already has a field the output writes would lose it (or keep a stale error
-    beside a fresh answer): refuse it before anything is paid."""
+def _check_output_fields(cfg: JobConfig, row: Row, data: dict[str, Any], cid: str, fields: tuple[str, ...]) -> None:
+    """A row (or record) that already has a field the output writes would lose it (or keep a
+    stale error beside a fresh answer): refuse it before anything is paid."""
     for name in fields:
-        if name in row.data:
-            label = f"row id {cid}" if cfg.input.id is not None else f"row {row.row_no}"
+        if name in data:
+            label = f"row id {cid}" if cfg.input.id is not None or cfg.input.records else f"row {row.row_no}"
+            what = "record" if cfg.input.records else "row"
             raise InputError(
-                f"{display_path(cfg.input.path)} line {row.line_no} ({label}): the row already has a field "
+                f"{input_name(cfg.input)} line {row.line_no} ({label}): the {what} already has a field "
                 f"'{name}', which the output writes (output.key is '{cfg.output.key}')",
                 hint=f"choose another output.key in {display_path(cfg.source)} (for example "
                 f"key: {cfg.output.key}_2), or rename the field '{name}' in the input",
@@ -195,13 +279,13 @@ def _id_segments(cfg: JobConfig) -> tuple[str, ...] | None:
     return tuple(cfg.input.id.split("."))
 
 
-def _render(cfg: JobConfig, template: Template, what: str, row: Row, cid: str) -> str:
+def _render(cfg: JobConfig, template: Template, what: str, row: Row, cid: str, scope: dict[str, Any]) -> str:
     try:
-        return template.render(row.data)
+        return template.render(scope)
     except MissingField as exc:
-        label = f"row id {cid}" if cfg.input.id is not None else f"row {row.row_no}"
+        label = f"row id {cid}" if cfg.input.id is not None or cfg.input.records else f"row {row.row_no}"
         raise InputError(
-            f"{display_path(cfg.input.path)} line {row.line_no} ({label}): field '{exc.field}' used by {what} "
+            f"{input_name(cfg.input)} line {row.line_no} ({label}): field '{exc.field}' used by {what} "
             f"{exc.reason}",
             hint=f"add the field to the row, or change the placeholder in {display_path(cfg.source)}",
         ) from None
