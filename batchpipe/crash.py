@@ -31,6 +31,8 @@ POINTS: frozenset[str] = frozenset(
         "canary:after_index",  # canary split in the index, not yet in the ledger
         "cancel:before",  # cancel of a duplicate batch not sent
         "cancel:after",  # duplicate batch cancelled, not yet reported
+        "sync:after_answer",  # a sync answer journaled (fsynced); the next request not handed out yet
+        "sync:after_result_file",  # a sync shard's journal written out as its result file, not yet in the ledger
     }
 )
 

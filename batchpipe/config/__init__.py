@@ -71,6 +71,7 @@ __all__ = [
     "Pricing",
     "PromptConfig",
     "ProviderConfig",
+    "SyncConfig",
     "config_to_dict",
     "json_schema",
     "load_config",
@@ -118,6 +119,15 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SyncConfig:
+    """Sync mode's concurrency and client-side limits (None: no limit of batchpipe's own)."""
+
+    max_workers: int = 8
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+
+@dataclass(frozen=True)
 class Pricing:
     """The job's own price for its model: US dollars per 1M tokens at Batch API prices."""
 
@@ -151,6 +161,8 @@ class JobConfig:
     provider: ProviderConfig
     source: Path
     pricing: Pricing | None = None  # None: the shipped price table (batchpipe.pricing)
+    mode: str = "batch"  # batch | sync: the Batch API, or the regular endpoint (ops/sync.py)
+    sync: SyncConfig = SyncConfig()
 
 
 # --------------------------------------------------------------------------------------
@@ -198,6 +210,8 @@ def _job_config(job: JobFile, source: Path) -> JobConfig:
         provider=ProviderConfig(**job.provider.model_dump()),
         source=source,
         pricing=Pricing(**job.pricing.model_dump()) if job.pricing is not None else None,
+        mode=job.mode,
+        sync=SyncConfig(**job.sync.model_dump()),
     )
 
 
@@ -244,7 +258,18 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
             else None
         ),
         "provider": {"name": cfg.provider.name, "base_url": cfg.provider.base_url},
-    }
+    } | _sync_fields(cfg)
+
+
+def _sync_fields(cfg: JobConfig) -> dict[str, Any]:
+    """`mode` and `sync` only when not the defaults: a batch config keeps its snapshot and run id."""
+    fields: dict[str, Any] = {}
+    if cfg.mode != JobConfig.mode:
+        fields["mode"] = cfg.mode
+    if cfg.sync != SyncConfig():
+        fields["sync"] = {"max_workers": cfg.sync.max_workers, "requests_per_minute": cfg.sync.requests_per_minute,
+                          "tokens_per_minute": cfg.sync.tokens_per_minute}
+    return fields
 
 
 class _SnapshotDumper(yaml.SafeDumper):

@@ -77,6 +77,9 @@ class Shard:
     max_output_tokens: int = 0  # sum of the requests' output bounds (for the worst-case cost)
     usage: dict[str, int] | None = None  # {"input_tokens", "output_tokens"} the service reported, once merged
     recut_from: str | None = None  # the shard this one was re-cut from, too big for the provider's queue
+    # "sync": sent to the regular endpoint (ops/sync.py), no upload and no batch; its result file
+    # is the journal of the answers. None: the Batch API.
+    mode: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Shard:
@@ -109,6 +112,9 @@ class Run:
     canary: str | None = None  # the canary shard's id (submit --canary N)
     canary_state: str | None = None  # pending | passed | failed
     hold: str | None = None  # why `tick` must not submit (e.g. "cancelled at ..."); a person's submit/run clears it
+    # "sync" once the run sends to the regular endpoint (`mode: sync` or `run --sync`): every later
+    # pass, `tick` and retries included, does too, so an answered request is never sent again as a batch.
+    mode: str = "batch"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Run:
