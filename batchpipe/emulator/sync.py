@@ -2,7 +2,8 @@
 
 `POST /v1/chat/completions`, `/v1/responses`, `/v1/embeddings`, `/v1/completions` and
 `/v1/moderations` answer with exactly what the same request gets inside a batch
-(answers.answer_for; a `[[fail:<status>]]` marker fails it with that status, as in a batch), so
+(answers.answer_for; a `[[fail:<status>]]` marker fails it with that status, as in a batch, a 5xx
+with `retry-after-ms: retry_after_ms`), so
 a job run in sync mode and in batch mode ends with the same output.
 
 Like the real service, every answer carries the account's rate limits: `x-ratelimit-limit-*`,
@@ -117,9 +118,10 @@ class SyncService:
             self._window.append((now, tokens))
             headers = self._headers(now, used_requests + 1, used_tokens + tokens)
             status = planned_failure(body)
-            if status is not None:
+            if status is not None:  # a 5xx or 429 says when to come back, as the service's often do
                 self.counts["sync_failed"] += 1
-                return status, error_body(status), headers
+                again = retry_headers(opts.retry_after_ms) if status >= 500 or status == 429 else {}
+                return status, error_body(status), headers | again
             digest = hashlib.sha256(json.dumps([endpoint, body], sort_keys=True).encode()).hexdigest()
             if digest in self._answered:
                 self.counts["sync_duplicate_answers"] += 1
