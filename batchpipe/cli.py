@@ -479,6 +479,7 @@ def emulator(
     sync_rate_limit_first: Annotated[int, typer.Option(help="The first N synchronous requests are answered 429 with retry-after.", rich_help_panel="Faults")] = 0,
     sync_rate_limit_share: Annotated[float, typer.Option(help="Share of synchronous requests answered 429 with retry-after.", rich_help_panel="Faults")] = 0.0,
     sync_latency_seconds: Annotated[float, typer.Option(help="Every synchronous request takes this long.", rich_help_panel="Faults")] = 0.0,
+    retry_after_ms: Annotated[int, typer.Option(help="The retry-after-ms (and retry-after) of 429s and transient errors.", rich_help_panel="Faults")] = 20,
     rate_limit_requests: Annotated[int, typer.Option(help="Synchronous requests per minute (x-ratelimit-* headers), then 429.", rich_help_panel="Faults")] = 10_000,
     rate_limit_tokens: Annotated[int, typer.Option(help="Tokens per minute of synchronous requests, then 429.", rich_help_panel="Faults")] = 10_000_000,
 ) -> None:
@@ -504,7 +505,7 @@ def emulator(
         token_limit_message_has_number=not token_limit_message_without_number,
         batch_list_lag=batch_list_lag, html_answer=html_answer, foreign_batches=foreign_batches,
         sync_rate_limit_first=sync_rate_limit_first, sync_rate_limit_share=sync_rate_limit_share,
-        sync_latency_seconds=sync_latency_seconds, rate_limit_requests=rate_limit_requests,
+        sync_latency_seconds=sync_latency_seconds, retry_after_ms=retry_after_ms, rate_limit_requests=rate_limit_requests,
         rate_limit_tokens=rate_limit_tokens,
     )
     serve_forever(host, port, options)

@@ -204,3 +204,30 @@ def test_our_own_requests_per_minute_limit_paces_the_sends():
 def test_reset_durations_are_read_as_the_service_writes_them():
     assert [parse_duration(t) for t in ("20ms", "1.5s", "6m0s", "1h2m3s", "2", "bad", None)] == [
         0.02, 1.5, 360.0, 3723.0, 2.0, None, None]
+
+
+PRICY = {"input_per_million": 1000.0, "output_per_million": 1000.0}  # big enough figures to compare
+
+
+def test_sync_mode_pays_and_budgets_the_regular_endpoints_price(cli, emulator, runs_dir, tmp_path):
+    # 12 requests, worst case (every max_tokens used) about $0.51 at these batch prices: a budget
+    # of $0.75 lets the batch run send all of it, but not the sync run (twice the price)
+    batch = write_job(tmp_path / "batch", review_rows(12), pricing=PRICY, limits={"max_requests_per_shard": 5})
+    cli("run", batch, "--run", "pb", "--wait", "--poll-interval", "0")
+    sync = write_job(tmp_path / "sync", review_rows(12), pricing=PRICY, mode="sync",
+                     limits={"max_requests_per_shard": 5})
+    cli("run", sync, "--run", "ps")
+    batch_cost = cli.json("status", "pb")["data"]["cost_usd"]
+    assert cli.json("status", "ps")["data"]["cost_usd"] == pytest.approx(2 * batch_cost)
+
+    budget = write_job(tmp_path / "budget", review_rows(12), pricing=PRICY, mode="sync",
+                       limits={"max_requests_per_shard": 5, "budget_usd": 0.75})
+    held = cli("run", budget, "--run", "pbud", code=5)
+    assert "over the budget" in held.output
+    shards = cli.json("status", "pbud")["data"]["shards"]
+    states = [s["state"] for s in shards]
+    assert states[0] == "merged" and "prepared" in states  # what fits is sent; the rest waits for a person
+    # the same budget in batch mode sends it all (at half the price)
+    cli("run", write_job(tmp_path / "bb", review_rows(12), pricing=PRICY,
+                         limits={"max_requests_per_shard": 5, "budget_usd": 0.75}), "--run", "pbb", "--wait",
+        "--poll-interval", "0")

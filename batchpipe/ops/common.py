@@ -13,7 +13,7 @@ from batchpipe.ledger.model import Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.schedule import queue_figures
 from batchpipe.paths import RunPaths
-from batchpipe.pricing import cost_usd, price_for
+from batchpipe.pricing import SYNC_PRICE_FACTOR, cost_usd, price_for
 from batchpipe.providers import Provider, open_provider
 
 if TYPE_CHECKING:
@@ -198,11 +198,18 @@ def run_cost(ledger: Ledger) -> Cost:
     except BatchpipeError as exc:
         return Cost(None, f"cost unknown: {exc.message}", None, tokens_in, tokens_out, dict.fromkeys(usages))
 
-    def usd(tokens_in: int, tokens_out: int) -> float:
-        return round(cost_usd(price, tokens_in, tokens_out), COST_DECIMALS)
+    def usd(tokens_in: int, tokens_out: int, factor: float = 1.0) -> float:
+        return round(cost_usd(price, tokens_in, tokens_out) * factor, COST_DECIMALS)
 
-    shards = {sid: None if u is None else usd(u["input_tokens"], u["output_tokens"]) for sid, u in usages.items()}
-    return Cost(usd(tokens_in, tokens_out), None, price.source, tokens_in, tokens_out, shards)
+    # shards sent in sync mode pay the regular endpoint's price (pricing.SYNC_PRICE_FACTOR times the batch price)
+    factors = {s.id: SYNC_PRICE_FACTOR if s.mode == "sync" else 1.0 for s in ledger.shards}
+    shards = {sid: None if u is None else usd(u["input_tokens"], u["output_tokens"], factors[sid])
+              for sid, u in usages.items()}
+    sync_in = sum(u["input_tokens"] for sid, u in usages.items() if u is not None and factors[sid] != 1.0)
+    sync_out = sum(u["output_tokens"] for sid, u in usages.items() if u is not None and factors[sid] != 1.0)
+    total = round(cost_usd(price, tokens_in - sync_in, tokens_out - sync_out)
+                  + cost_usd(price, sync_in, sync_out) * SYNC_PRICE_FACTOR, COST_DECIMALS)
+    return Cost(total, None, price.source, tokens_in, tokens_out, shards)
 
 
 def describe_run(paths: RunPaths) -> dict:

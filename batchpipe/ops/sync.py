@@ -278,7 +278,7 @@ def send(paths: RunPaths, provider: Provider, options: Any, *, on_answer: Callab
             if waiting and shard.id != ledger.run.canary:
                 result.queued.append(f"shard {shard.id}: {waiting}")
                 continue
-            if shard.mode != SYNC and (why := schedule.over_budget(shard)):
+            if shard.mode != SYNC and (why := schedule.over_budget(shard, sync=True)):
                 result.over_budget.append(why)
                 continue
             result.sent.append(shard.id)
