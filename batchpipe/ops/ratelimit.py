@@ -54,6 +54,10 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return None
 
 
+class SendCancelled(Exception):
+    """The pass is ending (Ctrl-C): a request still waiting for its turn is not sent."""
+
+
 class _Bucket:
     """`per_minute` units a minute, refilled continuously; holds at most a minute's worth."""
 
@@ -88,10 +92,15 @@ class RateGate:
         self._remaining: dict[str, list[float]] = {}
         self._paused_until = 0.0
         self.waited = 0.0  # seconds spent waiting here, over all workers (for the summary)
+        self._closed = threading.Event()
 
     def acquire(self, tokens: int) -> None:
-        """Wait until one request of `tokens` tokens may be sent, then count it as sent."""
+        """Wait until one request of `tokens` tokens may be sent, then count it as sent.
+
+        Raises SendCancelled once the gate is closed."""
         while True:
+            if self._closed.is_set():
+                raise SendCancelled()
             with self._lock:
                 now = self._clock()
                 wait = self._wait(tokens, now)
@@ -99,7 +108,10 @@ class RateGate:
                     self._take(tokens)
                     return
                 self.waited += min(wait, SLICE)
-            self._sleep(min(wait, SLICE))
+            if self._sleep is time.sleep:
+                self._closed.wait(min(wait, SLICE))  # a close wakes it at once
+            else:
+                self._sleep(min(wait, SLICE))
 
     def _wait(self, tokens: int, now: float) -> float:
         waits = [self._paused_until - now]
@@ -133,6 +145,18 @@ class RateGate:
                     continue
                 reset = parse_duration(headers.get(f"x-ratelimit-reset-{name}"))
                 self._remaining[name] = [remaining, now + min(MAX_WAIT, reset if reset is not None else 1.0)]
+
+    def delay(self, seconds: float) -> None:
+        """One worker waits `seconds` (a backoff before it tries again); raises SendCancelled if the gate closes."""
+        if self._sleep is time.sleep:
+            if self._closed.wait(min(MAX_WAIT, seconds)):
+                raise SendCancelled()
+        else:
+            self._sleep(min(MAX_WAIT, seconds))
+
+    def close(self) -> None:
+        """Send nothing more: every request waiting here, or coming, raises SendCancelled."""
+        self._closed.set()
 
     def pause(self, seconds: float) -> None:
         """The service answered 429: nobody sends for `seconds`."""

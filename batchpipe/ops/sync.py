@@ -26,7 +26,10 @@ are about the key, the URL or the model, not about one request.
 
 from __future__ import annotations
 
+import contextlib
 import random
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -44,7 +47,7 @@ from batchpipe.ledger.store import Ledger
 from batchpipe.ops.canary import canary_gate, split_canary
 from batchpipe.ops.cancel import release_hold
 from batchpipe.ops.common import run_config
-from batchpipe.ops.ratelimit import RateGate, retry_after
+from batchpipe.ops.ratelimit import RateGate, SendCancelled, retry_after
 from batchpipe.ops.schedule import Schedule
 from batchpipe.paths import RunPaths
 from batchpipe.pipeline.tokens import counter_for, max_output_tokens
@@ -113,8 +116,7 @@ def _retryable(answer: SyncAnswer) -> bool:
     return answer.status_code in RETRY_STATUSES or answer.status_code >= 500
 
 
-def _send(provider: Provider, gate: RateGate, endpoint: str, body: dict[str, Any], tokens: int,
-          sleep: Callable[[float], None]) -> SyncAnswer:
+def _send(provider: Provider, gate: RateGate, endpoint: str, body: dict[str, Any], tokens: int) -> SyncAnswer:
     """One request, tried again on 429 / 5xx / a lost connection, paced by the gate."""
     for tries in range(1, TRIES + 1):
         gate.acquire(tokens)
@@ -123,7 +125,7 @@ def _send(provider: Provider, gate: RateGate, endpoint: str, body: dict[str, Any
         except ProviderError:
             if tries == TRIES:
                 raise
-            sleep(backoff(tries))
+            gate.delay(backoff(tries))
             continue
         gate.observe(answer.headers)
         if not _retryable(answer) or tries == TRIES:
@@ -132,8 +134,21 @@ def _send(provider: Provider, gate: RateGate, endpoint: str, body: dict[str, Any
         if answer.status_code == 429:
             gate.pause(wait_for if wait_for is not None else backoff(tries))  # the account's limit: everyone waits
         else:
-            sleep(wait_for if wait_for is not None else backoff(tries))
+            gate.delay(wait_for if wait_for is not None else backoff(tries))
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _no_interrupt() -> Iterator[None]:
+    """Hold SIGINT back (where the OS allows) for a moment that must not be cut in two."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _stopping(answer: SyncAnswer, endpoint: str, base_url: str) -> ProviderError | None:
@@ -164,7 +179,7 @@ def _requests(ledger: Ledger, shard: Shard, answered: dict[str, bytes]) -> Itera
 
 
 def send_shard(ledger: Ledger, shard: Shard, provider: Provider, gate: RateGate, max_workers: int,
-               on_answer: Callable[[int, int], None], sleep: Callable[[float], None] = time.sleep) -> int:
+               on_answer: Callable[[int, int], None]) -> int:
     """Send every request of `shard` not answered yet; complete the shard once all are. Returns answers journaled."""
     paths, endpoint = ledger.paths, ledger.run.endpoint
     if shard.mode != SYNC:  # recorded before the first request goes out: this shard is never a batch now
@@ -177,35 +192,49 @@ def send_shard(ledger: Ledger, shard: Shard, provider: Provider, gate: RateGate,
     todo = _requests(ledger, shard, answered)
     pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"sync-{shard.id}")
     in_flight: dict[Future, str] = {}
-    written, stop = 0, None
+    written, stop = 0, None  # stop: why the pass ends early (an error, a Ctrl-C), raised once in-flight answers are in
 
     def fill() -> None:
         while stop is None and len(in_flight) < max_workers and (item := next(todo, None)) is not None:
             custom_id, body = item
             tokens = counter.body(endpoint, body) + (max_output_tokens(body, ledger.run.model, endpoint) or 0)
-            in_flight[pool.submit(_send, provider, gate, endpoint, body, tokens, sleep)] = custom_id
+            with _no_interrupt():  # a request handed out is always one we wait for
+                in_flight[pool.submit(_send, provider, gate, endpoint, body, tokens)] = custom_id
+
+    def take(future: Future) -> None:
+        """Journal one finished request (once, even if a Ctrl-C cut an earlier try short)."""
+        nonlocal written, stop
+        custom_id = in_flight[future]
+        if custom_id not in answered:
+            try:
+                answer = future.result()
+            except SendCancelled:
+                answer = None
+            except ProviderError as exc:
+                answer, stop = None, stop or exc
+            if answer is not None and (problem := _stopping(answer, endpoint, provider.base_url)) is not None:
+                answer, stop = None, stop or problem
+            if answer is not None:
+                line = answer_line(custom_id, answer)
+                with _no_interrupt():  # a Ctrl-C lands after the line is whole and counted, not halfway
+                    fsio.append_line(journal, line)
+                    answered[custom_id] = line
+                    written += 1
+                crash.point("sync:after_answer")
+                on_answer(written, len(in_flight) - 1)
+        del in_flight[future]
 
     try:
         fill()
         while in_flight:
-            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in done:
-                custom_id = in_flight.pop(future)
-                try:
-                    answer = future.result()
-                except ProviderError as exc:
-                    stop = stop or exc
-                    continue
-                if (problem := _stopping(answer, endpoint, provider.base_url)) is not None:
-                    stop = stop or problem
-                    continue
-                line = answer_line(custom_id, answer)
-                fsio.append_line(journal, line)
-                answered[custom_id] = line
-                written += 1
-                crash.point("sync:after_answer")
-                on_answer(written, len(in_flight))
-            fill()  # only now: a kill at any moment leaves at most max_workers requests unjournaled
+            try:
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    take(future)
+                fill()  # only now: a kill at any moment leaves at most max_workers requests unjournaled
+            except KeyboardInterrupt as exc:  # Ctrl-C: send nothing more, but keep what was sent
+                stop = stop or exc
+                gate.close()  # workers still waiting for their turn give up; the others are awaited
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     ledger.log({"event": "remote", "call": "sync", "shard": shard.id, "answered": written})
@@ -289,7 +318,7 @@ def send(paths: RunPaths, provider: Provider, options: Any, *, on_answer: Callab
                 if on_answer is not None:
                     on_answer(result.answered, in_flight)
 
-            send_shard(ledger, shard, provider, gate, cfg.sync.max_workers, counted, sleep)
+            send_shard(ledger, shard, provider, gate, cfg.sync.max_workers, counted)
             if shard.state == ShardState.COMPLETED:
                 result.completed.append(shard.id)
     return result
