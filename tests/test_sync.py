@@ -114,6 +114,9 @@ def test_a_killed_sync_run_resumes_without_asking_anything_twice(cli, emulator, 
     assert killed.returncode == crash.EXIT_CODE, killed.stderr
     answered_before = emulator.counts["sync_answered"]
     assert 0 < answered_before < 12 or crash_at.startswith("ledger")
+    if crash_at == "sync:after_answer:5":  # status counts the answers journaled so far
+        status = cli.json("status", "killed")["data"]
+        assert status["finished"] == 5 and status["shards"][0]["mode"] == "sync"
 
     cli("run", "killed")  # the run is in sync mode: no --sync needed to go on
 
@@ -267,3 +270,19 @@ def test_ctrl_c_keeps_every_answer_already_sent_for(cli, runs_dir, tmp_path, mon
         cli("run", "intr")
         assert emu.counts["sync_answered"] == 20 and emu.counts["sync_duplicate_answers"] == 0
         assert len(read_jsonl(runs_dir / "intr" / "output.jsonl")) == 20
+
+
+def test_tick_moves_a_sync_run_in_sync_mode(cli, emulator, runs_dir, tmp_path):
+    config = write_job(tmp_path / "job", review_rows(6), mode="sync")
+    cli("create", config, "--run", "cron-sync")
+    cli("tick", "cron-sync")  # what cron does: one pass, which for a sync run sends everything
+    assert len(read_jsonl(runs_dir / "cron-sync" / "output.jsonl")) == 6
+    assert batch_free(emulator.counts) and emulator.counts["sync_answered"] == 6
+
+
+def test_sync_is_refused_while_batches_of_the_run_are_at_the_service(cli, slow_emulator, tmp_path):
+    config = write_job(tmp_path / "job", review_rows(6))
+    cli("create", config, "--run", "mixed")
+    cli("submit", "mixed")
+    refused = cli("run", "mixed", "--sync", code=2)
+    assert "Batch API" in refused.output and slow_emulator.counts["sync_requests"] == 0

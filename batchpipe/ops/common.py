@@ -102,6 +102,8 @@ class Progress:
                 finished += shard.requests - retried
                 failed += shard.merged.get("failed", 0) - retried
                 truncated += shard.merged.get("truncated", 0) - shard.merged.get("retried_truncated", 0)
+            elif shard.mode == "sync" and shard.state == ShardState.PREPARED:
+                finished += min(shard.requests, journaled(ledger.paths.journal(shard.id)))  # being sent now
             elif shard.batch is not None:
                 counts = shard.batch.request_counts
                 finished += min(shard.requests, counts.get("completed", 0) + counts.get("failed", 0))
@@ -115,6 +117,15 @@ class Progress:
             ledger.run.requests, finished, failed, states, done, phases, started, None if done else eta,
             cost_usd=run_cost(ledger).usd if with_cost else None, truncated=truncated,
         )  # fmt: skip
+
+
+def journaled(path: Path) -> int:
+    """Whole lines in a sync shard's journal: its requests answered so far (0 if there is none)."""
+    try:
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
 
 
 def estimate_eta(total: int, finished: int, started: float | None, now: float) -> float | None:
@@ -260,6 +271,7 @@ def describe(ledger: Ledger) -> dict:
                 "file_id": s.upload.file_id if s.upload else None,
                 "batch_id": s.batch.id if s.batch else None,
                 "remote_status": s.batch.status if s.batch else None,
+                "mode": s.mode or "batch",
                 "request_counts": s.batch.request_counts if s.batch else None,
                 "errors": s.batch.errors if s.batch else [],
                 "merged": s.merged,

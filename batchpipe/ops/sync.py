@@ -75,10 +75,6 @@ class SyncSent:
     queued: list[str] = field(default_factory=list)  # shards waiting for the canary
 
 
-def journal_path(paths: RunPaths, shard_id: str) -> Path:
-    return paths.results_dir / f"{shard_id}.journal.jsonl"
-
-
 def read_journal(path: Path) -> dict[str, bytes]:
     """custom_id -> its (first) whole line. A line a kill cut short is skipped: its request is sent again."""
     lines: dict[str, bytes] = {}
@@ -185,7 +181,7 @@ def send_shard(ledger: Ledger, shard: Shard, provider: Provider, gate: RateGate,
     if shard.mode != SYNC:  # recorded before the first request goes out: this shard is never a batch now
         shard.mode = SYNC
         ledger.commit({"event": "sync", "shard": shard.id, "requests": shard.requests})
-    journal = journal_path(paths, shard.id)
+    journal = paths.journal(shard.id)
     paths.results_dir.mkdir(exist_ok=True)
     answered = read_journal(journal)
     counter = counter_for(ledger.run.model)
@@ -303,6 +299,8 @@ def send(paths: RunPaths, provider: Provider, options: Any, *, on_answer: Callab
         gate = RateGate(cfg.sync.requests_per_minute, cfg.sync.tokens_per_minute, sleep=sleep)
         for shard in list(ledger.shards):
             if shard.state != ShardState.PREPARED:
+                if shard.mode == SYNC:  # a kill between its completion and this cleanup left the journal
+                    paths.journal(shard.id).unlink(missing_ok=True)
                 continue
             if waiting and shard.id != ledger.run.canary:
                 result.queued.append(f"shard {shard.id}: {waiting}")
