@@ -286,3 +286,14 @@ def test_sync_is_refused_while_batches_of_the_run_are_at_the_service(cli, slow_e
     cli("submit", "mixed")
     refused = cli("run", "mixed", "--sync", code=2)
     assert "Batch API" in refused.output and slow_emulator.counts["sync_requests"] == 0
+
+
+def test_an_answer_that_is_not_the_api_stops_the_run_and_nothing_is_journaled(cli, emulator, runs_dir, tmp_path):
+    emulator.options.html_answer = True  # a proxy's sign-in page instead of the API
+    config = write_job(tmp_path / "job", review_rows(4), mode="sync")
+    stopped = cli("run", config, "--run", "proxied", code=1)
+    assert "text/html, not the OpenAI API" in stopped.output and "Traceback" not in stopped.output
+    assert not (runs_dir / "proxied" / "results" / "00001.a1.journal.jsonl").exists()
+    emulator.options.html_answer = False
+    cli("run", "proxied")  # fixed: it goes on
+    assert len(read_jsonl(runs_dir / "proxied" / "output.jsonl")) == 4
