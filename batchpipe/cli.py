@@ -396,6 +396,9 @@ def run_(
     run_id: Annotated[str | None, typer.Option("--run", help="Run id when TARGET is a config.")] = None,
     budget: BudgetOpt = None,
     canary: CanaryOpt = None,
+    sync: Annotated[bool, typer.Option(
+        "--sync", help="Send the requests to the regular endpoint, concurrently, instead of the Batch API "
+                       "(as `mode: sync`); the run stays in sync mode.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Do every step that can be done now: create, submit, download, process.
@@ -404,7 +407,11 @@ def run_(
     failed (see `process --retry-failed`), 3 while batches are still pending (run it again
     later, e.g. from cron), 5 if a batch failed validation. With `--wait` it polls until done.
 
-    Examples: `batchpipe run configs/reviews.yaml --wait` · `batchpipe run reviews-nov`
+    In sync mode (`--sync` or `mode: sync`) the requests go to the regular endpoint, `sync.max_workers`
+    at a time, and the run is done when the command returns (no --wait needed).
+
+    Examples: `batchpipe run configs/reviews.yaml --wait` · `batchpipe run reviews-nov` ·
+    `batchpipe run configs/reviews.yaml --sync`
     """
     runs_dir = _runs_dir(ctx)
     if Path(target).is_file():
@@ -418,17 +425,21 @@ def run_(
     start = time.monotonic()
     from batchpipe.ledger.store import Ledger  # here: --help loads no ledger code
 
-    total = Ledger.load(paths).run.requests  # the count alone: describing the run would price it
+    ledger = Ledger.load(paths)
+    total = ledger.run.requests  # the count alone: describing the run would price it
+    sync = sync or ledger.run.mode == "sync"
+    before = ops.Progress.of(ledger).finished if sync else 0
     # On a terminal a bar; anywhere else (cron, a log file) one timestamped line per change.
     log = render.log_mode()
-    with render.progress_bar(total, enabled=wait and not as_json) as update:
+    with render.progress_bar(total, enabled=(wait or sync) and not as_json) as update:
         report = ops.run(
             paths, provider, wait=wait, poll_interval=poll_interval,
             on_progress=lambda p: update(p.finished, render.describe_progress(p)),
             on_problem=lambda exc: (render.log(target, f"problem: {exc.message}; trying again") if log
                                     else render.warn(f"{exc.message}; trying again")),
             on_change=(lambda text: render.log(target, text)) if log else None,
-            options=ops.SubmitOptions(budget_usd=budget, canary=canary),
+            options=ops.SubmitOptions(budget_usd=budget, canary=canary, sync=sync),
+            on_answer=lambda n, in_flight: update(min(total, before + n), f"sync: {n} answered, {in_flight} in flight"),
         )
     p = report.processed
     attention = p.batch_errors or report.stuck_on_budget or report.held or report.stuck_on_queue
@@ -489,6 +500,12 @@ def emulator(
     batch_list_lag: Annotated[int, typer.Option(help="A new batch is missing from the batch list for its first N list calls.", rich_help_panel="Faults")] = 0,
     html_answer: Annotated[bool, typer.Option(help="Answer every API call with an HTML page (a proxy's sign-in page).", rich_help_panel="Faults")] = False,
     foreign_batches: Annotated[int, typer.Option(help="Start with N batches of another user in the batch list.", rich_help_panel="Faults")] = 0,
+    sync_rate_limit_first: Annotated[int, typer.Option(help="The first N synchronous requests are answered 429 with retry-after.", rich_help_panel="Faults")] = 0,
+    sync_rate_limit_share: Annotated[float, typer.Option(help="Share of synchronous requests answered 429 with retry-after.", rich_help_panel="Faults")] = 0.0,
+    sync_latency_seconds: Annotated[float, typer.Option(help="Every synchronous request takes this long.", rich_help_panel="Faults")] = 0.0,
+    retry_after_ms: Annotated[int, typer.Option(help="The retry-after-ms (and retry-after) of 429s and transient errors.", rich_help_panel="Faults")] = 20,
+    rate_limit_requests: Annotated[int, typer.Option(help="Synchronous requests per minute (x-ratelimit-* headers), then 429.", rich_help_panel="Faults")] = 10_000,
+    rate_limit_tokens: Annotated[int, typer.Option(help="Tokens per minute of synchronous requests, then 429.", rich_help_panel="Faults")] = 10_000_000,
 ) -> None:
     """Start a local OpenAI-compatible Files + Batches server, to rehearse a job for free.
 
@@ -511,6 +528,9 @@ def emulator(
         lose_errors_of_batches=tuple(lose_errors_of_batch or ()), lose_uploads=tuple(lose_upload or ()),
         token_limit_message_has_number=not token_limit_message_without_number,
         batch_list_lag=batch_list_lag, html_answer=html_answer, foreign_batches=foreign_batches,
+        sync_rate_limit_first=sync_rate_limit_first, sync_rate_limit_share=sync_rate_limit_share,
+        sync_latency_seconds=sync_latency_seconds, retry_after_ms=retry_after_ms, rate_limit_requests=rate_limit_requests,
+        rate_limit_tokens=rate_limit_tokens,
     )
     serve_forever(host, port, options)
 

@@ -85,6 +85,10 @@ class RunPaths:
     def shard_file(self, shard_id: str) -> Path:
         return self.shards_dir / f"{shard_id}.jsonl"
 
+    def journal(self, shard_id: str) -> Path:
+        """The answers of a shard sent in sync mode, one line each as they arrive (ops/sync.py)."""
+        return self.results_dir / f"{shard_id}.journal.jsonl"
+
     def result_file(self, shard_id: str, kind: str) -> Path:
         """kind is 'output' or 'errors' (the provider's output and error files)."""
         return self.results_dir / f"{shard_id}.{kind}.jsonl"

@@ -94,6 +94,11 @@ class Price:
     note: str | None = None
 
 
+# Prices are Batch API prices; the regular endpoint that sync mode uses costs twice as much
+# (the Batch API's discount is 50%).
+SYNC_PRICE_FACTOR = 2.0
+
+
 def cost_usd(price: Price, input_tokens: int, output_tokens: int) -> float:
     """US dollars for `input_tokens` in and `output_tokens` out at `price`."""
     return (input_tokens * price.input_per_million + output_tokens * price.output_per_million) / 1_000_000

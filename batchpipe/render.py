@@ -140,7 +140,8 @@ def shard_table(title: str, shards: list[dict[str, Any]], caption: str | None = 
             style = STATE_STYLE.get(s["state"], "")
             cost = s.get("cost_usd")
             table.add_row(
-                s["shard"], f"[{style}]{s['state']}[/]", s["remote_status"] or "-", str(s["requests"]),
+                s["shard"], f"[{style}]{s['state']}[/]", s["remote_status"] or ("sync" if s.get("mode") == "sync" else "-"),
+                str(s["requests"]),
                 str(counts.get("completed", "-")), str(counts.get("failed", "-")),
                 "-" if cost is None else format_usd(cost), s["batch_id"] or "-",
             )

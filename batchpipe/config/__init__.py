@@ -73,6 +73,7 @@ __all__ = [
     "Pricing",
     "PromptConfig",
     "ProviderConfig",
+    "SyncConfig",
     "config_to_dict",
     "json_schema",
     "load_config",
@@ -146,6 +147,15 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SyncConfig:
+    """Sync mode's concurrency and client-side limits (None: no limit of batchpipe's own)."""
+
+    max_workers: int = 8
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+
+
+@dataclass(frozen=True)
 class Pricing:
     """The job's own price for its model: US dollars per 1M tokens at Batch API prices."""
 
@@ -179,6 +189,8 @@ class JobConfig:
     provider: ProviderConfig
     source: Path
     pricing: Pricing | None = None  # None: the shipped price table (batchpipe.pricing)
+    mode: str = "batch"  # batch | sync: the Batch API, or the regular endpoint (ops/sync.py)
+    sync: SyncConfig = SyncConfig()
     # Where `module:function` hooks are imported from: `hooks_dir` as written, else (when the config
     # names a hook) the config file's directory; None: neither. See hook_directory().
     hooks_dir: Path | None = None
@@ -245,6 +257,8 @@ def _job_config(job: JobFile, source: Path) -> JobConfig:
         source=source,
         pricing=Pricing(**job.pricing.model_dump()) if job.pricing is not None else None,
         hooks_dir=Path(job.hooks_dir) if job.hooks_dir else source.parent if job.output.hooks() else None,
+        mode=job.mode,
+        sync=SyncConfig(**job.sync.model_dump()),
     )
 
 
@@ -317,7 +331,18 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
         "provider": {"name": cfg.provider.name, "base_url": cfg.provider.base_url},
         # Only with hooks: the absolute directory they are imported from, so that every later step
         # of the run (which reads this snapshot from the run dir) finds the same code.
-    } | ({"hooks_dir": str(cfg.hooks_dir)} if cfg.hooks_dir is not None else {})
+    } | ({"hooks_dir": str(cfg.hooks_dir)} if cfg.hooks_dir is not None else {}) | _sync_fields(cfg)
+
+
+def _sync_fields(cfg: JobConfig) -> dict[str, Any]:
+    """`mode` and `sync` only when not the defaults: a batch config keeps its snapshot and run id."""
+    fields: dict[str, Any] = {}
+    if cfg.mode != JobConfig.mode:
+        fields["mode"] = cfg.mode
+    if cfg.sync != SyncConfig():
+        fields["sync"] = {"max_workers": cfg.sync.max_workers, "requests_per_minute": cfg.sync.requests_per_minute,
+                          "tokens_per_minute": cfg.sync.tokens_per_minute}
+    return fields
 
 
 def _answer_fields(out: OutputConfig) -> dict[str, Any]:

@@ -551,6 +551,24 @@ class LimitsSection(Section):
     )  # fmt: skip
 
 
+class SyncSection(Section):
+    """How sync mode sends requests to the regular (synchronous) endpoint."""
+
+    max_workers: int = Field(
+        8, ge=1, le=256, description="Requests in flight at once in sync mode.", examples=[8]
+    )
+    requests_per_minute: int | None = Field(
+        None, ge=1, examples=[500],
+        description="The most requests batchpipe sends per minute in sync mode. Not set: no limit of its own; the "
+        "service's `x-ratelimit-*` headers (and its 429 answers) are followed either way.",
+    )  # fmt: skip
+    tokens_per_minute: int | None = Field(
+        None, ge=1, examples=[200000],
+        description="The most tokens per minute in sync mode, counted as the service counts them: each request's "
+        "input tokens plus its output bound (`max_tokens`). Not set: no limit of its own.",
+    )  # fmt: skip
+
+
 class PricingSection(Section):
     """The job's own price for its model, in US dollars per 1M tokens at Batch API prices."""
 
@@ -614,6 +632,13 @@ class JobFile(Section):
         "(system, then user); responses get `input` and `instructions`; embeddings and moderations get `input`; "
         "completions get `prompt`.",
     )
+    mode: Literal["batch", "sync"] = Field(
+        "batch",
+        description="`batch` (default): the requests go through the Batch API. `sync`: the same requests go to the "
+        "provider's regular endpoint, concurrently (see `sync:`): for small jobs, and for OpenAI-compatible servers "
+        "without a batch API (vLLM, Ollama, llama.cpp). `batchpipe run --sync` does the same for one run.",
+    )
+    sync: SyncSection = Field(default_factory=SyncSection, description="Sync mode's concurrency and rate limits.")
     input: InputSection = Field(description="The dataset.")
     prompt: PromptSection = Field(description="The prompt templates.")
     params: dict[ParamKey, ParamValue] = Field(

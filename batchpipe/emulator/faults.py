@@ -62,6 +62,11 @@ class Faults:
             self._seed = seed
         return self._rng.random() < rate
 
+    def fires(self, rate: float, seed: int | None) -> bool:
+        """One rate decision with the shared dice (e.g. the sync endpoints' 429 share)."""
+        with self._lock:
+            return self._fires(rate, seed)
+
     def transient(self, options: EmulatorOptions) -> APIError | None:
         """The transient error to answer an API call with instead of acting on it, if any."""
         with self._lock:

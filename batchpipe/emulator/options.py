@@ -99,6 +99,20 @@ class EmulatorOptions:
     # key, as a gateway in front of the service would; the real service accepts only Bearer keys.
     accept_basic_auth: bool = False
 
+    # --- the regular (synchronous) endpoints (emulator/sync.py) ----------------------------------
+    # The account's rate limits, reported on every answer as x-ratelimit-* headers and enforced
+    # (429 + retry-after) over a sliding window of this many seconds.
+    rate_limit_requests: int = 10_000
+    rate_limit_tokens: int = 10_000_000
+    rate_limit_window_seconds: float = 60.0
+    # Fault switches: the first N synchronous requests are answered 429 rate_limit_exceeded with
+    # retry-after-ms: retry_after_ms (and retry-after in whole seconds), nothing answered; and a
+    # share of them, drawn with the fault dice (fault_seed).
+    sync_rate_limit_first: int = 0
+    sync_rate_limit_share: float = 0.0
+    # Every synchronous request takes this long before it is answered (so concurrency shows).
+    sync_latency_seconds: float = 0.0
+
     # --- scenario ------------------------------------------------------------------------------
     # Batches of other users of the organisation, made when the emulator starts (completed, one
     # request each, created at start): a busy organisation whose batch list is many pages long.

@@ -33,6 +33,7 @@ from .faults import lost_answer_error
 from .multipart import nested, parse_form
 from .options import EmulatorOptions
 from .store import Clock, Store
+from .sync import SYNC_ENDPOINTS
 
 _NO_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header using "
@@ -62,6 +63,7 @@ class _Handler(BaseHTTPRequestHandler):
         ("GET", re.compile(r"/v1/batches"), "_list_batches"),
         ("GET", re.compile(r"/v1/batches/([^/]+)"), "_get_batch"),
         ("POST", re.compile(r"/v1/batches/([^/]+)/cancel"), "_cancel_batch"),
+        ("POST", re.compile("|".join(re.escape(e) for e in SYNC_ENDPOINTS)), "_sync_answer"),
     ]
 
     def do_GET(self) -> None:
@@ -187,6 +189,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _cancel_batch(self, batch_id: str, *, query: dict[str, list[str]], body: bytes) -> None:
         self._answer_mutation("cancel", self.store.cancel_batch(batch_id))
+
+    # --- the regular endpoints (sync mode) --------------------------------------------------------
+
+    def _sync_answer(self, *, query: dict[str, list[str]], body: bytes) -> None:
+        status, payload, headers = self.store.sync.answer(urlsplit(self.path).path.rstrip("/"), body)
+        self._send_json(status, payload, headers)
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -421,6 +429,18 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--html-answer", action="store_true", help="answer every API call with an HTML page")
     faults.add_argument("--accept-basic-auth", action="store_true",
                         help="accept credentials in the base URL (Basic auth), as a gateway would")
+    faults.add_argument("--sync-rate-limit-first", type=int, default=defaults.sync_rate_limit_first,
+                        help="the first N synchronous requests are answered 429 with retry-after")
+    faults.add_argument("--sync-rate-limit-share", type=float, default=defaults.sync_rate_limit_share,
+                        help="fraction of synchronous requests answered 429 with retry-after")
+    faults.add_argument("--sync-latency-seconds", type=float, default=defaults.sync_latency_seconds,
+                        help="every synchronous request takes this long")
+    faults.add_argument("--rate-limit-requests", type=int, default=defaults.rate_limit_requests,
+                        help="synchronous requests per window (x-ratelimit-*), then 429")
+    faults.add_argument("--rate-limit-tokens", type=int, default=defaults.rate_limit_tokens,
+                        help="tokens per window of synchronous requests (x-ratelimit-*), then 429")
+    faults.add_argument("--rate-limit-window-seconds", type=float, default=defaults.rate_limit_window_seconds,
+                        help="the rate limits' sliding window")
     faults.add_argument("--foreign-batches", type=int, default=defaults.foreign_batches,
                         help="start with N batches of another user in the batch list")
     return parser
@@ -454,6 +474,12 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         html_answer=args.html_answer,
         accept_basic_auth=args.accept_basic_auth,
         foreign_batches=args.foreign_batches,
+        sync_rate_limit_first=args.sync_rate_limit_first,
+        sync_rate_limit_share=args.sync_rate_limit_share,
+        sync_latency_seconds=args.sync_latency_seconds,
+        rate_limit_requests=args.rate_limit_requests,
+        rate_limit_tokens=args.rate_limit_tokens,
+        rate_limit_window_seconds=args.rate_limit_window_seconds,
     )
 
 

@@ -36,6 +36,7 @@ from .checks import after_cursor, check_create, invalid_value, page, parse_expir
 from .faults import Faults, retry_headers
 from .options import DAY, EmulatorOptions
 from .results import Outcome, injected_failure, response_line, run_request, shuffled, to_jsonl, unrun_line
+from .sync import SyncService
 from .timeline import CANCELLABLE, Phase, Timeline
 from .validation import Validation, batch_error, validate_input
 
@@ -168,6 +169,7 @@ class Store:
         self._seq = itertools.count()
         self._counts = _Counts()
         self.faults = Faults()  # HTTP-level fault decisions (the handler asks; counted in counts())
+        self.sync = SyncService(self.options, clock, self.faults)  # the regular endpoints (emulator/sync.py)
         if self.options.foreign_batches:
             self._add_foreign_batches(self.options.foreign_batches)
 
@@ -192,7 +194,9 @@ class Store:
         max_enqueued_tokens / enqueued_tokens: per model, the high-water mark / the current sum of
         estimated prompt tokens of accepted non-terminal batches. transient_errors (+ _by_status
         "503"/"500"/"429") and lost_answers (+ _by_kind "http_500"/"dropped", _by_op
-        "upload"/"create"/"cancel"): see faults.py.
+        "upload"/"create"/"cancel"): see faults.py. sync_requests / sync_answered / sync_failed /
+        sync_rate_limited / sync_duplicate_answers (a 200 to a request already answered 200) /
+        sync_max_concurrency: the regular endpoints, see sync.py.
         """
         with self._lock:
             c = self._counts
@@ -215,6 +219,7 @@ class Store:
                 "max_enqueued_tokens": dict(c.max_enqueued_tokens),
                 "enqueued_tokens": {m: self._enqueued_tokens(m, now) for m in models},
                 **self.faults.counts(),
+                **self.sync.snapshot(),
             }
 
     # --- files ---------------------------------------------------------------------------------

@@ -80,6 +80,9 @@ class Shard:
     # What this attempt's answers made, counted when it was merged (ops/summary.py): {"answers", "records",
     # "valid", "invalid.<code>": n}. None: merged before it was counted, or not merged yet.
     answers: dict[str, int] | None = None
+    # "sync": sent to the regular endpoint (ops/sync.py), no upload and no batch; its result file
+    # is the journal of the answers. None: the Batch API.
+    mode: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Shard:
@@ -115,6 +118,9 @@ class Run:
     # limits.target: the valid records counted when it was reached (None: not reached, or no target).
     # From then on nothing more is sent, running batches are cancelled, unsent shards are not needed.
     target_reached: int | None = None
+    # "sync" once the run sends to the regular endpoint (`mode: sync` or `run --sync`): every later
+    # pass, `tick` and retries included, does too, so an answered request is never sent again as a batch.
+    mode: str = "batch"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Run:

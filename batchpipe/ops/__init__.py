@@ -27,6 +27,7 @@ _NAMES = {
     "Status": ("status", "Status"), "status": ("status", "status"),
     "summary_line": ("summary", "summary_line"),
     "SubmitOptions": ("submit", "SubmitOptions"), "Submitted": ("submit", "Submitted"), "submit": ("submit", "submit"),
+    "SyncSent": ("sync", "SyncSent"), "send_sync": ("sync", "send"),
     "Ticked": ("tick", "Ticked"), "tick": ("tick", "tick"), "tick_all": ("tick", "tick_all"),
     "tick_exit_code": ("tick", "exit_code"),
 }
@@ -70,5 +71,7 @@ if TYPE_CHECKING:  # what a type checker and an editor see: the same names, impo
     from batchpipe.ops.status import Status, status
     from batchpipe.ops.submit import SubmitOptions, Submitted, submit
     from batchpipe.ops.summary import summary_line
+    from batchpipe.ops.sync import SyncSent
+    from batchpipe.ops.sync import send as send_sync
     from batchpipe.ops.tick import Ticked, tick, tick_all
     from batchpipe.ops.tick import exit_code as tick_exit_code

@@ -90,14 +90,15 @@ def canary_gate(ledger: Ledger) -> str | None:
     failed = (canary.merged or {}).get("failed", 0)
     if lost_files(canary):  # its answers are gone (and sent again), but the service counted how they went
         failed = canary.batch.request_counts.get("failed", 0)
-    if failed == 0 and canary.batch is not None and canary.batch.status == "completed":
+    ran = canary.mode == "sync" or (canary.batch is not None and canary.batch.status == "completed")
+    if failed == 0 and ran:
         ledger.run.canary_state = "passed"
         ledger.commit({"event": "canary", "shard": canary.id, "verdict": "passed"})
         return None
     ledger.run.canary_state = "failed"
     ledger.run.hold = (
         f"canary failed: {failed} of {canary.requests} requests in shard {canary.id} failed "
-        f"(batch {canary.batch.status if canary.batch else '?'}); see `batchpipe status {ledger.run.id}`"
+        f"({f'batch {canary.batch.status}' if canary.batch else canary.mode or 'batch ?'}); see `batchpipe status {ledger.run.id}`"
     )
     ledger.commit({"event": "canary", "shard": canary.id, "verdict": "failed", "failed": failed})
     return ledger.run.hold

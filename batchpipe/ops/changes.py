@@ -28,6 +28,7 @@ class _Shard:
     status: str | None
     counts: tuple[int, int, int]  # completed, failed, total
     merged: tuple[tuple[str, int], ...]
+    mode: str | None = None  # "sync": sent to the regular endpoint, no upload and no batch
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Look:
                 s.state, s.requests, s.upload.file_id if s.upload else None, s.batch.id if s.batch else None,
                 s.batch.status if s.batch else None,
                 (counts.get("completed", 0), counts.get("failed", 0), counts.get("total", 0)),
-                tuple(sorted((s.merged or {}).items())),
+                tuple(sorted((s.merged or {}).items())), s.mode,
             )  # fmt: skip
         run = ledger.run
         done = run.output is not None and all(s.state == ShardState.MERGED for s in ledger.shards)
@@ -80,7 +81,11 @@ def _shard_lines(sid: str, old: _Shard | None, new: _Shard) -> list[str]:
         first = _ORDER[rank(old.state) + 1] if new.state != old.state else None  # it only moved on
     told_remote = False
     for state in _ORDER[rank(first) : rank(new.state) + 1] if first is not None else []:
-        if state == ShardState.UPLOADED:
+        if new.mode == "sync" and state in (ShardState.UPLOADED, ShardState.SUBMITTED):
+            continue  # never uploaded nor submitted: its requests went to the regular endpoint
+        if new.mode == "sync" and state == ShardState.COMPLETED:
+            lines.append(f"shard {sid} answered in sync mode: {new.requests} request(s)")
+        elif state == ShardState.UPLOADED:
             lines.append(f"shard {sid} uploaded: file {new.file_id}")
         elif state == ShardState.SUBMITTED:
             now = f", {new.status}" if new.state == ShardState.SUBMITTED else ""  # else the next line says

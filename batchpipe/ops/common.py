@@ -14,7 +14,7 @@ from batchpipe.ledger.store import Ledger
 from batchpipe.ops.schedule import queue_figures
 from batchpipe.ops.summary import not_needed, summary
 from batchpipe.paths import RunPaths
-from batchpipe.pricing import cost_usd, price_for
+from batchpipe.pricing import SYNC_PRICE_FACTOR, cost_usd, price_for
 from batchpipe.providers import Provider, open_provider
 
 if TYPE_CHECKING:
@@ -103,6 +103,8 @@ class Progress:
                 finished += shard.requests - retried
                 failed += shard.merged.get("failed", 0) - retried
                 truncated += shard.merged.get("truncated", 0) - shard.merged.get("retried_truncated", 0)
+            elif shard.mode == "sync" and shard.state == ShardState.PREPARED:
+                finished += min(shard.requests, journaled(ledger.paths.journal(shard.id)))  # being sent now
             elif shard.batch is not None:
                 counts = shard.batch.request_counts
                 finished += min(shard.requests, counts.get("completed", 0) + counts.get("failed", 0))
@@ -119,6 +121,15 @@ class Progress:
             ledger.run.requests, finished, failed, states, done, phases, started, None if done else eta,
             cost_usd=run_cost(ledger).usd if with_cost else None, truncated=truncated,
         )  # fmt: skip
+
+
+def journaled(path: Path) -> int:
+    """Whole lines in a sync shard's journal: its requests answered so far (0 if there is none)."""
+    try:
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
 
 
 def estimate_eta(total: int, finished: int, started: float | None, now: float) -> float | None:
@@ -202,11 +213,18 @@ def run_cost(ledger: Ledger) -> Cost:
     except BatchpipeError as exc:
         return Cost(None, f"cost unknown: {exc.message}", None, tokens_in, tokens_out, dict.fromkeys(usages))
 
-    def usd(tokens_in: int, tokens_out: int) -> float:
-        return round(cost_usd(price, tokens_in, tokens_out), COST_DECIMALS)
+    def usd(tokens_in: int, tokens_out: int, factor: float = 1.0) -> float:
+        return round(cost_usd(price, tokens_in, tokens_out) * factor, COST_DECIMALS)
 
-    shards = {sid: None if u is None else usd(u["input_tokens"], u["output_tokens"]) for sid, u in usages.items()}
-    return Cost(usd(tokens_in, tokens_out), None, price.source, tokens_in, tokens_out, shards)
+    # shards sent in sync mode pay the regular endpoint's price (pricing.SYNC_PRICE_FACTOR times the batch price)
+    factors = {s.id: SYNC_PRICE_FACTOR if s.mode == "sync" else 1.0 for s in ledger.shards}
+    shards = {sid: None if u is None else usd(u["input_tokens"], u["output_tokens"], factors[sid])
+              for sid, u in usages.items()}
+    sync_in = sum(u["input_tokens"] for sid, u in usages.items() if u is not None and factors[sid] != 1.0)
+    sync_out = sum(u["output_tokens"] for sid, u in usages.items() if u is not None and factors[sid] != 1.0)
+    total = round(cost_usd(price, tokens_in - sync_in, tokens_out - sync_out)
+                  + cost_usd(price, sync_in, sync_out) * SYNC_PRICE_FACTOR, COST_DECIMALS)
+    return Cost(total, None, price.source, tokens_in, tokens_out, shards)
 
 
 def invalid_answers(ledger: Ledger) -> dict[str, int]:
@@ -270,6 +288,7 @@ def describe(ledger: Ledger) -> dict:
                 "file_id": s.upload.file_id if s.upload else None,
                 "batch_id": s.batch.id if s.batch else None,
                 "remote_status": s.batch.status if s.batch else None,
+                "mode": s.mode or "batch",
                 "request_counts": s.batch.request_counts if s.batch else None,
                 "errors": s.batch.errors if s.batch else [],
                 "merged": s.merged,

@@ -298,6 +298,7 @@ def _build(
             requests=rows,
             nonce=secrets.token_hex(6),
             budget_usd=cfg.limits.budget_usd,
+            mode=cfg.mode,
         ),
         shards=files.shards,
     )

@@ -97,6 +97,11 @@ def _lines(ledger: Ledger, shard: Shard) -> Iterator[bytes]:
                 yield from f
 
 
+def _batch_failed(shard: Shard) -> bool:
+    """Did the shard's batch fail as a whole? (A shard sent in sync mode has no batch.)"""
+    return shard.batch is not None and shard.batch.status == "failed"
+
+
 def _validation_failure(shard: Shard, index: Index, result: Processed) -> Iterator[Outcome]:
     """Every request of a batch that failed as a whole gets the batch's error (its own line's, if any)."""
     by_line: dict[int, dict[str, Any]] = {}
@@ -131,7 +136,7 @@ def _outcomes(
     retry_invalid = cfg.output.on_invalid == "retry"
     stats = {} if stats is None else stats  # the shard's summary counts (see summary())
     explode = cfg.output.explode is not False
-    if shard.batch.status == "failed":
+    if _batch_failed(shard):
         yield from _validation_failure(shard, index, result)
         return
     # A request with no result line: missing, or (if one of the files was lost) perhaps in it.
@@ -187,7 +192,7 @@ def replay(ledger: Ledger, shard: Shard, index: Index) -> Iterator[Outcome]:
 
 def _plan_retry(ledger: Ledger, shard: Shard, index: Index, max_attempts: int, result: Processed) -> None:
     """Put this attempt's retryable failures into a new attempt of the shard (data before pointer)."""
-    if shard.retry is not None or shard.attempt >= max_attempts or shard.batch.status == "failed":
+    if shard.retry is not None or shard.attempt >= max_attempts or _batch_failed(shard):
         return
     if (shard.merged or {}).get(RETRY_LOST):
         return  # its file could not be made again; `recover` lifts this once it can
@@ -456,7 +461,7 @@ def process(paths: RunPaths, *, retry_failed: bool = False) -> Processed:
                     crash.point("process:after_index")
                     ledger.advance(shard, ShardState.MERGED, merged=counts, usage=usage, answers=stats)
                     result.merged.append(shard.id)
-                elif (shard.state == ShardState.MERGED and shard.batch.status == "failed" and shard.batch.errors
+                elif (shard.state == ShardState.MERGED and _batch_failed(shard) and shard.batch.errors
                       and shard.retry is None):
                     list(_validation_failure(shard, index, result))  # report them again: still unresolved
             _check_target(ledger, cfg)

@@ -151,6 +151,9 @@ def _check_files(ledger: Ledger, provider: Provider | None, result: Recovered) -
             ref = getattr(shard, attr)
             if ref is None or not (problem := _damage(ledger, ref)):
                 continue
+            if shard.mode == "sync":  # its answers came one by one: there is no file at the service to fetch
+                _unrestorable(ledger, shard, attr, f"{problem} (the journal of its sync answers)", result)
+                continue
             file_id = shard.batch.output_file_id if kind == "output" else shard.batch.error_file_id
             if provider is None:
                 result.problems.append(f"shard {shard.id}: {problem}; set OPENAI_API_KEY and run recover again")

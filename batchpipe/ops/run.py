@@ -15,6 +15,7 @@ from batchpipe.ops.common import Progress
 from batchpipe.ops.download import download
 from batchpipe.ops.process import Processed, process
 from batchpipe.ops.remote import backoff
+from batchpipe.ops.sync import send as sync_send
 from batchpipe.ops.submit import SubmitOptions, submit
 from batchpipe.paths import RunPaths
 from batchpipe.providers import Provider
@@ -70,9 +71,15 @@ def next_delay(delay: float, poll_interval: float, *, moved: bool, submitted: bo
 
 
 def step(
-    paths: RunPaths, provider: Provider, options: SubmitOptions = SubmitOptions(), *, sleep=time.sleep
+    paths: RunPaths, provider: Provider, options: SubmitOptions = SubmitOptions(), *, sleep=time.sleep,
+    on_answer: Callable[[int, int], None] | None = None,
 ) -> RunReport:
-    """One pass: submit what is prepared, download what finished, process what was downloaded."""
+    """One pass: submit what is prepared, download what finished, process what was downloaded.
+
+    A run in sync mode (`mode: sync`, `run --sync`) sends instead (ops/sync.py): see sync_step.
+    """
+    if options.sync or Ledger.load(paths).run.mode == "sync":
+        return sync_step(paths, provider, options, sleep=sleep, on_answer=on_answer)
     submitted = submit(paths, provider, options, sleep=sleep)
     downloaded = download(paths, provider)
     processed = process(paths)
@@ -100,6 +107,29 @@ def stop_for_target(paths: RunPaths, provider: Provider) -> list[str]:
         cancelled = cancel_running(ledger, provider, why="limits.target reached")
     return [f"limits.target reached ({ledger.run.target_reached} valid records): cancelled batch {b}"
             for b in cancelled]
+def sync_step(
+    paths: RunPaths, provider: Provider, options: SubmitOptions, *, sleep=time.sleep,
+    on_answer: Callable[[int, int], None] | None = None,
+) -> RunReport:
+    """One pass in sync mode: send what is prepared and process it, again while that plans retries.
+
+    Nothing has to be waited for (every answer comes back at once), so one pass goes on until no
+    shard is left to send: retries, and the rest of the run behind a canary, included.
+    """
+    notes: list[str] = []
+    answered = 0
+    while True:
+        sent = sync_send(paths, provider, options, sleep=sleep,
+                         on_answer=None if on_answer is None else lambda n, f, base=answered: on_answer(base + n, f))
+        answered += sent.answered
+        notes += sent.notes
+        processed = process(paths)
+        if not sent.sent or sent.held:
+            break
+    return RunReport(
+        paths.run_id, Progress.of(Ledger.load(paths), with_cost=True), processed, notes=notes, held=sent.held,
+        over_budget=sent.over_budget, queued=sent.queued,
+    )
 
 
 def run(
@@ -113,6 +143,7 @@ def run(
     on_change: Callable[[str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     options: SubmitOptions = SubmitOptions(),
+    on_answer: Callable[[int, int], None] | None = None,
 ) -> RunReport:
     """Run every step now; with `wait`, repeat until done.
 
@@ -121,7 +152,8 @@ def run(
     next_delay. `on_change` gets one line per change seen after each pass (see ops/changes.py).
     The run lock is held during each pass only, not while sleeping, so `status` in another
     terminal can still refresh between passes. While waiting, a run another process holds (past
-    BATCHPIPE_LOCK_TIMEOUT, on a busy machine) is waited for, not given up on.
+    BATCHPIPE_LOCK_TIMEOUT, on a busy machine) is waited for, not given up on. In sync mode
+    `on_answer(answered, in_flight)` follows each answer of the pass (ops/sync.py).
     """
     options = replace(options, poll_interval=poll_interval)
     passes = failures = 0
@@ -131,7 +163,7 @@ def run(
     while True:
         try:
             try:
-                report = step(paths, provider, options, sleep=sleep)
+                report = step(paths, provider, options, sleep=sleep, on_answer=on_answer)
             finally:  # what a failed pass did before it failed is news too
                 for line in watch.changes() if watch is not None else []:
                     on_change(line)

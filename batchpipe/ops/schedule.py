@@ -30,7 +30,7 @@ from batchpipe.ledger.store import Ledger
 from batchpipe.ops import queue_limits
 from batchpipe.ops.queue_limits import Limit
 from batchpipe.paths import RunPaths
-from batchpipe.pricing import Price, cost_usd, format_usd, price_for
+from batchpipe.pricing import SYNC_PRICE_FACTOR, Price, cost_usd, format_usd, price_for
 
 # Another run's batch last seen `validating` longer ago than this no longer holds back a probe.
 STALE_SECONDS = 15 * 60
@@ -39,18 +39,23 @@ STALE_SECONDS = 15 * 60
 QUEUED_STATUSES = RUNNING_STATUSES | {"cancelling"}
 
 
-def worst_case_usd(price: Price, shard: Shard) -> float:
-    return cost_usd(price, shard.est_tokens, shard.max_output_tokens)
+def price_factor(shard: Shard, sync: bool = False) -> float:
+    """Sync mode pays the regular endpoint's price: twice the Batch API's, which `Price` holds."""
+    return SYNC_PRICE_FACTOR if sync or shard.mode == "sync" else 1.0
+
+
+def worst_case_usd(price: Price, shard: Shard, sync: bool = False) -> float:
+    return cost_usd(price, shard.est_tokens, shard.max_output_tokens) * price_factor(shard, sync)
 
 
 def committed_usd(price: Price, shards: list[Shard]) -> float:
     """What the shards already sent can cost at most: reported usage once merged, else the worst case."""
     total = 0.0
     for s in shards:
-        if s.state == ShardState.PREPARED:
+        if s.state == ShardState.PREPARED and s.mode is None:  # (a sync shard may be half sent)
             continue
         if s.state == ShardState.MERGED and s.usage is not None:
-            total += cost_usd(price, s.usage.get("input_tokens", 0), s.usage.get("output_tokens", 0))
+            total += cost_usd(price, s.usage.get("input_tokens", 0), s.usage.get("output_tokens", 0)) * price_factor(s)
         else:
             total += worst_case_usd(price, s)
     return total
@@ -199,12 +204,12 @@ class Schedule:
                        if _unconfirmed(s) and max(s.batch.refreshed_at or 0, s.batch.intent_at) > fresh]
         return cls(ledger, budget_usd, limit, price, elsewhere, unconfirmed)
 
-    def over_budget(self, shard: Shard) -> str | None:
-        """Why `shard` may not be uploaded (None: it may)."""
+    def over_budget(self, shard: Shard, sync: bool = False) -> str | None:
+        """Why `shard` may not be uploaded (or, `sync`, sent in sync mode) (None: it may)."""
         if self.budget_usd is None or self.price is None:
             return None
-        spent = committed_usd(self.price, self.ledger.shards)
-        worst = worst_case_usd(self.price, shard)
+        spent = committed_usd(self.price, [s for s in self.ledger.shards if s is not shard])
+        worst = worst_case_usd(self.price, shard, sync)
         if spent + worst <= self.budget_usd:
             return None
         return (

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from batchpipe import fsio
-from batchpipe.errors import ProviderError
+from batchpipe.errors import ProviderError, UsageError
 from batchpipe.ledger.index import Index
 from batchpipe.ledger.model import Shard, ShardState
 from batchpipe.ledger.store import Ledger
@@ -47,6 +47,7 @@ class SubmitOptions:
     budget_usd: float | None = None  # replace the run's budget, from now on
     canary: int | None = None  # send the first N requests alone first (see ops/canary.py)
     poll_interval: float = 30.0  # the caller's poll interval: paces retries after a queue refusal
+    sync: bool = False  # send to the regular endpoint instead (`run --sync`; see ops/sync.py)
 
 
 def submit(
@@ -62,6 +63,9 @@ def submit(
     budget_usd, canary = options.budget_usd, options.canary
     with fsio.run_lock(paths.root):
         ledger = Ledger.load(paths)
+        if ledger.run.mode == "sync":  # its journals hold answered requests: a batch would pay for them twice
+            raise UsageError(f"run {paths.run_id} sends in sync mode (to the regular endpoint), not as batches",
+                             hint=f"`batchpipe run {paths.run_id}` sends what is left")
         if ledger.run.hold is not None:
             if options.respect_hold:
                 result.held = ledger.run.hold

@@ -8,10 +8,10 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from batchpipe.errors import MissingApiKey
-from batchpipe.providers.base import Provider, RemoteBatch, RemoteFile
+from batchpipe.providers.base import Provider, RemoteBatch, RemoteFile, SyncAnswer
 from batchpipe.providers.lazy import LazyOpenAIProvider
 
-__all__ = ["Provider", "RemoteBatch", "RemoteFile", "api_key_from_env", "base_url_from_env", "key_source", "open_provider"]
+__all__ = ["Provider", "RemoteBatch", "RemoteFile", "SyncAnswer", "api_key_from_env", "base_url_from_env", "key_source", "open_provider"]
 
 
 def _dotenv(path: Path) -> dict[str, str]:

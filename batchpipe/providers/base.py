@@ -36,6 +36,16 @@ class RemoteBatch:
     usage: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class SyncAnswer:
+    """One answer of the regular (synchronous) endpoint, whatever its status (sync mode)."""
+
+    status_code: int
+    body: Any  # the parsed JSON body (an error answer: {"error": {...}}); None if it was not JSON
+    request_id: str | None
+    headers: dict[str, str]  # lower-cased names: x-ratelimit-*, retry-after, retry-after-ms
+
+
 class Provider(Protocol):
     name: str
     base_url: str
@@ -60,6 +70,14 @@ class Provider(Protocol):
 
     def file_exists(self, file_id: str) -> bool:
         """False if the service answers that it has no such file (deleted or expired)."""
+        ...
+
+    def call(self, endpoint: str, body: dict[str, Any]) -> SyncAnswer:
+        """POST one request to the regular endpoint, once (no retries: the caller owns them).
+
+        Any HTTP answer is returned; raises ProviderError (retryable) only when no answer came
+        (connection failed, timeout).
+        """
         ...
 
     def ping(self) -> None:

@@ -14,8 +14,13 @@ from typing import Any
 
 import openai
 
+try:  # the HTTP library the `openai` client is built on (httpx2 from openai 3, httpx before)
+    from httpx2 import Response as _HttpResponse
+except ImportError:  # pragma: no cover - depends on the installed openai
+    from httpx import Response as _HttpResponse
+
 from batchpipe.errors import ProviderError, RemoteNotFound
-from batchpipe.providers.base import RemoteBatch, RemoteFile
+from batchpipe.providers.base import RemoteBatch, RemoteFile, SyncAnswer
 from batchpipe.urls import public_url
 
 # Objects created this long before an intent was recorded are still looked at: the local and
@@ -175,6 +180,24 @@ class OpenAIBatchProvider:
             return _batch(self._api(self._once.batches.with_raw_response.cancel(batch_id), action))
         except openai.OpenAIError as exc:
             raise _error(exc, action) from None
+
+    def call(self, endpoint: str, body: dict[str, Any]) -> SyncAnswer:
+        """One request to the regular endpoint (sync mode), sent once: ops/sync.py owns the retries
+        (and their pacing by Retry-After and the rate limits), so the client's own are off."""
+        path = endpoint.removeprefix("/v1")  # the base URL ends in /v1 already
+        try:
+            response = self._once.post(path, cast_to=_HttpResponse, body=body)
+        except openai.APIStatusError as exc:
+            response = exc.response
+        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+            raise _error(exc, f"request to {endpoint}") from None
+        headers = {k.lower(): v for k, v in response.headers.items()
+                   if k.lower().startswith(("x-ratelimit-", "retry-after", "x-request-id", "content-type"))}
+        try:
+            parsed = response.json()
+        except ValueError:
+            parsed = None
+        return SyncAnswer(response.status_code, parsed, headers.get("x-request-id"), headers)
 
     # -- reads: the client's retries are safe here ---------------------------------------------
     def get_batch(self, batch_id: str) -> RemoteBatch:
