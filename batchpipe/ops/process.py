@@ -72,7 +72,8 @@ class Processed:
 
 
 def _lines(ledger: Ledger, shard: Shard) -> Iterator[bytes]:
-    for ref in (shard.outputs, shard.errors_file):
+    pieces = shard.handoff.pieces if shard.handoff is not None else []  # results imported by hand (ops/handoff.py)
+    for ref in (shard.outputs, shard.errors_file, *pieces):
         if ref is not None:
             with open(ledger.verify(ref), "rb") as f:
                 yield from f
@@ -103,7 +104,7 @@ def _outcomes(
     Failed requests are not billed (and report no usage): only successful lines count, truncated
     answers too (they were paid for, even when `fail_truncated` makes them failures).
     """
-    if shard.batch.status == "failed":
+    if shard.batch is not None and shard.batch.status == "failed":  # (an imported shard has no batch of ours)
         yield from _validation_failure(shard, index, result)
         return
     # A request with no result line: missing, or (if one of the files was lost) perhaps in it.
@@ -141,7 +142,7 @@ def replay(ledger: Ledger, shard: Shard, index: Index) -> Iterator[Outcome]:
 
 def _plan_retry(ledger: Ledger, shard: Shard, index: Index, max_attempts: int, result: Processed) -> None:
     """Put this attempt's retryable failures into a new attempt of the shard (data before pointer)."""
-    if shard.retry is not None or shard.attempt >= max_attempts or shard.batch.status == "failed":
+    if shard.retry is not None or shard.attempt >= max_attempts or (shard.batch is not None and shard.batch.status == "failed"):
         return
     if (shard.merged or {}).get(RETRY_LOST):
         return  # its file could not be made again; `recover` lifts this once it can
@@ -327,7 +328,8 @@ def process(paths: RunPaths, *, retry_failed: bool = False) -> Processed:
                     crash.point("process:after_index")
                     ledger.advance(shard, ShardState.MERGED, merged=counts, usage=usage)
                     result.merged.append(shard.id)
-                elif (shard.state == ShardState.MERGED and shard.batch.status == "failed" and shard.batch.errors
+                elif (shard.state == ShardState.MERGED and shard.batch is not None and shard.batch.status == "failed"
+                      and shard.batch.errors
                       and shard.retry is None):
                     list(_validation_failure(shard, index, result))  # report them again: still unresolved
                 if shard.state == ShardState.MERGED:
