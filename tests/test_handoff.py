@@ -272,3 +272,39 @@ def test_only_unsent_shards_are_exported_and_import_needs_an_export(cli, emulato
     assert "nothing to export" in nothing.output and not (tmp_path / "handoff").exists()
     refused = cli("import", RUN, tmp_path / "x.jsonl", code=2)
     assert "no exported shards" in refused.output
+
+
+def test_a_run_waiting_in_another_terminal_hears_of_the_import(cli, emulator, tmp_path):
+    from batchpipe.ops.changes import Watch
+    from batchpipe.paths import RunPaths
+
+    config = write_job(tmp_path, review_rows(3))
+    cli("create", config, "--run", RUN)
+    cli("export", RUN, tmp_path / "handoff")
+    watch = Watch(RunPaths(Path("runs") / RUN))
+    got = hand_upload(emulator, exported(tmp_path / "handoff"), tmp_path / "downloads")
+    cli("import", RUN, *all_results(got))
+    assert watch.changes() == ["shard 00001.a1 results imported by hand (batchpipe import)"]
+    cli("process", RUN)
+    assert watch.changes()[0] == "shard 00001.a1 merged: 3 ok, 0 failed"
+
+
+def test_recover_forgets_a_damaged_import_so_the_file_can_be_imported_again(cli, emulator, tmp_path):
+    rows = review_rows(5)
+    rows[0]["text"] = "breaks [[fail:400]]"
+    config = write_job(tmp_path, rows)
+    cli("create", config, "--run", RUN)
+    cli("export", RUN, tmp_path / "handoff")
+    got = hand_upload(emulator, exported(tmp_path / "handoff"), tmp_path / "downloads")
+    files = got[f"{RUN}--00001.a1.jsonl"]
+    cli("import", RUN, files["output"])
+    piece = next((Path("runs") / RUN / "results").glob("00001.a1.import-*.jsonl"))
+    piece.write_bytes(piece.read_bytes()[:-20])  # damaged on disk
+
+    recovered = cli("recover", RUN)
+    assert f"{piece.name} were missing or damaged: forgotten" in " ".join(recovered.output.split())
+    assert cli.json("status", RUN)["data"]["shards"][0]["handoff"]["received"] == 0
+    data = cli.json("import", RUN, files["output"], files["errors"])["data"]
+    assert [f["status"] for f in data["files"]] == ["imported", "imported"] and data["completed"] == ["00001.a1"]
+    cli("process", RUN, code=6)
+    assert [r["verdict"] is None for r in read_jsonl(Path("runs") / RUN / "output.jsonl")] == [True] + [False] * 4

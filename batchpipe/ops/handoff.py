@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from batchpipe import fsio
-from batchpipe.errors import InputError, UsageError
+from batchpipe.errors import InputError, LedgerError, UsageError
 from batchpipe.ledger.index import Index
 from batchpipe.ledger.model import Handoff, Shard, ShardState
 from batchpipe.ledger.store import Ledger
@@ -300,3 +300,45 @@ def _complete(ledger: Ledger, partial: bool, result: Imported) -> None:
             result.completed.append(shard.id)
         else:
             result.waiting.append({"shard": shard.id, "received": got, "requests": shard.requests})
+
+
+def repair_pieces(ledger: Ledger) -> tuple[list[str], list[str]]:
+    """`recover`: the imported piece files that are missing or damaged; return (actions, problems).
+
+    A shard still waiting for results forgets the damaged piece and the import that wrote it, so
+    that the same downloaded file can simply be imported again. A shard already completed has
+    its results in the index (once merged) and cannot take them again: that is said, not hidden.
+    """
+    actions: list[str] = []
+    problems: list[str] = []
+    for shard in ledger.shards:
+        if shard.handoff is None:
+            continue
+        damaged = [ref for ref in shard.handoff.pieces if _damaged(ledger, ref)]
+        if not damaged:
+            continue
+        names = ", ".join(Path(ref.path).name for ref in damaged)
+        if not awaiting(shard):
+            problems.append(f"shard {shard.id}: imported result file(s) {names} are missing or damaged; its "
+                            f"results are {'merged into index.sqlite and output.jsonl' if shard.state == ShardState.MERGED else 'not merged yet'}: do not delete those")
+            continue
+        shas = {Path(ref.path).name.rsplit(".import-", 1)[1].removesuffix(".jsonl") for ref in damaged}
+        shard.handoff.pieces = [ref for ref in shard.handoff.pieces if ref not in damaged]
+        received: set[str] = set()
+        for ref in shard.handoff.pieces:
+            path = ledger.verify(ref)
+            received.update(_custom_id(path, n, raw) for n, raw in _lines(path))
+        shard.handoff.received = len(received)
+        ledger.run.imports = [i for i in ledger.run.imports if i["sha256"][:12] not in shas]
+        ledger.commit({"event": "import_forgotten", "shard": shard.id, "pieces": names})
+        actions.append(f"shard {shard.id}: imported result file(s) {names} were missing or damaged: forgotten, "
+                       f"import the downloaded file(s) again (`batchpipe import {ledger.run.id} FILE...`)")
+    return actions, problems
+
+
+def _damaged(ledger: Ledger, ref: Any) -> bool:
+    try:
+        ledger.verify(ref)
+    except LedgerError:
+        return True
+    return False
