@@ -31,6 +31,8 @@ POINTS: frozenset[str] = frozenset(
         "canary:after_index",  # canary split in the index, not yet in the ledger
         "cancel:before",  # cancel of a duplicate batch not sent
         "cancel:after",  # duplicate batch cancelled, not yet reported
+        "export:after_handoff",  # shards handed off in the ledger, their files not yet written out
+        "import:after_piece",  # an imported file's piece files written, not yet in the ledger
     }
 )
 

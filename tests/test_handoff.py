@@ -308,3 +308,34 @@ def test_recover_forgets_a_damaged_import_so_the_file_can_be_imported_again(cli,
     assert [f["status"] for f in data["files"]] == ["imported", "imported"] and data["completed"] == ["00001.a1"]
     cli("process", RUN, code=6)
     assert [r["verdict"] is None for r in read_jsonl(Path("runs") / RUN / "output.jsonl")] == [True] + [False] * 4
+
+
+def test_killed_after_the_handoff_before_the_files_nothing_is_ever_sent(cli, emulator, tmp_path):
+    from conftest import batchpipe
+
+    config = write_job(tmp_path, review_rows(7))
+    cli("create", config, "--run", RUN)
+    killed = batchpipe("export", RUN, str(tmp_path / "handoff"), crash_at="export:after_handoff")
+    assert killed.returncode == 99 and not exported(tmp_path / "handoff")
+    # the promise was made before any file left: batchpipe still does not send them
+    cli("run", RUN, code=5)
+    assert (emulator.counts["uploads"], emulator.counts["batch_creates"]) == (0, 0)
+    cli("export", RUN, tmp_path / "handoff")  # export again writes the files
+    assert len(exported(tmp_path / "handoff")) == 2
+
+
+def test_killed_between_a_piece_and_the_ledger_the_import_is_done_again(cli, emulator, tmp_path):
+    from conftest import batchpipe
+
+    config = write_job(tmp_path, review_rows(7))
+    cli("create", config, "--run", RUN)
+    cli("export", RUN, tmp_path / "handoff")
+    got = hand_upload(emulator, exported(tmp_path / "handoff"), tmp_path / "downloads")
+    files = [str(p) for p in all_results(got)]
+    killed = batchpipe("import", RUN, *files, crash_at="import:after_piece:2")
+    assert killed.returncode == 99
+    data = cli.json("import", RUN, *files)["data"]
+    assert [f["status"] for f in data["files"]] == ["already imported", "imported"]
+    assert data["completed"] == ["00002.a1"]  # the first file completed shard 1 in its own commit
+    cli("process", RUN)
+    assert (Path("runs") / RUN / "output.jsonl").read_bytes() == normal_output(cli, config, emulator)

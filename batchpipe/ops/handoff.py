@@ -31,8 +31,9 @@ from typing import Any
 
 import orjson
 
-from batchpipe import fsio
+from batchpipe import crash, fsio
 from batchpipe.errors import InputError, LedgerError, UsageError
+from batchpipe.ledger import transitions
 from batchpipe.ledger.index import Index
 from batchpipe.ledger.model import Handoff, Shard, ShardState
 from batchpipe.ledger.store import Ledger
@@ -84,6 +85,7 @@ def export(paths: RunPaths, directory: Path) -> Exported:
                                       f"`batchpipe submit {paths.run_id}` creates its batch")
         if result.handed_off:  # the promise not to send them is durable before any file leaves
             ledger.commit({"event": "handoff", "shards": result.handed_off, "dir": str(directory)})
+            crash.point("export:after_handoff")
         shards = [s for s in ledger.shards if awaiting(s)]
         if not shards:
             return result
@@ -220,6 +222,7 @@ def import_results(paths: RunPaths, files: list[Path], *, partial: bool = False)
             for path, size, sha in todo:
                 _import_file(ledger, router, path, size, sha, result)
         _complete(ledger, partial, result)
+    result.completed.sort()
     return result
 
 
@@ -283,9 +286,20 @@ def _import_file(ledger: Ledger, router: _Router, path: Path, size: int, sha: st
         piece_size, piece_sha = fsio.write_lines_atomic(piece, lines)
         shard.handoff.pieces.append(ledger.file_ref(piece, piece_size, piece_sha))
         shard.handoff.received += len(new.get(shard_id, ()))
+    crash.point("import:after_piece")
     ledger.run.imports.append({"name": path.name, "sha256": sha, "bytes": size, "imported_at": time.time(),
                                **counts, "shards": sorted(routed)})
-    ledger.commit({"event": "import", "file": path.name, "sha256": sha, **counts, "shards": sorted(routed)})
+    # A shard this file made whole is completed in the same commit: nothing to finish after a crash.
+    completed = []
+    for shard_id in sorted(routed):
+        shard = ledger.state.shard(shard_id)
+        if shard.handoff.received >= shard.requests:
+            transitions.check(shard, ShardState.COMPLETED)
+            shard.state = ShardState.COMPLETED
+            completed.append(shard_id)
+    ledger.commit({"event": "import", "file": path.name, "sha256": sha, **counts, "shards": sorted(routed),
+                   "completed": completed})
+    result.completed += completed
     result.files.append({"file": str(path), "status": "imported", **counts, "shards": sorted(routed)})
 
 
