@@ -299,6 +299,11 @@ def _handoff_note(run: str, shard_ids: list[str], shards: list[dict[str, Any]] |
             f"`batchpipe import {run} FILE...`{waiting}")
 
 
+def _exported_before(paths) -> bool:
+    """Has any shard of the run been handed off by `export` (so its user uploads by hand)?"""
+    return any(s["handoff"] is not None for s in ops.describe_run(paths)["shards"])
+
+
 @command()
 def export(
     ctx: typer.Context,
@@ -428,6 +433,9 @@ def process(
                         f"`batchpipe run {run} --wait` takes them to done" if p.requeued
                         else "no failed rows to send again" + ("" if p.done else " yet: earlier attempts have not finished"))
         elif not p.done:
+            if p.retries and _exported_before(paths):
+                render.line(f"new attempt(s) {', '.join(p.retries)} for the failed requests: `batchpipe export {run} "
+                            f"DIR` writes them out for upload by hand, or `batchpipe run {run}` sends them")
             render.line(f"not done yet: see `batchpipe status {run}`")
     raise typer.Exit(int(code))
 

@@ -167,7 +167,8 @@ MAX_SHARD_ROWS = 50
 def _grouped_rows(table: Table, shards: list[dict[str, Any]]) -> None:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for s in shards:
-        groups.setdefault((s["state"], s["remote_status"] or "-"), []).append(s)
+        handed_off = s.get("handoff") is not None and s["state"] == "prepared"
+        groups.setdefault((s["state"], s["remote_status"] or ("handed off" if handed_off else "-")), []).append(s)
     for (state, remote), members in groups.items():
         def total(key: str) -> str:
             values = [(m["request_counts"] or {}).get(key) for m in members]

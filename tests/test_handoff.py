@@ -220,6 +220,7 @@ def test_damaged_and_wrong_files_are_refused_naming_file_and_line(cli, emulator,
     wrong = cli("import", RUN, request_file, code=2).output
     assert "line 1: a request (what is uploaded), not a result" in " ".join(wrong.split())
     assert "no such file" in cli("import", RUN, tmp_path / "nope.jsonl", code=2).output
+    assert "is not a file" in cli("import", RUN, tmp_path, code=2).output
     assert (Path("runs") / RUN / "state.json").read_bytes() == state
 
 
@@ -236,7 +237,8 @@ def test_partial_shard_finished_by_partial_then_its_retry_is_exported_again(cli,
     assert cli("process", RUN, code=3)  # not done: the shard is waiting for its other lines
     finished = cli.json("import", RUN, "--partial")["data"]
     assert finished["completed"] == ["00001.a1"]
-    assert cli.json("process", RUN, code=3)["data"]["retries"] == ["00001.a2"]  # the 2 missing: a new attempt
+    processed = cli("process", RUN, code=3)  # the 2 missing: a new attempt, which can be exported
+    assert f"new attempt(s) 00001.a2 for the failed requests: `batchpipe export {RUN} DIR`" in processed.output
 
     again = cli.json("export", RUN, tmp_path / "handoff")["data"]
     assert [f["shard"] for f in again["files"]] == ["00001.a2"] and again["handed_off"] == ["00001.a2"]

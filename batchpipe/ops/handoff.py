@@ -231,7 +231,8 @@ def _check_files(ledger: Ledger, router: _Router, files: list[Path], result: Imp
     todo: list[tuple[Path, int, str]] = []
     for path in files:
         if not path.is_file():
-            raise InputError(f"{path}: no such file", hint="give the output and error files you downloaded")
+            what = "is not a file" if path.exists() else "no such file"
+            raise InputError(f"{path}: {what}", hint="give the output and error files you downloaded")
         size, sha = fsio.sha256_file(path)
         if sha in done:
             result.files.append({"file": str(path), "status": "already imported", "lines": 0, "routed": 0})
