@@ -341,3 +341,34 @@ def test_killed_between_a_piece_and_the_ledger_the_import_is_done_again(cli, emu
     assert data["completed"] == ["00002.a1"]  # the first file completed shard 1 in its own commit
     cli("process", RUN)
     assert (Path("runs") / RUN / "output.jsonl").read_bytes() == normal_output(cli, config, emulator)
+
+
+def test_lines_of_a_shard_batchpipe_sent_itself_are_ignored_and_named(cli, emulator, tmp_path):
+    config = write_job(tmp_path, review_rows(7))
+    cli("create", config, "--run", RUN)
+    cli("submit", RUN, "--canary", "2")  # batchpipe sends the canary shard itself
+    exported_now = cli.json("export", RUN, tmp_path / "handoff")["data"]
+    assert exported_now["handed_off"] == ["00001.a1", "00002.a1"]
+    cli("run", RUN, code=5)  # the canary is merged; only exported shards are left
+    canary_results = Path("runs") / RUN / "results" / "00000.a1.output.jsonl"
+
+    data = cli.json("import", RUN, canary_results)["data"]
+    assert data["files"][0]["routed"] == 0 and data["files"][0]["skipped"] == 2
+    assert "shard 00000.a1 was not exported: batchpipe downloads its results itself; line ignored" in data["warnings"][0]
+    assert emulator.counts["batch_creates"] == 1
+
+
+def test_a_second_batch_of_an_imported_shard_is_ignored_with_a_warning(cli, emulator, tmp_path):
+    config = write_job(tmp_path, review_rows(5))
+    cli("create", config, "--run", RUN)
+    cli("export", RUN, tmp_path / "handoff")
+    files = exported(tmp_path / "handoff")
+    once = hand_upload(emulator, files, tmp_path / "first")
+    twice = hand_upload(emulator, files, tmp_path / "second")  # uploaded twice by mistake: paid twice
+    cli("import", RUN, *all_results(once))
+    out = cli("import", RUN, *all_results(twice)).output
+    flat = " ".join(out.split())
+    assert "shard 00001.a1 already has its results; this line differs (was it uploaded twice?); line ignored" in flat
+    assert "0 result line(s) imported" in flat
+    cli("process", RUN)
+    assert len(read_jsonl(Path("runs") / RUN / "output.jsonl")) == 5

@@ -44,6 +44,9 @@ from batchpipe.providers.lazy import DEFAULT_BASE_URL
 from batchpipe.urls import public_url
 
 README_NAME = "README.txt"
+# Lines of one file that are ignored (their shard already has its results, or was not exported)
+# are named one by one up to this many; the rest are counted.
+MAX_WARNINGS = 10
 
 
 def awaiting(shard: Shard) -> bool:
@@ -269,7 +272,8 @@ def _import_file(ledger: Ledger, router: _Router, path: Path, size: int, sha: st
                 why = f"shard {handed[-1].id} already has its results; this line differs (was it uploaded twice?)"
             else:
                 why = f"shard {shards[-1].id} was not exported: batchpipe downloads its results itself"
-            result.warnings.append(f"{path} line {n}: custom_id {custom_id!r}: {why}; line ignored")
+            if counts["skipped"] <= MAX_WARNINGS:
+                result.warnings.append(f"{path} line {n}: custom_id {custom_id!r}: {why}; line ignored")
             continue
         known = router.known(target)
         if custom_id not in known:
@@ -277,6 +281,8 @@ def _import_file(ledger: Ledger, router: _Router, path: Path, size: int, sha: st
         known.setdefault(custom_id, set()).add(digest)
         routed.setdefault(target.id, []).append(n)
         counts["routed"] += 1
+    if counts["skipped"] > MAX_WARNINGS:
+        result.warnings.append(f"{path}: {counts['skipped'] - MAX_WARNINGS} more line(s) ignored the same way")
     # Data before pointer: every piece file whole on disk before the ledger names it.
     for shard_id, numbers in routed.items():
         shard = ledger.state.shard(shard_id)
