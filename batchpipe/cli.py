@@ -486,7 +486,8 @@ def run_(
 
     Exits 0 when the run is done with every row answered, 6 when it is done but some rows
     failed (see `process --retry-failed`), 3 while batches are still pending (run it again
-    later, e.g. from cron), 5 if a batch failed validation. With `--wait` it polls until done.
+    later, e.g. from cron), 5 if a batch failed validation or only shards exported for upload by
+    hand (`batchpipe export`) are left: it never sends those. With `--wait` it polls until done.
 
     Examples: `batchpipe run configs/reviews.yaml --wait` · `batchpipe run reviews-nov`
     """
