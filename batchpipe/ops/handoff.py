@@ -340,8 +340,12 @@ def repair_pieces(ledger: Ledger) -> tuple[list[str], list[str]]:
             continue
         names = ", ".join(Path(ref.path).name for ref in damaged)
         if not awaiting(shard):
-            problems.append(f"shard {shard.id}: imported result file(s) {names} are missing or damaged; its "
-                            f"results are {'merged into index.sqlite and output.jsonl' if shard.state == ShardState.MERGED else 'not merged yet'}: do not delete those")
+            if shard.state == ShardState.MERGED:
+                why = "its results are merged and kept in index.sqlite and output.jsonl: do not delete those"
+            else:
+                why = ("the shard is complete but not merged, so `process` cannot read it: put the file back, "
+                       "or create the job again as a new run")
+            problems.append(f"shard {shard.id}: imported result file(s) {names} are missing or damaged; {why}")
             continue
         shas = {Path(ref.path).name.rsplit(".import-", 1)[1].removesuffix(".jsonl") for ref in damaged}
         shard.handoff.pieces = [ref for ref in shard.handoff.pieces if ref not in damaged]

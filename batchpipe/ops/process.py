@@ -142,7 +142,8 @@ def replay(ledger: Ledger, shard: Shard, index: Index) -> Iterator[Outcome]:
 
 def _plan_retry(ledger: Ledger, shard: Shard, index: Index, max_attempts: int, result: Processed) -> None:
     """Put this attempt's retryable failures into a new attempt of the shard (data before pointer)."""
-    if shard.retry is not None or shard.attempt >= max_attempts or (shard.batch is not None and shard.batch.status == "failed"):
+    failed_batch = shard.batch is not None and shard.batch.status == "failed"  # (an imported shard has no batch)
+    if shard.retry is not None or shard.attempt >= max_attempts or failed_batch:
         return
     if (shard.merged or {}).get(RETRY_LOST):
         return  # its file could not be made again; `recover` lifts this once it can
