@@ -210,12 +210,17 @@ def submit(
     code = ExitCode.ATTENTION if s.over_budget or s.held or s.too_big else ExitCode.OK
     if as_json:
         render.envelope("submit", {"run": run, "uploaded": s.uploaded, "submitted": s.submitted, "notes": s.notes,
-                                   "over_budget": s.over_budget, "queued": s.queued, "too_big": s.too_big}, int(code))
+                                   "over_budget": s.over_budget, "queued": s.queued, "too_big": s.too_big,
+                                   "handed_off": s.handed_off}, int(code))
         raise typer.Exit(int(code))
     for note in s.notes + s.over_budget + s.too_big + s.queued + ([f"held: {s.held}"] if s.held else []):
         render.warn(note)
+    if s.handed_off:
+        render.warn(_handoff_note(run, s.handed_off))
     if s.submitted:
         render.line(f"submitted {len(s.submitted)} batch(es) for run {run}: {', '.join(s.submitted)}")
+    elif s.handed_off and not (s.over_budget or s.queued):
+        render.line(f"nothing submitted: the shards of run {run} without a batch are exported, for you to upload")
     elif not (s.over_budget or s.queued):
         render.line(f"nothing to submit: every shard of run {run} already has its batch")
     raise typer.Exit(int(code))
@@ -259,6 +264,8 @@ def status(
             render.warn(f"held ({data['hold']}): resume with `batchpipe run {data['run']}`")
         if data["summary"]["answers"] or data["summary"]["invalid"]:
             render.line("summary: " + ops.summary_line(data["summary"], ops.run_config(st.ledger.paths).limits.target))
+        if data["handed_off"]:
+            render.warn(_handoff_note(data["run"], data["handed_off"], data["shards"]))
         if p.done:
             render.line(f"done: output at {data['output']}")
             if st.ledger.run.target_reached is None:
@@ -286,6 +293,104 @@ def download(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
     for note in d.lost:
         render.warn(note)
     render.line(f"downloaded {d.files} file(s) for {len(d.shards)} finished shard(s)" if d.shards else "nothing new to download")
+
+
+def _handoff_note(run: str, shard_ids: list[str], shards: list[dict[str, Any]] | None = None) -> str:
+    """What a person must know about shards handed off by `export`: batchpipe will not send them."""
+    shown = ", ".join(shard_ids[:5]) + (f" and {len(shard_ids) - 5} more" if len(shard_ids) > 5 else "")
+    partial = [s for s in shards or [] if s["shard"] in shard_ids and (s.get("handoff") or {}).get("received")]
+    waiting = "".join(f"; {s['shard']} has {s['handoff']['received']}/{s['requests']} results imported "
+                      f"(import its other file, or finish it with `import --partial`)" for s in partial[:5])
+    return (f"{len(shard_ids)} shard(s) exported for you to upload ({shown}): batchpipe does not upload or "
+            f"submit them, so they are never paid twice; bring their results in with "
+            f"`batchpipe import {run} FILE...`{waiting}")
+
+
+def _exported_before(paths) -> bool:
+    """Has any shard of the run been handed off by `export` (so its user uploads by hand)?"""
+    return any(s["handoff"] is not None for s in ops.describe_run(paths)["shards"])
+
+
+@command()
+def export(
+    ctx: typer.Context,
+    run: RunArg,
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Where to write the files (made if missing).",
+                                              show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the run's prepared shards into DIR, ready to upload by hand, with DIR/README.txt.
+
+    From then on those shards are handed off: `submit`, `run` and `tick` never upload them or
+    create batches for them (you do; nothing is paid twice). Upload each file with purpose
+    "batch", create its batch, download its output and error files, then `batchpipe import`.
+    Running export again is harmless: it writes the same files, plus any new retry attempts.
+
+    Example: `batchpipe export reviews-nov handoff/` then, with the downloaded files,
+    `batchpipe import reviews-nov ~/Downloads/batch_*_output.jsonl`
+    """
+    from batchpipe.ops.handoff import export as export_run
+
+    paths = ops.run_paths(_runs_dir(ctx), run)
+    e = export_run(paths, directory)
+    data = {"run": run, "dir": str(directory), "files": e.files, "handed_off": e.handed_off, "skipped": e.skipped,
+            "readme": str(e.readme) if e.readme else None}
+    if as_json:
+        return render.envelope("export", data)
+    for note in e.skipped:
+        render.warn(note)
+    if not e.files:
+        render.line(f"nothing to export: every shard of run {run} is sent, or its results are in")
+        return
+    for f in e.files:
+        render.line(f"{f['file']}  {f['requests']} request(s)")
+    render.line(f"exported {len(e.files)} file(s) of run {run} to {directory}; what to do next: {e.readme}")
+    render.line(f"batchpipe will not upload or submit these shards; afterwards: batchpipe import {run} FILE...")
+
+
+@command("import")
+def import_(
+    ctx: typer.Context,
+    run: RunArg,
+    files: Annotated[list[Path] | None, typer.Argument(metavar="FILE...", help="Output and error files downloaded "
+                                                       "by hand, in any order.", show_default=False)] = None,
+    partial: Annotated[bool, typer.Option("--partial", help="Finish the exported shards that have some results "
+                                          "with what they have; their missing requests become a new attempt.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bring in result files of exported shards, downloaded by hand; then `batchpipe process`.
+
+    Any order, any subset; a file imported before, or a line already imported, is skipped. A
+    file that is damaged, not a result file, or from another run is refused (exit 2), naming
+    the file and line, and nothing of the files given is imported. A shard is complete once
+    every request of it has a result line; until then `status` shows how many it has.
+
+    Examples: `batchpipe import reviews-nov out-1.jsonl err-1.jsonl` ·
+    `batchpipe import reviews-nov out-2.jsonl --partial`
+    """
+    from batchpipe.ops.handoff import import_results
+
+    if not files and not partial:
+        raise UsageError("give the result files to import (or --partial to finish shards with what they have)",
+                         hint=f"for example: batchpipe import {run} output.jsonl errors.jsonl")
+    paths = ops.run_paths(_runs_dir(ctx), run)
+    i = import_results(paths, list(files or []), partial=partial)
+    if as_json:
+        return render.envelope("import", {"run": run, "files": i.files, "completed": i.completed,
+                                          "waiting": i.waiting, "warnings": i.warnings})
+    for w in i.warnings:
+        render.warn(w)
+    for f in i.files:
+        if f["status"] == "imported":
+            dups = f", {f['duplicates']} already imported" if f["duplicates"] else ""
+            render.line(f"{f['file']}: {f['routed']} result line(s) imported{dups}")
+        else:
+            render.line(f"{f['file']}: already imported, skipped")
+    if i.completed:
+        render.line(f"complete: shard(s) {', '.join(i.completed)}; next: batchpipe process {run}")
+    for w in i.waiting:
+        render.line(f"shard {w['shard']}: {w['received']}/{w['requests']} results so far"
+                    + (": import its other file, or finish it with --partial" if w["received"] else ""))
 
 
 def _processed(p: ops.Processed, paths) -> None:
@@ -352,6 +457,9 @@ def process(
                         f"`batchpipe run {run} --wait` takes them to done" if p.requeued
                         else "no failed rows to send again" + ("" if p.done else " yet: earlier attempts have not finished"))
         elif not p.done:
+            if p.retries and _exported_before(paths):
+                render.line(f"new attempt(s) {', '.join(p.retries)} for the failed requests: `batchpipe export {run} "
+                            f"DIR` writes them out for upload by hand, or `batchpipe run {run}` sends them")
             render.line(f"not done yet: see `batchpipe status {run}`")
     raise typer.Exit(int(code))
 
@@ -405,7 +513,8 @@ def run_(
 
     Exits 0 when the run is done with every row answered, 6 when it is done but some rows
     failed (see `process --retry-failed`), 3 while batches are still pending (run it again
-    later, e.g. from cron), 5 if a batch failed validation. With `--wait` it polls until done.
+    later, e.g. from cron), 5 if a batch failed validation or only shards exported for upload by
+    hand (`batchpipe export`) are left: it never sends those. With `--wait` it polls until done.
 
     In sync mode (`--sync` or `mode: sync`) the requests go to the regular endpoint, `sync.max_workers`
     at a time, and the run is done when the command returns (no --wait needed).
@@ -442,10 +551,13 @@ def run_(
             on_answer=lambda n, in_flight: update(min(total, before + n), f"sync: {n} answered, {in_flight} in flight"),
         )
     p = report.processed
-    attention = p.batch_errors or report.stuck_on_budget or report.held or report.stuck_on_queue
+    attention = (p.batch_errors or report.stuck_on_budget or report.held or report.stuck_on_queue
+                 or report.stuck_on_handoff)
     code = ExitCode.ATTENTION if attention else p.exit_code
     for note in report.notes + report.over_budget + report.too_big + ([f"held: {report.held}"] if report.held else []):
         render.warn(note)
+    if report.handed_off:
+        render.warn(_handoff_note(target, report.handed_off))
     if as_json:
         data = ops.describe_run(paths)
         render.envelope("run", data | {"batch_errors": p.batch_errors, "warnings": p.warnings,
@@ -462,11 +574,33 @@ def run_(
 
 
 @command("list")
-def list_(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """List the runs in the runs dir (no network).
+def list_(
+    ctx: typer.Context,
+    remote: Annotated[bool, typer.Option("--remote", help="List the provider's recent batches instead, with "
+                                         "the run and shard each belongs to (or \"not ours\").")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="With --remote: how many batches, newest first.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the runs in the runs dir (no network), or with --remote the provider's recent batches.
 
-    Example: `batchpipe --runs-dir /data/runs list --json`
+    With --remote, each batch shows its status, when it was created, its request counts and
+    endpoint, and the batchpipe tag from its metadata: the run and shard it was made for, or
+    "not ours" (made by another tool or person, or by hand without the tag).
+
+    Examples: `batchpipe --runs-dir /data/runs list --json` · `batchpipe list --remote --limit 50`
     """
+    if remote:
+        from batchpipe.ops.listing import list_remote
+        from batchpipe.providers import open_provider
+
+        batches = [
+            {"id": b.id, "status": b.status, "created_at": b.created_at, "request_counts": b.request_counts,
+             "endpoint": b.endpoint, "run": b.run, "shard": b.shard, "tag": b.tag, "run_here": b.here}
+            for b in list_remote(_runs_dir(ctx), open_provider(), limit)
+        ]
+        if as_json:
+            return render.envelope("list", {"batches": batches})
+        return render.remote_batches_table(batches)
     runs = [
         {"run": s.run_id, "created_at": s.created_at, "model": s.model, "problem": s.problem}
         | ({"shards": sum(s.progress.shards.values()), "requests": s.progress.requests,

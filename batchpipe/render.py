@@ -140,14 +140,25 @@ def shard_table(title: str, shards: list[dict[str, Any]], caption: str | None = 
             style = STATE_STYLE.get(s["state"], "")
             cost = s.get("cost_usd")
             table.add_row(
-                s["shard"], f"[{style}]{s['state']}[/]", s["remote_status"] or ("sync" if s.get("mode") == "sync" else "-"),
-                str(s["requests"]),
+                s["shard"], f"[{style}]{s['state']}[/]",
+                s["remote_status"] or ("sync" if s.get("mode") == "sync" else _handoff(s)), str(s["requests"]),
                 str(counts.get("completed", "-")), str(counts.get("failed", "-")),
                 "-" if cost is None else format_usd(cost), s["batch_id"] or "-",
             )
     _print_table(table)
     if len(shards) > MAX_SHARD_ROWS:
         line(f"{len(shards):,} shard attempts, one row per state and remote status; --json lists each one")
+
+
+def _handoff(shard: dict[str, Any]) -> str:
+    """The remote column of a shard exported for a person to upload (batchpipe export)."""
+    handoff = shard.get("handoff")
+    if handoff is None:
+        return "-"
+    if shard["state"] != "prepared":
+        return "imported"
+    got = handoff["received"]
+    return f"handed off, {got}/{shard['requests']} imported" if got else "handed off"
 
 
 # Past this many shard attempts, a table row per shard is more than anyone reads (and slow to
@@ -158,7 +169,8 @@ MAX_SHARD_ROWS = 50
 def _grouped_rows(table: Table, shards: list[dict[str, Any]]) -> None:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for s in shards:
-        groups.setdefault((s["state"], s["remote_status"] or "-"), []).append(s)
+        handed_off = s.get("handoff") is not None and s["state"] == "prepared"
+        groups.setdefault((s["state"], s["remote_status"] or ("handed off" if handed_off else "-")), []).append(s)
     for (state, remote), members in groups.items():
         def total(key: str) -> str:
             values = [(m["request_counts"] or {}).get(key) for m in members]
@@ -236,6 +248,25 @@ def runs_table(runs: list[dict[str, Any]]) -> None:
             continue
         table.add_row(r["run"], when(r["created_at"]), r["model"], str(r["shards"]), str(r["requests"]),
                       str(r["finished"]), "[green]done[/]" if r["done"] else "in progress")
+    _print_table(table)
+
+
+def remote_batches_table(batches: list[dict[str, Any]]) -> None:
+    """The provider's recent batches (`list --remote`), with the batchpipe run and shard of each."""
+    if not batches:
+        line("no batches at the provider")
+        return
+    table = Table()
+    for col in ("batch", "status", "created", "total", "done", "failed", "endpoint", "batchpipe"):
+        table.add_column(col, justify="right" if col in ("total", "done", "failed") else "left",
+                         no_wrap=col in ("status", "created"))
+    for b in batches:
+        counts = b["request_counts"] or {}
+        tag = escape(b["tag"]) if b["run"] else "[dim]not ours[/]"
+        if b["run"] and not b["run_here"]:
+            tag += " [dim](not in this runs dir)[/]"
+        table.add_row(b["id"], b["status"], when(b["created_at"]), str(counts.get("total", "-")),
+                      str(counts.get("completed", "-")), str(counts.get("failed", "-")), b["endpoint"] or "-", tag)
     _print_table(table)
 
 

@@ -15,7 +15,7 @@ from filelock import FileLock
 from batchpipe.cli import app
 from batchpipe.errors import ExitCode
 
-COMMANDS = ["create", "submit", "status", "download", "process", "recover", "run", "tick", "cancel", "estimate", "doctor", "list", "emulator", "demo", "init", "schema"]
+COMMANDS = ["create", "submit", "status", "download", "process", "recover", "run", "tick", "cancel", "estimate", "doctor", "list", "emulator", "demo", "init", "schema", "export", "import"]
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 

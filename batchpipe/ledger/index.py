@@ -214,6 +214,19 @@ class Index:
         yield from self.db.execute("SELECT line, custom_id FROM shard_lines WHERE file = ? ORDER BY line", (file,))
 
     @_guarded
+    def files_of(self, custom_id: str) -> list[str]:
+        """The shard files (as the ledger names them) that hold the request `custom_id`.
+
+        Looked up by id only when results come in by hand (ops/handoff.py): the index by id is
+        made then, once, so that `create` does not pay for it on every run.
+        """
+        if not getattr(self, "_by_id", False):
+            with self.db:
+                self.db.execute("CREATE INDEX IF NOT EXISTS shard_lines_by_id ON shard_lines (custom_id)")
+            self._by_id = True
+        return [row[0] for row in self.db.execute("SELECT file FROM shard_lines WHERE custom_id = ?", (custom_id,))]
+
+    @_guarded
     def request_at(self, file: str, line: int) -> tuple[str, int, int] | None:
         """(custom_id, row_no, line_no) of the request on a 1-based line of a shard file."""
         return self.db.execute(

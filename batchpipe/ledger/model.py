@@ -59,6 +59,25 @@ class Batch:
 
 
 @dataclass
+class Handoff:
+    """A shard attempt handed off by `batchpipe export`: a person uploads it and imports its results.
+
+    batchpipe never uploads it nor creates a batch for it (that would be paid twice). Its result
+    lines arrive with `batchpipe import`, each file's share of them copied into a piece file
+    (data before pointer); once every request has a line (or `import --partial`), the pieces are
+    joined into the shard's output file and it is completed.
+    """
+
+    exported_at: float
+    pieces: list[FileRef] = field(default_factory=list)  # result lines imported so far, one file per import
+    received: int = 0  # requests with at least one result line among the pieces
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Handoff:
+        return cls(d["exported_at"], [FileRef(**p) for p in d.get("pieces", [])], d.get("received", 0))
+
+
+@dataclass
 class Shard:
     id: str  # "00001.a1": shard 1, attempt 1
     index: int
@@ -83,6 +102,7 @@ class Shard:
     # "sync": sent to the regular endpoint (ops/sync.py), no upload and no batch; its result file
     # is the journal of the answers. None: the Batch API.
     mode: str | None = None
+    handoff: Handoff | None = None  # exported for a person to upload (ops/handoff.py): never submitted by batchpipe
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Shard:
@@ -92,6 +112,8 @@ class Shard:
         for key, kind in (("upload", Upload), ("batch", Batch), ("outputs", FileRef), ("errors_file", FileRef)):
             if d.get(key) is not None:
                 d[key] = kind(**d[key])
+        if d.get("handoff") is not None:
+            d["handoff"] = Handoff.from_dict(d["handoff"])
         return cls(**d)
 
 
@@ -121,6 +143,9 @@ class Run:
     # "sync" once the run sends to the regular endpoint (`mode: sync` or `run --sync`): every later
     # pass, `tick` and retries included, does too, so an answered request is never sent again as a batch.
     mode: str = "batch"
+    # Result files brought in by `batchpipe import`, as {"name", "sha256", "bytes", "lines", "imported_at"}:
+    # a file imported again (same sha256) is recognised and skipped.
+    imports: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Run:

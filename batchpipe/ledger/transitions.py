@@ -7,7 +7,8 @@ from batchpipe.ledger.model import Shard, ShardState
 
 S = ShardState
 ALLOWED: dict[ShardState, frozenset[ShardState]] = {
-    # straight to COMPLETED: sent in sync mode, every request answered in its journal (ops/sync.py).
+    # PREPARED -> COMPLETED: sent in sync mode, every request answered in its journal (ops/sync.py), or a
+    # shard handed off by `export` whose results a person imported (ops/handoff.py).
     S.PREPARED: frozenset({S.UPLOADED, S.COMPLETED}),
     # back to PREPARED: the service no longer has the uploaded file; it is uploaded again (ops/lost.py).
     S.UPLOADED: frozenset({S.SUBMITTED, S.PREPARED}),

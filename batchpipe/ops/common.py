@@ -279,6 +279,8 @@ def describe(ledger: Ledger) -> dict:
         "cost_note": cost.note,
         "price_source": cost.price_source,
         "queue": queue_figures(ledger, _configured_queue_limit(ledger)),
+        # shards exported by `batchpipe export` still waiting for `batchpipe import`: never submitted by batchpipe
+        "handed_off": [s.id for s in ledger.shards if s.handoff is not None and s.state == ShardState.PREPARED],
         "shards": [
             {
                 "shard": s.id,
@@ -294,6 +296,9 @@ def describe(ledger: Ledger) -> dict:
                 "merged": s.merged,
                 "usage": shard_usage(s),
                 "cost_usd": cost.shards[s.id],
+                # exported for a person to upload (ops/handoff.py): {"exported_at", "received"}, else None
+                "handoff": {"exported_at": s.handoff.exported_at, "received": s.handoff.received}
+                if s.handoff is not None else None,
             }
             for s in ledger.shards
         ],

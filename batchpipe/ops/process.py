@@ -91,7 +91,8 @@ class Processed:
 
 
 def _lines(ledger: Ledger, shard: Shard) -> Iterator[bytes]:
-    for ref in (shard.outputs, shard.errors_file):
+    pieces = shard.handoff.pieces if shard.handoff is not None else []  # results imported by hand (ops/handoff.py)
+    for ref in (shard.outputs, shard.errors_file, *pieces):
         if ref is not None:
             with open(ledger.verify(ref), "rb") as f:
                 yield from f

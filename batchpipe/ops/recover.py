@@ -146,6 +146,11 @@ def _check_shard_files(ledger: Ledger, result: Recovered) -> None:
 
 
 def _check_files(ledger: Ledger, provider: Provider | None, result: Recovered) -> None:
+    from batchpipe.ops.handoff import repair_pieces  # results imported by hand: their pieces
+
+    actions, problems = repair_pieces(ledger)
+    result.actions += actions
+    result.problems += problems
     for shard in ledger.shards:
         for kind, attr in (("output", "outputs"), ("errors", "errors_file")):
             ref = getattr(shard, attr)

@@ -34,12 +34,19 @@ class RunReport:
     over_budget: list[str] = field(default_factory=list)
     queued: list[str] = field(default_factory=list)
     too_big: list[str] = field(default_factory=list)  # requests the provider's queue can never take
+    handed_off: list[str] = field(default_factory=list)  # shards exported for a person to upload (ops/handoff.py)
 
     @property
     def stuck_on_queue(self) -> bool:
         """Only requests the queue can never take are left: a person must shorten them."""
         s = self.progress.shards
         return bool(self.too_big) and s["merged"] + len(self.too_big) == sum(s.values())
+
+    @property
+    def stuck_on_handoff(self) -> bool:
+        """Only shards handed off by `export` are left: their results come by `import`, not by waiting."""
+        s = self.progress.shards
+        return bool(self.handed_off) and s["merged"] + len(self.handed_off) == sum(s.values())
 
     @property
     def stuck_on_budget(self) -> bool:
@@ -96,6 +103,7 @@ def step(
         over_budget=submitted.over_budget,
         queued=submitted.queued,
         too_big=submitted.too_big,
+        handed_off=submitted.handed_off,
     )
 
 
@@ -191,6 +199,8 @@ def run(
         if on_progress is not None:
             on_progress(report.progress)
         if report.progress.done or not wait or report.stuck_on_budget or report.held or report.stuck_on_queue:
+            return report
+        if report.stuck_on_handoff:  # nothing to wait for: a person brings the results (`batchpipe import`)
             return report
         moved = (report.progress.finished, report.progress.shards, report.progress.phases)
         delay = next_delay(delay, poll_interval, moved=moved != last, submitted=bool(report.submitted))

@@ -37,6 +37,7 @@ class Submitted:
     over_budget: list[str] = field(default_factory=list)  # shards the budget keeps back (a person must act)
     queued: list[str] = field(default_factory=list)  # shards waiting for room in the provider's queue
     too_big: list[str] = field(default_factory=list)  # requests the provider's queue can never take (a person must act)
+    handed_off: list[str] = field(default_factory=list)  # shards exported for a person to upload: never sent here
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ def submit(
             ledger.run.budget_usd = budget_usd
             ledger.commit({"event": "budget", "budget_usd": budget_usd})
         if canary and ledger.run.canary is None:
+            if any(s.handoff is not None for s in ledger.shards):  # a canary re-cuts files a person may hold
+                raise UsageError(f"run {paths.run_id} has exported shards (batchpipe export): it cannot take a canary",
+                                 hint="go on without --canary")
             split_canary(ledger, canary)
         waiting = canary_gate(ledger)
         if ledger.run.hold is not None:  # the canary just failed: stop here, a person must look
@@ -97,6 +101,9 @@ def submit(
         while at < len(ledger.shards):  # by position: a re-cut replaces the shard there with its pieces
             shard = ledger.shards[at]
             at += 1
+            if shard.handoff is not None and shard.state == ShardState.PREPARED:
+                result.handed_off.append(shard.id)  # a person uploads it (ops/handoff.py): never pay twice
+                continue
             unsent = shard.batch is None and shard.state in (ShardState.PREPARED, ShardState.UPLOADED)
             if unsent and shard.requests > 1 and schedule.too_big(shard):
                 result.notes.append(_recut(ledger, shard, schedule))

@@ -306,6 +306,10 @@ def send(paths: RunPaths, provider: Provider, options: Any, *, on_answer: Callab
                 if shard.mode == SYNC:  # a kill between its completion and this cleanup left the journal
                     paths.journal(shard.id).unlink(missing_ok=True)
                 continue
+            if shard.handoff is not None:  # a person uploads it (ops/handoff.py): never pay twice
+                result.notes.append(f"shard {shard.id} was exported for upload by hand: not sent (bring its results "
+                                    f"in with `batchpipe import {paths.run_id} FILE...`)")
+                continue
             if waiting and shard.id != ledger.run.canary:
                 result.queued.append(f"shard {shard.id}: {waiting}")
                 continue

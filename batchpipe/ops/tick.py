@@ -70,9 +70,14 @@ def _outcome(paths: RunPaths, report: RunReport) -> Ticked:
         return Ticked(paths.run_id, "attention", report.over_budget[0] + f"; raise it with `batchpipe submit {paths.run_id} --budget USD`", report)
     if report.stuck_on_queue:
         return Ticked(paths.run_id, "attention", report.too_big[0], report)
+    if report.stuck_on_handoff:
+        return Ticked(paths.run_id, "attention", f"waiting for the results of {len(report.handed_off)} exported "
+                      f"shard(s) (not submitted by batchpipe): `batchpipe import {paths.run_id} FILE...`", report)
     if report.held:
         return Ticked(paths.run_id, "attention", f"held ({report.held}): resume with `batchpipe run {paths.run_id}`", report)
-    return Ticked(paths.run_id, "pending", f"{p.finished}/{p.requests} requests finished", report)
+    exported = f"; {len(report.handed_off)} exported shard(s) not submitted, waiting for `batchpipe import`" \
+        if report.handed_off else ""
+    return Ticked(paths.run_id, "pending", f"{p.finished}/{p.requests} requests finished{exported}", report)
 
 
 def tick_all(runs_dir: Path, provider_for: Callable[[RunPaths], Provider]) -> list[Ticked]:

@@ -34,6 +34,7 @@ class RemoteBatch:
     errors: list[dict[str, Any]] = field(default_factory=list)  # code, message, param, line
     metadata: dict[str, str] = field(default_factory=dict)
     usage: dict[str, Any] | None = None
+    endpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ class Provider(Protocol):
 
     def list_batches(self, since: float) -> list[RemoteBatch]:
         """Every batch created since `since` (one listing; the caller matches its tags against it)."""
+        ...
+
+    def recent_batches(self, limit: int) -> list[RemoteBatch]:
+        """The `limit` newest batches of the account, newest first (`list --remote`)."""
         ...
 
     def get_batch(self, batch_id: str) -> RemoteBatch: ...

@@ -95,6 +95,7 @@ def _batch(b: Any) -> RemoteBatch:
         errors=errors,
         metadata=dict(b.metadata or {}),
         usage=usage.model_dump() if usage is not None else None,
+        endpoint=getattr(b, "endpoint", None),
     )
 
 
@@ -229,6 +230,19 @@ class OpenAIBatchProvider:
             return [_batch(b) for b in _since(self._api(self._client.batches.with_raw_response.list(limit=100), action), since)]
         except openai.OpenAIError as exc:
             raise _error(exc, action) from None
+
+    def recent_batches(self, limit: int) -> list[RemoteBatch]:
+        """The `limit` newest batches, newest first: the pages the client fetches, no further."""
+        action = "listing batches"
+        found: list[RemoteBatch] = []
+        try:
+            for b in self._api(self._client.batches.with_raw_response.list(limit=min(limit, 100)), action):
+                found.append(_batch(b))
+                if len(found) >= limit:
+                    break
+        except openai.OpenAIError as exc:
+            raise _error(exc, action) from None
+        return found
 
     def ping(self) -> None:
         action = f"reaching {self.base_url}"
