@@ -239,7 +239,8 @@ def status(
     for run_id in runs:
         paths = ops.run_paths(_runs_dir(ctx), run_id)
         st = ops.status(paths, functools.partial(_provider, paths, optional=True))  # opened only if needed
-        reports.append((st, ops.describe(st.ledger) | {"refreshed": st.refreshed, "note": st.note}))
+        reports.append((st, ops.describe(st.ledger) | {"refreshed": st.refreshed, "note": st.note}
+                        | ops.describe_steps(paths)))  # a multi-step run: its steps, and which it is at
     if as_json:
         return render.envelope("status", reports[0][1] if run else {"runs": [d for _, d in reports]})
     for st, data in reports:
@@ -247,6 +248,9 @@ def status(
         truncated = f", {p.truncated} truncated" if p.truncated else ""
         render.shard_table(f"run {data['run']}: {p.finished}/{p.requests} requests finished, {p.failed} failed{truncated}",
                            data["shards"], caption=render.cost_summary(data))
+        if step := data.get("step"):
+            render.line(f"step {step['at']} of {step['of']} ({step['name']}): "
+                        + ", ".join(f"{s['step']}. {s['name']} {s['state']}" for s in step["steps"]))
         if p.started_at is not None and not p.done:
             render.line(f"running for {render.duration(time.time() - p.started_at)}: {render.describe_progress(p)}")
         if st.note:
@@ -255,10 +259,9 @@ def status(
             render.line(queue)
         if data.get("hold"):
             render.warn(f"held ({data['hold']}): resume with `batchpipe run {data['run']}`")
-        if p.done:
+        if data["done"]:
             render.line(f"done: output at {data['output']}")
-            for note in render.outcome_notes(data["run"], ops.run_config(st.ledger.paths).output, p.failed, p.truncated):
-                render.warn(note)
+            _outcome_notes(st.ledger.paths, p.failed, p.truncated)
     if not reports:
         render.line("no runs yet: start one with `batchpipe run CONFIG --wait`")
 
@@ -289,9 +292,19 @@ def _processed(p: ops.Processed, paths) -> None:
         render.warn(f"shard {e['shard']} failed validation at {where}: {e.get('code')}: {e.get('message')}")
     if p.done:
         truncated = f", {p.truncated} truncated" if p.truncated else ""
-        render.line(f"output: {paths.output} ({p.ok} answered, {p.failed} failed{truncated})")
-        for note in render.outcome_notes(paths.run_id, ops.run_config(paths).output, p.failed, p.truncated):
-            render.warn(note)
+        output = ops.describe_steps(paths).get("output", paths.output)  # a multi-step run's: once its last step is done
+        render.line(f"output: {output} ({p.ok} answered, {p.failed} failed{truncated})" if output else
+                    f"step done ({p.ok} answered, {p.failed} failed{truncated})")
+        _outcome_notes(paths, p.failed, p.truncated)
+
+
+def _outcome_notes(paths, failed: int, truncated: int) -> None:
+    from batchpipe.ops.steps import failure_notes
+
+    by_step = failure_notes(paths)  # a multi-step run: where its rows failed, step by step
+    for note in render.outcome_notes(paths.run_id, ops.run_config(paths).output, 0 if by_step is not None else failed,
+                                     truncated) + (by_step or []):
+        render.warn(note)
 
 
 @command()
@@ -316,6 +329,16 @@ def process(
     paths = ops.run_paths(_runs_dir(ctx), run)
     p = ops.process(paths, retry_failed=retry_failed)
     code = p.exit_code
+    if paths.parent is not None and p.done and (moved_on := ops.advance_step(paths)) != paths:
+        code = ExitCode.PENDING  # a multi-step run: the next step is created, not yet sent
+        if not as_json:
+            render.line(f"step {paths.root.name} done; step {moved_on.root.name} created: "
+                        f"`batchpipe run {run} --wait` sends it")
+    elif paths.parent is not None:
+        from batchpipe.ops.steps import count_final
+
+        count_final(paths, p)  # the last step is done: the counts (and exit code) are the whole run's
+        code = p.exit_code
     if as_json:
         render.envelope("process", {"run": run, "merged": p.merged, "done": p.done, "ok": p.ok, "failed": p.failed,
                                     "truncated": p.truncated, "retries": p.retries, "requeued": p.requeued,
@@ -343,7 +366,8 @@ def recover(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
 
     Example: `batchpipe recover reviews-nov`
     """
-    paths = RunPaths.of(_runs_dir(ctx), run)  # a run whose create was interrupted has no state.json yet
+    # a run whose create was interrupted has no state.json yet; a multi-step run: the step it is at
+    paths = RunPaths.of(_runs_dir(ctx), run).current_step()
     r = ops.recover(paths, _provider(paths, optional=True) if paths.config.is_file() else None)
     code = ExitCode.OK if r.ok else ExitCode.ATTENTION
     if as_json:
@@ -407,12 +431,13 @@ def run_(
             options=ops.SubmitOptions(budget_usd=budget, canary=canary),
         )
     p = report.processed
+    paths = paths.current_step()  # a multi-step run may have moved on to a later step
     attention = p.batch_errors or report.stuck_on_budget or report.held or report.stuck_on_queue
     code = ExitCode.ATTENTION if attention else p.exit_code
     for note in report.notes + report.over_budget + report.too_big + ([f"held: {report.held}"] if report.held else []):
         render.warn(note)
     if as_json:
-        data = ops.describe_run(paths)
+        data = ops.describe_run(paths) | ops.describe_steps(paths)
         render.envelope("run", data | {"batch_errors": p.batch_errors, "warnings": p.warnings,
                                       "over_budget": report.over_budget, "too_big": report.too_big}, int(code))
     else:

@@ -31,6 +31,9 @@ POINTS: frozenset[str] = frozenset(
         "canary:after_index",  # canary split in the index, not yet in the ledger
         "cancel:before",  # cancel of a duplicate batch not sent
         "cancel:after",  # duplicate batch cancelled, not yet reported
+        "steps:after_input",  # the next step's input file written, its run not yet created
+        "steps:after_create",  # the next step's run published, the command not yet moved on to it
+        "steps:after_output",  # a multi-step run's final output written, not yet recorded
     }
 )
 

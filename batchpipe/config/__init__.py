@@ -23,7 +23,7 @@ import copy
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -41,11 +41,13 @@ from batchpipe.config.models import (
     RESERVED_PARAMS,
     TRUNCATED_POLICIES,
     JobFile,
+    step_prompt,
 )
 from batchpipe.config.problems import Translator
 from batchpipe.config.yamlfile import (
     MAX_ALIAS_VALUES,
     Locator,
+    Problem,
     duplicate_keys,
     parse_yaml,
     raise_problems,
@@ -71,10 +73,13 @@ __all__ = [
     "Pricing",
     "PromptConfig",
     "ProviderConfig",
+    "StepConfig",
+    "TurnConfig",
     "config_to_dict",
     "json_schema",
     "load_config",
     "snapshot_yaml",
+    "step_config",
 ]
 
 
@@ -89,11 +94,25 @@ class InputConfig:
 
 
 @dataclass(frozen=True)
+class TurnConfig:
+    """One earlier exchange of a dialogue: the user's message (and images) and the assistant's answer, as templates."""
+
+    user: str
+    assistant: str
+    images: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PromptConfig:
-    """The prompt templates (see batchpipe.pipeline.template for the syntax)."""
+    """The prompt templates (see batchpipe.pipeline.template for the syntax). `images`: templates
+    of image URLs or local paths sent with the user message; `history`: earlier turns sent before it
+    (a step's `history: true` is expanded here into the earlier steps' turns)."""
 
     system: str | None
     user: str
+    images: tuple[str, ...] = ()
+    history: tuple[TurnConfig, ...] = ()
+    images_dir: Path | None = None  # where a relative local image path is read from; set when images are used
 
 
 @dataclass(frozen=True)
@@ -135,6 +154,18 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True)
+class StepConfig:
+    """One step of a multi-step job, resolved: the top-level defaults are filled in."""
+
+    name: str
+    model: str
+    endpoint: str
+    prompt: PromptConfig
+    params: Mapping[str, Any]
+    output: OutputConfig
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """A whole job config, validated. `params` is read-only at the top level (its nested
     values are plain dicts and lists: do not mutate them). `source` is the absolute path of
@@ -151,6 +182,9 @@ class JobConfig:
     provider: ProviderConfig
     source: Path
     pricing: Pricing | None = None  # None: the shipped price table (batchpipe.pricing)
+    # A multi-step job's steps (empty for a one-step job); model, endpoint, prompt, params and
+    # output above are then those of the first step.
+    steps: tuple[StepConfig, ...] = ()
 
 
 # --------------------------------------------------------------------------------------
@@ -182,23 +216,109 @@ def load_config(path: Path | str) -> JobConfig:
         job = None
     raise_problems(name, problems)
     assert job is not None  # no problems means it validated
-    return _job_config(job, Path(os.path.abspath(path)))
+    cfg = _job_config(job, Path(os.path.abspath(path)))
+    if cfg.steps:  # a typo in step 3 must show before step 1 is paid for
+        raise_problems(name, _unknown_placeholders(job, cfg, locator))
+    return cfg
+
+
+def _unknown_placeholders(job: JobFile, cfg: JobConfig, locator: Locator) -> list[Problem]:
+    """Placeholders of a step that are neither a field of the input's first row nor an earlier
+    step's answer. (Every row is checked by `create`; this names the config line at once.)"""
+    from batchpipe.pipeline.inputs import display_path, iter_rows  # here: pipeline modules import this one
+    from batchpipe.pipeline.template import compile_template
+
+    try:
+        first = next(iter_rows(cfg.input))
+    except Exception:  # an unreadable or empty input is for create to report, with its line
+        return []
+    problems: list[Problem] = []
+    known = set(first.data)
+    for i, (step, written) in enumerate(zip(cfg.steps, job.steps or ())):
+        where = ("steps", i, "prompt") if written.prompt.model_fields_set else ("prompt",)
+        templates = [("system", step.prompt.system), ("user", step.prompt.user)]
+        templates += [(f"images.{n}", t) for n, t in enumerate(step.prompt.images)]
+        if written.prompt.history is not True and (written.prompt.history or (job.prompt and job.prompt.history)):
+            templates += [(f"history.{n}.{part}", getattr(turn, part))
+                          for n, turn in enumerate(step.prompt.history) for part in ("user", "assistant")]
+        for field_name, text in templates:
+            if text is None:
+                continue
+            for placeholder in compile_template(text).fields:
+                if placeholder.split(".")[0] in known:
+                    continue
+                earlier = [s.output.key for s in cfg.steps[:i]]
+                answers = f"nor the answer of an earlier step ({', '.join(earlier)})" if earlier else \
+                    "and step 1 has no earlier answers to use"
+                problems.append(Problem(
+                    locator.line((*where, *(int(x) if x.isdigit() else x for x in field_name.split(".")))),
+                    f"step {i + 1} ({step.name}): prompt.{field_name} uses {{{placeholder}}}, which is neither a field "
+                    f"of the input ({display_path(cfg.input.path)} line {first.line_no} has "
+                    f"{', '.join(sorted(first.data)) or 'no fields'}) {answers}",
+                    "check the spelling; a step can use the input's fields and the output.key of the steps before it",
+                ))  # fmt: skip
+        key = step.output.key
+        known |= {key, f"{key}_attempts", f"{key}_finish_reason"}
+    return problems
+
+
+def _prompt_config(prompt: Any, source: Path, history: tuple[TurnConfig, ...] = ()) -> PromptConfig:
+    turns = history if prompt.history is True else tuple(
+        TurnConfig(t.user, t.assistant, tuple(t.images or ())) for t in prompt.history or ()
+    )
+    images = tuple(prompt.images or ())
+    # Resolved now, against the config's directory: a run's snapshot lives elsewhere.
+    has_images = images or any(t.images for t in turns)
+    images_dir = Path(prompt.images_dir) if prompt.images_dir else source.parent
+    return PromptConfig(system=prompt.system, user=prompt.user, images=images, history=turns,
+                        images_dir=images_dir if has_images else None)
+
+
+def _steps(job: JobFile, source: Path) -> tuple[StepConfig, ...]:
+    """Each step with the top-level defaults filled in, and `history: true` expanded into the
+    earlier steps' turns: each one's user message (and images), then its answer."""
+    steps: list[StepConfig] = []
+    for step in job.steps or ():
+        earlier = tuple(TurnConfig(s.prompt.user, "{" + s.output.key + "}", s.prompt.images) for s in steps)
+        prompt = _prompt_config(step_prompt(job.prompt, step.prompt), source, earlier)
+        output = job.output.model_dump() | step.output.model_dump(include=step.output.model_fields_set)
+        steps.append(StepConfig(
+            name=step.name, model=step.model or job.model, endpoint=step.endpoint or job.endpoint, prompt=prompt,
+            params=MappingProxyType(copy.deepcopy(job.params | (step.params or {}))), output=OutputConfig(**output),
+        ))  # fmt: skip
+    return tuple(steps)
 
 
 def _job_config(job: JobFile, source: Path) -> JobConfig:
     """The frozen view the rest of batchpipe reads, from the validated file."""
+    steps = _steps(job, source)
+    first = steps[0] if steps else None
     return JobConfig(
         model=job.model,
         endpoint=job.endpoint,
         input=InputConfig(path=Path(job.input.path), format=job.input.format or "", id=job.input.id),
-        prompt=PromptConfig(system=job.prompt.system, user=job.prompt.user),
-        params=MappingProxyType(copy.deepcopy(job.params)),
-        output=OutputConfig(**job.output.model_dump()),
+        prompt=first.prompt if first else _prompt_config(job.prompt, source),
+        params=first.params if first else MappingProxyType(copy.deepcopy(job.params)),
+        output=first.output if first else OutputConfig(**job.output.model_dump()),
         limits=Limits(**job.limits.model_dump()),
         provider=ProviderConfig(**job.provider.model_dump()),
         source=source,
         pricing=Pricing(**job.pricing.model_dump()) if job.pricing is not None else None,
+        steps=steps,
     )
+
+
+def step_config(cfg: JobConfig, index: int, input_cfg: InputConfig) -> JobConfig:
+    """Step `index` (0-based) of a multi-step job as a one-step job reading `input_cfg`.
+
+    The job's pricing goes with it only for a step that uses the job's model (the price is for
+    that model); a step with another model is priced from the shipped table.
+    """
+    step = cfg.steps[index]
+    return replace(
+        cfg, model=step.model, endpoint=step.endpoint, input=input_cfg, prompt=step.prompt, params=step.params,
+        output=step.output, steps=(), pricing=cfg.pricing if step.model == cfg.model else None,
+    )  # fmt: skip
 
 
 def json_schema() -> dict[str, Any]:
@@ -225,12 +345,10 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
         "model": cfg.model,
         "endpoint": cfg.endpoint,
         "input": {"path": str(cfg.input.path), "format": cfg.input.format, "id": cfg.input.id},
-        "prompt": {"system": cfg.prompt.system, "user": cfg.prompt.user},
+        # A multi-step job writes each step whole (defaults filled in) under steps: instead.
+        **({} if cfg.steps else {"prompt": _prompt_dict(cfg.prompt)}),
         "params": copy.deepcopy(dict(cfg.params)),
-        # `truncated` only when it is not the default: a config that does not use it keeps the
-        # snapshot (and so the config hash and the default run id) it had before the field existed.
-        "output": {"key": cfg.output.key}
-        | ({"truncated": cfg.output.truncated} if cfg.output.truncated != OutputConfig.truncated else {}),
+        "output": _output_dict(cfg.output),
         "limits": {
             "max_requests_per_shard": cfg.limits.max_requests_per_shard,
             "max_bytes_per_shard": cfg.limits.max_bytes_per_shard,
@@ -244,7 +362,33 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
             else None
         ),
         "provider": {"name": cfg.provider.name, "base_url": cfg.provider.base_url},
-    }
+    } | ({"steps": [_step_dict(step) for step in cfg.steps]} if cfg.steps else {})
+
+
+def _prompt_dict(prompt: PromptConfig) -> dict[str, Any]:
+    # images and history only when given: a config that does not use them keeps its snapshot
+    out: dict[str, Any] = {"system": prompt.system, "user": prompt.user}
+    if prompt.images:
+        out["images"] = list(prompt.images)
+    if prompt.images_dir is not None:
+        out["images_dir"] = str(prompt.images_dir)
+    if prompt.history:
+        out["history"] = [
+            {"user": t.user, "assistant": t.assistant} | ({"images": list(t.images)} if t.images else {})
+            for t in prompt.history
+        ]
+    return out
+
+
+def _output_dict(output: OutputConfig) -> dict[str, Any]:
+    # `truncated` only when it is not the default: a config that does not use it keeps the
+    # snapshot (and so the config hash and the default run id) it had before the field existed.
+    return {"key": output.key} | ({"truncated": output.truncated} if output.truncated != OutputConfig.truncated else {})
+
+
+def _step_dict(step: StepConfig) -> dict[str, Any]:
+    return {"name": step.name, "model": step.model, "endpoint": step.endpoint, "prompt": _prompt_dict(step.prompt),
+            "params": copy.deepcopy(dict(step.params)), "output": _output_dict(step.output)}
 
 
 class _SnapshotDumper(yaml.SafeDumper):

@@ -26,6 +26,7 @@ _NAMES = {
     "RunReport": ("run", "RunReport"), "run": ("run", "run"), "step": ("run", "step"),
     "Status": ("status", "Status"), "status": ("status", "status"),
     "SubmitOptions": ("submit", "SubmitOptions"), "Submitted": ("submit", "Submitted"), "submit": ("submit", "submit"),
+    "advance_step": ("steps", "advance"), "describe_steps": ("steps", "describe_steps"),
     "Ticked": ("tick", "Ticked"), "tick": ("tick", "tick"), "tick_all": ("tick", "tick_all"),
     "tick_exit_code": ("tick", "exit_code"),
 }
@@ -68,5 +69,7 @@ if TYPE_CHECKING:  # what a type checker and an editor see: the same names, impo
     from batchpipe.ops.run import RunReport, run, step
     from batchpipe.ops.status import Status, status
     from batchpipe.ops.submit import SubmitOptions, Submitted, submit
+    from batchpipe.ops.steps import advance as advance_step
+    from batchpipe.ops.steps import describe_steps
     from batchpipe.ops.tick import Ticked, tick, tick_all
     from batchpipe.ops.tick import exit_code as tick_exit_code

@@ -13,6 +13,7 @@ from batchpipe.ops.common import Progress
 from batchpipe.ops.download import download
 from batchpipe.ops.process import Processed, process
 from batchpipe.ops.remote import backoff
+from batchpipe.ops.steps import advance, count_final
 from batchpipe.ops.submit import SubmitOptions, submit
 from batchpipe.paths import RunPaths
 from batchpipe.providers import Provider
@@ -70,10 +71,20 @@ def next_delay(delay: float, poll_interval: float, *, moved: bool, submitted: bo
 def step(
     paths: RunPaths, provider: Provider, options: SubmitOptions = SubmitOptions(), *, sleep=time.sleep
 ) -> RunReport:
-    """One pass: submit what is prepared, download what finished, process what was downloaded."""
+    """One pass: submit what is prepared, download what finished, process what was downloaded.
+
+    For a multi-step run, on the step it is at; when that step's output is written, the next
+    step is created and the pass goes on with it (ops/steps.py)."""
+    paths = advance(paths.current_step())
     submitted = submit(paths, provider, options, sleep=sleep)
     downloaded = download(paths, provider)
     processed = process(paths)
+    if paths.parent is not None and processed.done and (moved_on := advance(paths)) != paths:
+        report = step(moved_on, provider, options, sleep=sleep)
+        report.submitted[:0], report.downloaded[:0] = submitted.submitted, downloaded.shards
+        report.notes[:0] = submitted.notes + downloaded.lost
+        return report
+    count_final(paths, processed)  # a multi-step run's counts are its whole output's
     return RunReport(
         paths.run_id,
         Progress.of(Ledger.load(paths), with_cost=True),
