@@ -71,6 +71,16 @@ class RunPaths:
                 return RunPaths(root / "steps" / name, parent=root)
         return self
 
+    def step_after(self) -> RunPaths | None:
+        """For a step of a multi-step run: the next step, if its run exists."""
+        if self.parent is None:
+            return None
+        names = json.loads((self.parent / STEPS_FILE).read_text(encoding="utf-8"))["steps"]
+        later = names[names.index(self.root.name) + 1 :] if self.root.name in names else []
+        if later and (self.parent / "steps" / later[0] / "state.json").is_file():
+            return RunPaths(self.parent / "steps" / later[0], parent=self.parent)
+        return None
+
     @property
     def run_id(self) -> str:
         return self.parent.name if self.parent is not None else self.root.name

@@ -73,6 +73,9 @@ def test_three_steps_run_to_done_each_answer_on_its_row(cli, emulator, runs_dir,
     config = steps_job(tmp_path / "job")
     result = cli("run", config, "--run", "cap", "--wait", "--poll-interval", "0")
     assert f"output: {runs_dir / 'cap' / 'output.jsonl'} (5 answered, 0 failed)" in result.stdout
+    # the log (not a terminal) tells each step's changes, and each step's start
+    assert "cap 1-caption: shard 00001.a1 submitted" in result.output
+    assert "cap step 2-qna created" in result.output and "cap 3-answer: done: 5 answered" in result.output
 
     assert read_jsonl(runs_dir / "cap" / "output.jsonl") == [expected_row(r) for r in rows()]
     # each step is a run of its own, with its own batches (tagged with the step), 3 shards of <= 2 rows each
@@ -200,6 +203,8 @@ def test_kill_in_the_middle_of_a_multi_step_run_then_resume(cli, emulator, runs_
     assert killed.returncode == crash.EXIT_CODE, f"{crash_at} was never reached:\n{killed.stdout}{killed.stderr}"
 
     if (runs_dir / "crashy").exists():
+        # as if a write of the run's own files had been killed too: the next pass removes its temp file
+        (runs_dir / "crashy" / "steps" / ".2-qna.input.jsonl.x1y2.tmp").write_text("half a row")
         cli("recover", "crashy")
         cli("run", "crashy", "--wait", "--poll-interval", "0")
     else:  # killed before the run was published: creating it again is the resume

@@ -176,6 +176,10 @@ def advance(paths: RunPaths) -> RunPaths:
         return paths
     root = paths.parent
     with fsio.run_lock(root):
+        # Temp files of a write (a step's input or config, the final output) killed mid-way: only
+        # this function writes them, under this lock, so any left are stale.
+        for stray in [p for d in (root, root / "steps") for p in d.glob(f".*{fsio.TEMP_SUFFIX}") if p.is_file()]:
+            stray.unlink()
         current = paths.current_step()
         if not Progress.of(Ledger.load(current)).done:
             return current
