@@ -188,12 +188,10 @@ def test_manual_commands_move_the_run_step_by_step(cli, emulator, runs_dir, tmp_
 
 @pytest.mark.parametrize("crash_at", [
     "steps:after_input:1",  # step 2's input written, its run not made
-    "run_create:before_publish:1",  # step 1's run built inside the run's build dir, neither published
     "run_create:before_publish:2",  # the run built (with step 1's), not published
     "run_create:before_publish:3",  # step 2's run built, not published
     "steps:after_create:2",  # step 3's run published
     "batch_create:after:3",  # step 2's first batch made, its id not recorded
-    "process:after_index:5",  # in step 3, a shard's results indexed, not merged
     "steps:after_output:1",  # the final output written, not recorded
 ])
 def test_kill_in_the_middle_of_a_multi_step_run_then_resume(cli, emulator, runs_dir, tmp_path, crash_at):
