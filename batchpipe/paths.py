@@ -86,6 +86,11 @@ class RunPaths:
         return self.parent.name if self.parent is not None else self.root.name
 
     @property
+    def runs_dir(self) -> Path:
+        """The runs dir this run is in (a step's run: its run's)."""
+        return (self.parent if self.parent is not None else self.root).parent
+
+    @property
     def steps_file(self) -> Path:
         """A multi-step run's list of steps (its run dir has this instead of state.json)."""
         return self.root / STEPS_FILE

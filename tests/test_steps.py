@@ -263,3 +263,22 @@ def test_a_field_missing_in_a_later_row_is_found_before_step_1_is_paid(cli, emul
     result = cli("run", config, "--run", "late", "--wait", code=2)
     assert "photos.jsonl line 3: field 'audience' used by step 3 (answer) prompt.user is missing" in result.output
     assert emulator.counts["uploads"] == 0 and not (runs_dir / "late").exists()
+
+
+def test_a_steps_runs_share_the_runs_dirs_learned_queue_limit(cli, emulator, runs_dir, tmp_path):
+    from batchpipe.ops.queue_limits import FILE_NAME
+
+    config = steps_job(tmp_path / "job", rows(4), limits={"max_requests_per_shard": 4}, steps=[
+        {"name": "caption", "prompt": {"user": "Caption the photo of {topic}, in a few words."}, "output": {"key": "caption"}},
+        {"name": "short", "prompt": {"user": "Ok?"}, "output": {"key": "ok"}},
+    ])
+    tokens = cli.json("estimate", config)["data"]["input_tokens"]
+    emulator.options.enqueued_token_limit = tokens * 3 // 4  # step 1's one shard does not fit: refused once
+    cli("create", config, "--run", "q")
+    codes = [cli("tick", "--all", code=None).exit_code for _ in range(8)]
+    assert codes[-1] == 0, codes
+    assert [r["ok"] for r in read_jsonl(runs_dir / "q" / "output.jsonl")] == ["echo: Ok?"] * 4
+    assert emulator.counts["token_limit_failures"] >= 1
+    # what the refusal taught is kept for every run of the runs dir, not inside this run's steps
+    assert (runs_dir / FILE_NAME).is_file()
+    assert not list(runs_dir.glob(f"*/steps/{FILE_NAME}"))
