@@ -282,3 +282,21 @@ def test_a_steps_runs_share_the_runs_dirs_learned_queue_limit(cli, emulator, run
     # what the refusal taught is kept for every run of the runs dir, not inside this run's steps
     assert (runs_dir / FILE_NAME).is_file()
     assert not list(runs_dir.glob(f"*/steps/{FILE_NAME}"))
+
+
+def test_the_json_schema_checks_steps_as_the_loader_does(cli):
+    import jsonschema
+
+    schema = json.loads(cli("schema").stdout)
+    good = {"model": "gpt-4o-mini", "input": {"path": "photos.jsonl"}, "steps": [
+        {"name": "caption", "prompt": {"user": "Caption.", "images": ["{image_url}"]}, "output": {"key": "caption"}},
+        {"name": "qna", "model": "gpt-4o", "params": {"temperature": 0.7},
+         "prompt": {"user": "Caption: {caption}.", "history": True}, "output": {"key": "question"}},
+    ]}
+    validator = jsonschema.Draft202012Validator(schema)
+    assert list(validator.iter_errors(good)) == []
+    for bad in ({**good, "steps": [{"prompt": {"user": "x"}, "output": {"key": "k"}}]},  # no name
+                {**good, "steps": [{"name": "two words", "output": {"key": "k"}}]},
+                {**good, "steps": [{"name": "a", "prompt": {"user": "x"}}]},  # no output.key
+                {"model": "gpt-4o-mini", "input": {"path": "photos.jsonl"}}):  # neither prompt nor steps
+        assert list(validator.iter_errors(bad)), bad

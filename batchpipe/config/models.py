@@ -317,6 +317,7 @@ class StepSection(Section):
         description="The step's name: 1-32 letters, digits, `_` or `-`, starting with a letter or digit; unique. "
         "It names the step's run directory (`runs/<id>/steps/<n>-<name>/`).",
         examples=["caption"],
+        json_schema_extra={"pattern": f"^{STEP_NAME_RE.pattern}$"},
     )
     model: Text | None = Field(None, description="The model of this step (default: the top-level model).")
     endpoint: Literal[ENDPOINTS] | None = Field(  # type: ignore[valid-type]
