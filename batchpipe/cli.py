@@ -329,16 +329,16 @@ def process(
     paths = ops.run_paths(_runs_dir(ctx), run)
     p = ops.process(paths, retry_failed=retry_failed)
     code = p.exit_code
-    if paths.parent is not None and p.done and (moved_on := ops.advance_step(paths)) != paths:
-        code = ExitCode.PENDING  # a multi-step run: the next step is created, not yet sent
-        if not as_json:
-            render.line(f"step {paths.root.name} done; step {moved_on.root.name} created: "
-                        f"`batchpipe run {run} --wait` sends it")
-    elif paths.parent is not None:
+    if paths.parent is not None and p.done:  # a multi-step run: done once its last step is
         from batchpipe.ops.steps import count_final
 
-        count_final(paths, p)  # the last step is done: the counts (and exit code) are the whole run's
+        moved_on = ops.advance_step(paths)  # the next step is created, or the final output written
+        count_final(moved_on, p)  # the counts (and exit code) of a finished run are its whole output's
+        p.done = bool(ops.describe_steps(moved_on)["done"])
         code = p.exit_code
+        if moved_on != paths and not as_json:
+            render.line(f"step {paths.root.name} done; step {moved_on.root.name} created: "
+                        f"`batchpipe run {run} --wait` sends it")
     if as_json:
         render.envelope("process", {"run": run, "merged": p.merged, "done": p.done, "ok": p.ok, "failed": p.failed,
                                     "truncated": p.truncated, "retries": p.retries, "requeued": p.requeued,

@@ -300,3 +300,18 @@ def test_the_json_schema_checks_steps_as_the_loader_does(cli):
                 {**good, "steps": [{"name": "a", "prompt": {"user": "x"}}]},  # no output.key
                 {"model": "gpt-4o-mini", "input": {"path": "photos.jsonl"}}):  # neither prompt nor steps
         assert list(validator.iter_errors(bad)), bad
+
+
+def test_a_cancelled_run_does_not_move_on_to_its_next_step_until_resumed(cli, emulator, runs_dir, tmp_path):
+    config = steps_job(tmp_path / "job", rows(2), limits={"max_requests_per_shard": 10})
+    cli("create", config, "--run", "c")
+    cli("submit", "c")
+    cli("download", "c")
+    cli("cancel", "c")  # nothing running any more: the run is held
+    tick = cli.json("tick", "c", code=5)["data"]["runs"][0]
+    assert tick["outcome"] == "attention" and "held" in tick["message"]
+    assert cli("process", "c", code=3).exit_code == 3  # step 1 merged; the run is not done, and stays held
+    assert not (runs_dir / "c" / "steps" / "2-qna").exists()
+    assert cli.json("status", "c")["data"]["step"]["at"] == 1
+    cli("run", "c", "--wait", "--poll-interval", "0")  # resumes, and moves on
+    assert read_jsonl(runs_dir / "c" / "output.jsonl") == [expected_row(r) for r in rows(2)]

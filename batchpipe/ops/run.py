@@ -13,7 +13,7 @@ from batchpipe.ops.common import Progress
 from batchpipe.ops.download import download
 from batchpipe.ops.process import Processed, process
 from batchpipe.ops.remote import backoff
-from batchpipe.ops.steps import advance, count_final
+from batchpipe.ops.steps import advance, count_final, final_counts
 from batchpipe.ops.submit import SubmitOptions, submit
 from batchpipe.paths import RunPaths
 from batchpipe.providers import Provider
@@ -84,10 +84,14 @@ def step(
         report.submitted[:0], report.downloaded[:0] = submitted.submitted, downloaded.shards
         report.notes[:0] = submitted.notes + downloaded.lost
         return report
-    count_final(paths, processed)  # a multi-step run's counts are its whole output's
+    progress = Progress.of(Ledger.load(paths), with_cost=True)
+    if paths.parent is not None:  # a multi-step run is done once its last step is, with its whole output's counts
+        count_final(paths, processed)
+        processed.done = final_counts(paths) is not None
+        progress = replace(progress, done=processed.done)
     return RunReport(
         paths.run_id,
-        Progress.of(Ledger.load(paths), with_cost=True),
+        progress,
         processed,
         submitted=submitted.submitted,
         downloaded=downloaded.shards,

@@ -45,6 +45,7 @@ from batchpipe.pipeline.requests import image_problem
 from batchpipe.pipeline.template import MissingField, compile_template
 
 FINAL_RECORD = "output.json"
+_MISSING = object()
 # Stands in for an earlier step's answer while the rows are checked before anything is paid.
 _SOME_ANSWER = "answer"
 
@@ -181,7 +182,8 @@ def advance(paths: RunPaths) -> RunPaths:
         for stray in [p for d in (root, root / "steps") for p in d.glob(f".*{fsio.TEMP_SUFFIX}") if p.is_file()]:
             stray.unlink()
         current = paths.current_step()
-        if not Progress.of(Ledger.load(current)).done:
+        ledger = Ledger.load(current)
+        if ledger.run.hold or not Progress.of(ledger).done:  # a held run (cancel) does not move on either
             return current
         cfg = run_config(RunPaths(root))
         names = manifest(root)["steps"]
@@ -261,9 +263,11 @@ def _final_rows(outputs: list[Path], keys: list[str], counts: dict[str, int]) ->
         while f"{keys[step]}_error" not in data and step + 1 < len(outputs):
             step += 1
             following = next(later[step - 1], None)
-            if following is None:
-                raise LedgerError(f"{outputs[step]} has fewer rows than step {step} passed on to it",
-                                  hint="run `batchpipe recover` on the run")
+            # The row of the next step must be this one with more fields: never an answer on the wrong row.
+            if following is None or any(following.data.get(k, _MISSING) != v for k, v in data.items()):
+                where = "has fewer rows than" if following is None else f"line {following.line_no} does not match"
+                raise LedgerError(f"{display_path(outputs[step])} {where} the rows step {step} passed on to it",
+                                  hint="a step's output must hold one row per input row, in order")
             data = following.data
         if f"{keys[step]}_error" in data:
             counts["failed"] += 1
@@ -271,6 +275,10 @@ def _final_rows(outputs: list[Path], keys: list[str], counts: dict[str, int]) ->
         else:
             counts["ok"] += 1
         yield dumps_row(data)
+    for step, rest in enumerate(later, start=2):
+        if next(rest, None) is not None:
+            raise LedgerError(f"step {step}'s output has more rows than the step before it passed on to it",
+                              hint="a step's output must hold one row per input row, in order")
 
 
 # --------------------------------------------------------------------------------------
