@@ -342,7 +342,8 @@ def process(
     if as_json:
         render.envelope("process", {"run": run, "merged": p.merged, "done": p.done, "ok": p.ok, "failed": p.failed,
                                     "truncated": p.truncated, "retries": p.retries, "requeued": p.requeued,
-                                    "output": str(paths.output) if p.done else None, "batch_errors": p.batch_errors,
+                                    "output": str(ops.describe_steps(paths).get("output", paths.output)) if p.done else None,
+                                    "batch_errors": p.batch_errors,
                                     "warnings": p.warnings}, int(code))
     else:
         _processed(p, paths)
