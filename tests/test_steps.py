@@ -315,3 +315,13 @@ def test_a_cancelled_run_does_not_move_on_to_its_next_step_until_resumed(cli, em
     assert cli.json("status", "c")["data"]["step"]["at"] == 1
     cli("run", "c", "--wait", "--poll-interval", "0")  # resumes, and moves on
     assert read_jsonl(runs_dir / "c" / "output.jsonl") == [expected_row(r) for r in rows(2)]
+
+
+def test_the_budget_is_the_whole_jobs_each_step_gets_what_the_steps_before_it_left(cli, emulator, runs_dir, tmp_path):
+    config = steps_job(tmp_path / "job", rows(2), limits={"max_requests_per_shard": 10, "budget_usd": 1.0})
+    cli("run", config, "--run", "b", "--wait", "--poll-interval", "0")
+    spent = [cli.json("status", f"b.{step}")["data"]["cost_usd"] for step in ("1-caption", "2-qna")]
+    assert all(cost > 0 for cost in spent)
+    budgets = [yaml.safe_load((runs_dir / "b" / "steps" / f"{step}.yaml").read_text())["limits"]["budget_usd"]
+               for step in ("1-caption", "2-qna", "3-answer")]
+    assert budgets == [1.0, round(1.0 - spent[0], 9), round(1.0 - spent[0] - spent[1], 9)]
