@@ -264,6 +264,14 @@ def test_a_field_missing_in_a_later_row_is_found_before_step_1_is_paid(cli, emul
     assert "photos.jsonl line 3: field 'audience' used by step 3 (answer) prompt.user is missing" in result.output
     assert emulator.counts["uploads"] == 0 and not (runs_dir / "late").exists()
 
+    (tmp_path / "job" / "photos.jsonl").write_text("\n".join(lines[:2] + [json.dumps({**rows(3)[2], "audience": "x",
+                                                                                        "question": "mine"})]) + "\n")
+    result = cli("run", config, "--run", "late", "--wait", code=2)
+    assert ("photos.jsonl line 3: the row already has a field 'question', which step 2 (qna) writes (its output.key "
+            "is 'question')") in result.output
+    assert "for the step in job/job.yaml" in result.output  # the user's config, not the run's copy
+    assert emulator.counts["uploads"] == 0 and not (runs_dir / "late").exists()
+
 
 def test_a_steps_runs_share_the_runs_dirs_learned_queue_limit(cli, emulator, runs_dir, tmp_path):
     from batchpipe.ops.queue_limits import FILE_NAME

@@ -148,6 +148,14 @@ def _check_rows(cfg: JobConfig) -> None:
         data = dict(row.data)
         for i, (step, (texts, images)) in enumerate(zip(cfg.steps, compiled)):
             where = f"{display_path(cfg.input.path)} line {row.line_no}"
+            key = step.output.key
+            if taken := [f for f in (key, f"{key}_error", f"{key}_attempts") if f in row.data]:
+                raise InputError(
+                    f"{where}: the row already has a field '{taken[0]}', which step {i + 1} ({step.name}) writes "
+                    f"(its output.key is '{key}')",
+                    hint=f"choose another output.key for the step in {display_path(cfg.source)}, or rename the "
+                    "field in the input",
+                )
             for what, template in [*texts, *images]:
                 try:
                     value = template.render(data)
