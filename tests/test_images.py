@@ -85,7 +85,8 @@ def test_a_missing_or_unknown_image_is_refused_before_anything_is_sent(cli, emul
     config = write_job(tmp_path / "job", rows, prompt={"user": "{text}", "images": ["{img}"]})
     result = cli("run", config, "--wait", code=2)
     assert "job.jsonl line 2 (row id b): image 'notes.txt' is neither a URL" in result.output
-    assert emulator.counts["uploads"] == 0 and not runs_dir.exists() or list(runs_dir.iterdir()) == []
+    assert emulator.counts["uploads"] == 0
+    assert not runs_dir.exists() or [p for p in runs_dir.iterdir() if not p.name.startswith(".")] == []
 
 
 def test_images_and_history_need_chat_completions(cli, tmp_path):

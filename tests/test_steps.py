@@ -248,7 +248,7 @@ def test_a_bad_step_is_refused_with_its_line(cli, runs_dir, tmp_path, steps_text
     config = write_steps_config(tmp_path, steps_text)
     result = cli("create", config, code=2)
     assert f"job.yaml line {line}: {message}" in result.output, result.output
-    assert not runs_dir.exists() or list(runs_dir.iterdir()) == []
+    assert not runs_dir.exists() or [p for p in runs_dir.iterdir() if not p.name.startswith(".")] == []
 
 
 def test_a_field_missing_in_a_later_row_is_found_before_step_1_is_paid(cli, emulator, runs_dir, tmp_path):
