@@ -244,7 +244,8 @@ def status(
     for run_id in runs:
         paths = ops.run_paths(_runs_dir(ctx), run_id)
         st = ops.status(paths, functools.partial(_provider, paths, optional=True))  # opened only if needed
-        reports.append((st, ops.describe(st.ledger) | {"refreshed": st.refreshed, "note": st.note}))
+        reports.append((st, ops.describe(st.ledger) | {"refreshed": st.refreshed, "note": st.note}
+                        | ops.describe_steps(paths)))  # a multi-step run: its steps, and which it is at
     if as_json:
         return render.envelope("status", reports[0][1] if run else {"runs": [d for _, d in reports]})
     for st, data in reports:
@@ -252,6 +253,9 @@ def status(
         truncated = f", {p.truncated} truncated" if p.truncated else ""
         render.shard_table(f"run {data['run']}: {p.finished}/{p.requests} requests finished, {p.failed} failed{truncated}",
                            data["shards"], caption=render.cost_summary(data))
+        if step := data.get("step"):
+            render.line(f"step {step['at']} of {step['of']} ({step['name']}): "
+                        + ", ".join(f"{s['step']}. {s['name']} {s['state']}" for s in step["steps"]))
         if p.started_at is not None and not p.done:
             render.line(f"running for {render.duration(time.time() - p.started_at)}: {render.describe_progress(p)}")
         if st.note:
@@ -266,13 +270,11 @@ def status(
             render.line("summary: " + ops.summary_line(data["summary"], ops.run_config(st.ledger.paths).limits.target))
         if data["handed_off"]:
             render.warn(_handoff_note(data["run"], data["handed_off"], data["shards"]))
-        if p.done:
+        if data["done"]:
             render.line(f"done: output at {data['output']}")
             if st.ledger.run.target_reached is None:
                 counts = data["result_counts"] or {}
-                for note in render.outcome_notes(data["run"], ops.run_config(st.ledger.paths).output,
-                                                 counts.get("failed", p.failed), p.truncated, counts):
-                    render.warn(note)
+                _outcome_notes(st.ledger.paths, counts.get("failed", p.failed), p.truncated, counts)
     if not reports:
         render.line("no runs yet: start one with `batchpipe run CONFIG --wait`")
 
@@ -411,14 +413,23 @@ def _processed(p: ops.Processed, paths) -> None:
         filled = f", {p.fallback} by fallback" if p.fallback else ""
         dropped = f", {p.dropped} dropped" if p.dropped else ""
         lines = f"{p.written} lines, " if p.written and p.written != p.ok + p.failed + p.fallback else ""
-        render.line(f"output: {paths.output} ({lines}{p.ok} answered{filled}, {p.failed} failed{dropped}{truncated})")
+        figures = f"{lines}{p.ok} answered{filled}, {p.failed} failed{dropped}{truncated}"
+        output = ops.describe_steps(paths).get("output", paths.output)  # a multi-step run's: once its last step is done
+        render.line(f"output: {output} ({figures})" if output else f"step done ({figures})")
         if invalid := render.invalid_summary(p.invalid, "row(s) whose answer stayed invalid"):
             render.line(invalid)
-        counts = {"fallback": p.fallback, "dropped": p.dropped}
-        for note in render.outcome_notes(paths.run_id, cfg.output, p.failed, p.truncated, counts):
-            render.warn(note)
+        _outcome_notes(paths, p.failed, p.truncated, {"fallback": p.fallback, "dropped": p.dropped})
     if p.summary and (p.summary["answers"] or p.summary["invalid"]):
         render.line("summary: " + ops.summary_line(p.summary, cfg.limits.target))
+
+
+def _outcome_notes(paths, failed: int, truncated: int, counts: dict[str, int] | None = None) -> None:
+    from batchpipe.ops.steps import failure_notes
+
+    by_step = failure_notes(paths)  # a multi-step run: where its rows failed, step by step
+    for note in render.outcome_notes(paths.run_id, ops.run_config(paths).output, 0 if by_step is not None else failed,
+                                     truncated, counts) + (by_step or []):
+        render.warn(note)
 
 
 @command()
@@ -443,12 +454,23 @@ def process(
     paths = ops.run_paths(_runs_dir(ctx), run)
     p = ops.process(paths, retry_failed=retry_failed)
     code = p.exit_code
+    if paths.parent is not None and p.done:  # a multi-step run: done once its last step is
+        from batchpipe.ops.steps import count_final
+
+        moved_on = ops.advance_step(paths)  # the next step is created, or the final output written
+        count_final(moved_on, p)  # the counts (and exit code) of a finished run are its whole output's
+        p.done = bool(ops.describe_steps(moved_on)["done"])
+        code = p.exit_code
+        if moved_on != paths and not as_json:
+            render.line(f"step {paths.root.name} done; step {moved_on.root.name} created: "
+                        f"`batchpipe run {run} --wait` sends it")
     if as_json:
         render.envelope("process", {"run": run, "merged": p.merged, "done": p.done, "ok": p.ok, "failed": p.failed,
                                     "truncated": p.truncated, "fallback": p.fallback, "dropped": p.dropped,
                                     "invalid": p.invalid, "summary": p.summary, "retries": p.retries,
                                     "requeued": p.requeued,
-                                    "output": str(paths.output) if p.done else None, "batch_errors": p.batch_errors,
+                                    "output": str(ops.describe_steps(paths).get("output", paths.output)) if p.done else None,
+                                    "batch_errors": p.batch_errors,
                                     "warnings": p.warnings}, int(code))
     else:
         _processed(p, paths)
@@ -475,7 +497,8 @@ def recover(ctx: typer.Context, run: RunArg, as_json: JsonOpt = False) -> None:
 
     Example: `batchpipe recover reviews-nov`
     """
-    paths = RunPaths.of(_runs_dir(ctx), run)  # a run whose create was interrupted has no state.json yet
+    # a run whose create was interrupted has no state.json yet; a multi-step run: the step it is at
+    paths = RunPaths.of(_runs_dir(ctx), run).current_step()
     r = ops.recover(paths, _provider(paths, optional=True) if paths.config.is_file() else None)
     code = ExitCode.OK if r.ok else ExitCode.ATTENTION
     if as_json:
@@ -551,6 +574,7 @@ def run_(
             on_answer=lambda n, in_flight: update(min(total, before + n), f"sync: {n} answered, {in_flight} in flight"),
         )
     p = report.processed
+    paths = paths.current_step()  # a multi-step run may have moved on to a later step
     attention = (p.batch_errors or report.stuck_on_budget or report.held or report.stuck_on_queue
                  or report.stuck_on_handoff)
     code = ExitCode.ATTENTION if attention else p.exit_code
@@ -559,7 +583,7 @@ def run_(
     if report.handed_off:
         render.warn(_handoff_note(target, report.handed_off))
     if as_json:
-        data = ops.describe_run(paths)
+        data = ops.describe_run(paths) | ops.describe_steps(paths)
         render.envelope("run", data | {"batch_errors": p.batch_errors, "warnings": p.warnings,
                                       "over_budget": report.over_budget, "too_big": report.too_big}, int(code))
     else:

@@ -36,6 +36,9 @@ POINTS: frozenset[str] = frozenset(
         "sync:after_result_file",  # a sync shard's journal written out as its result file, not yet in the ledger
         "export:after_handoff",  # shards handed off in the ledger, their files not yet written out
         "import:after_piece",  # an imported file's piece files written, not yet in the ledger
+        "steps:after_input",  # the next step's input file written, its run not yet created
+        "steps:after_create",  # the next step's run published, the command not yet moved on to it
+        "steps:after_output",  # a multi-step run's final output written, not yet recorded
     }
 )
 

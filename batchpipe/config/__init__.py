@@ -23,7 +23,7 @@ import copy
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -42,11 +42,13 @@ from batchpipe.config.models import (
     TRUNCATED_POLICIES,
     JobFile,
     asks_for_json,
+    step_prompt,
 )
 from batchpipe.config.problems import Translator
 from batchpipe.config.yamlfile import (
     MAX_ALIAS_VALUES,
     Locator,
+    Problem,
     duplicate_keys,
     parse_yaml,
     raise_problems,
@@ -73,11 +75,14 @@ __all__ = [
     "Pricing",
     "PromptConfig",
     "ProviderConfig",
+    "StepConfig",
     "SyncConfig",
+    "TurnConfig",
     "config_to_dict",
     "json_schema",
     "load_config",
     "snapshot_yaml",
+    "step_config",
 ]
 
 
@@ -95,11 +100,25 @@ class InputConfig:
 
 
 @dataclass(frozen=True)
+class TurnConfig:
+    """One earlier exchange of a dialogue: the user's message (and images) and the assistant's answer, as templates."""
+
+    user: str
+    assistant: str
+    images: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PromptConfig:
-    """The prompt templates (see batchpipe.pipeline.template for the syntax)."""
+    """The prompt templates (see batchpipe.pipeline.template for the syntax). `images`: templates
+    of image URLs or local paths sent with the user message; `history`: earlier turns sent before it
+    (a step's `history: true` is expanded here into the earlier steps' turns)."""
 
     system: str | None
     user: str
+    images: tuple[str, ...] = ()
+    history: tuple[TurnConfig, ...] = ()
+    images_dir: Path | None = None  # where a relative local image path is read from; set when images are used
 
 
 @dataclass(frozen=True)
@@ -173,6 +192,18 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True)
+class StepConfig:
+    """One step of a multi-step job, resolved: the top-level defaults are filled in."""
+
+    name: str
+    model: str
+    endpoint: str
+    prompt: PromptConfig
+    params: Mapping[str, Any]
+    output: OutputConfig
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """A whole job config, validated. `params` is read-only at the top level (its nested
     values are plain dicts and lists: do not mutate them). `source` is the absolute path of
@@ -194,6 +225,9 @@ class JobConfig:
     # Where `module:function` hooks are imported from: `hooks_dir` as written, else (when the config
     # names a hook) the config file's directory; None: neither. See hook_directory().
     hooks_dir: Path | None = None
+    # A multi-step job's steps (empty for a one-step job); model, endpoint, prompt, params and
+    # output above are then those of the first step.
+    steps: tuple[StepConfig, ...] = ()
 
     def hook_directory(self) -> Path:
         """The directory the job's hooks are imported from."""
@@ -232,11 +266,83 @@ def load_config(path: Path | str, *, check_hooks: bool = False) -> JobConfig:
         job = None
     raise_problems(name, problems)
     assert job is not None  # no problems means it validated
-    return _job_config(job, Path(os.path.abspath(path)))
+    cfg = _job_config(job, Path(os.path.abspath(path)))
+    if cfg.steps:  # a typo in step 3 must show before step 1 is paid for
+        raise_problems(name, _unknown_placeholders(job, cfg, locator))
+    return cfg
+
+
+def _unknown_placeholders(job: JobFile, cfg: JobConfig, locator: Locator) -> list[Problem]:
+    """Placeholders of a step that are neither a field of the input's first row nor an earlier
+    step's answer. (Every row is checked by `create`; this names the config line at once.)"""
+    from batchpipe.pipeline.inputs import display_path, iter_rows  # here: pipeline modules import this one
+    from batchpipe.pipeline.template import compile_template
+
+    try:
+        first = next(iter_rows(cfg.input))
+    except Exception:  # an unreadable or empty input is for create to report, with its line
+        return []
+    problems: list[Problem] = []
+    known = set(first.data)
+    for i, (step, written) in enumerate(zip(cfg.steps, job.steps or ())):
+        where = ("steps", i, "prompt") if written.prompt.model_fields_set else ("prompt",)
+        templates = [("system", step.prompt.system), ("user", step.prompt.user)]
+        templates += [(f"images.{n}", t) for n, t in enumerate(step.prompt.images)]
+        if written.prompt.history is not True and (written.prompt.history or (job.prompt and job.prompt.history)):
+            templates += [(f"history.{n}.{part}", getattr(turn, part))
+                          for n, turn in enumerate(step.prompt.history) for part in ("user", "assistant")]
+        for field_name, text in templates:
+            if text is None:
+                continue
+            for placeholder in compile_template(text).fields:
+                if placeholder.split(".")[0] in known:
+                    continue
+                earlier = [s.output.key for s in cfg.steps[:i]]
+                answers = f"nor the answer of an earlier step ({', '.join(earlier)})" if earlier else \
+                    "and step 1 has no earlier answers to use"
+                problems.append(Problem(
+                    locator.line((*where, *(int(x) if x.isdigit() else x for x in field_name.split(".")))),
+                    f"step {i + 1} ({step.name}): prompt.{field_name} uses {{{placeholder}}}, which is neither a field "
+                    f"of the input ({display_path(cfg.input.path)} line {first.line_no} has "
+                    f"{', '.join(sorted(first.data)) or 'no fields'}) {answers}",
+                    "check the spelling; a step can use the input's fields and the output.key of the steps before it",
+                ))  # fmt: skip
+        key = step.output.key
+        known |= {key, f"{key}_attempts", f"{key}_finish_reason"}
+    return problems
+
+
+def _prompt_config(prompt: Any, source: Path, history: tuple[TurnConfig, ...] = ()) -> PromptConfig:
+    turns = history if prompt.history is True else tuple(
+        TurnConfig(t.user, t.assistant, tuple(t.images or ())) for t in prompt.history or ()
+    )
+    images = tuple(prompt.images or ())
+    # Resolved now, against the config's directory: a run's snapshot lives elsewhere.
+    has_images = images or any(t.images for t in turns)
+    images_dir = Path(prompt.images_dir) if prompt.images_dir else source.parent
+    return PromptConfig(system=prompt.system, user=prompt.user, images=images, history=turns,
+                        images_dir=images_dir if has_images else None)
+
+
+def _steps(job: JobFile, source: Path) -> tuple[StepConfig, ...]:
+    """Each step with the top-level defaults filled in, and `history: true` expanded into the
+    earlier steps' turns: each one's user message (and images), then its answer."""
+    steps: list[StepConfig] = []
+    for step in job.steps or ():
+        earlier = tuple(TurnConfig(s.prompt.user, "{" + s.output.key + "}", s.prompt.images) for s in steps)
+        prompt = _prompt_config(step_prompt(job.prompt, step.prompt), source, earlier)
+        output = job.output.model_copy(update={k: getattr(step.output, k) for k in step.output.model_fields_set})
+        steps.append(StepConfig(
+            name=step.name, model=step.model or job.model, endpoint=step.endpoint or job.endpoint, prompt=prompt,
+            params=MappingProxyType(copy.deepcopy(job.params | (step.params or {}))), output=_output_config(output),
+        ))  # fmt: skip
+    return tuple(steps)
 
 
 def _job_config(job: JobFile, source: Path) -> JobConfig:
     """The frozen view the rest of batchpipe reads, from the validated file."""
+    steps = _steps(job, source)
+    first = steps[0] if steps else None
     return JobConfig(
         model=job.model,
         endpoint=job.endpoint,
@@ -249,9 +355,9 @@ def _job_config(job: JobFile, source: Path) -> JobConfig:
             records=job.input.records,
             record_id=job.input.record_id,
         ),
-        prompt=PromptConfig(system=job.prompt.system, user=job.prompt.user),
-        params=MappingProxyType(copy.deepcopy(job.params)),
-        output=_output_config(job),
+        prompt=first.prompt if first else _prompt_config(job.prompt, source),
+        params=first.params if first else MappingProxyType(copy.deepcopy(job.params)),
+        output=first.output if first else _output_config(job.output),
         limits=Limits(**job.limits.model_dump()),
         provider=ProviderConfig(**job.provider.model_dump()),
         source=source,
@@ -259,11 +365,12 @@ def _job_config(job: JobFile, source: Path) -> JobConfig:
         hooks_dir=Path(job.hooks_dir) if job.hooks_dir else source.parent if job.output.hooks() else None,
         mode=job.mode,
         sync=SyncConfig(**job.sync.model_dump()),
+        steps=steps,
     )
 
 
-def _output_config(job: JobFile) -> OutputConfig:
-    out = job.output
+def _output_config(out: Any) -> OutputConfig:
+    """The frozen view of an output section (the job's, or a step's merged over it)."""
     check = out.validate
     fallback = out.fallback if isinstance(out.fallback, str) or out.fallback is None else {"copy": out.fallback.copy}
     return OutputConfig(
@@ -279,6 +386,19 @@ def _output_config(job: JobFile) -> OutputConfig:
         on_invalid=out.on_invalid,
         fallback=fallback,
         explode=out.explode,
+    )  # fmt: skip
+
+
+def step_config(cfg: JobConfig, index: int, input_cfg: InputConfig) -> JobConfig:
+    """Step `index` (0-based) of a multi-step job as a one-step job reading `input_cfg`.
+
+    The job's pricing goes with it only for a step that uses the job's model (the price is for
+    that model); a step with another model is priced from the shipped table.
+    """
+    step = cfg.steps[index]
+    return replace(
+        cfg, model=step.model, endpoint=step.endpoint, input=input_cfg, prompt=step.prompt, params=step.params,
+        output=step.output, steps=(), pricing=cfg.pricing if step.model == cfg.model else None,
     )  # fmt: skip
 
 
@@ -306,15 +426,10 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
         "model": cfg.model,
         "endpoint": cfg.endpoint,
         "input": _input_dict(cfg),
-        "prompt": {"system": cfg.prompt.system, "user": cfg.prompt.user},
+        # A multi-step job writes each step whole (defaults filled in) under steps: instead.
+        **({} if cfg.steps else {"prompt": _prompt_dict(cfg.prompt)}),
         "params": copy.deepcopy(dict(cfg.params)),
-        # `truncated` only when it is not the default: a config that does not use it keeps the
-        # snapshot (and so the config hash and the default run id) it had before the field existed.
-        "output": {"key": cfg.output.key}
-        | ({"truncated": cfg.output.truncated} if cfg.output.truncated != OutputConfig.truncated else {})
-        | ({"parse": cfg.output.parse} if cfg.output.parse != _default_parse(cfg) else {})
-        | ({"explode": cfg.output.explode} if cfg.output.explode is not False else {})
-        | _answer_fields(cfg.output),
+        "output": _output_dict(cfg.output, cfg.params),
         "limits": {
             "max_requests_per_shard": cfg.limits.max_requests_per_shard,
             "max_bytes_per_shard": cfg.limits.max_bytes_per_shard,
@@ -331,7 +446,8 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
         "provider": {"name": cfg.provider.name, "base_url": cfg.provider.base_url},
         # Only with hooks: the absolute directory they are imported from, so that every later step
         # of the run (which reads this snapshot from the run dir) finds the same code.
-    } | ({"hooks_dir": str(cfg.hooks_dir)} if cfg.hooks_dir is not None else {}) | _sync_fields(cfg)
+    } | ({"hooks_dir": str(cfg.hooks_dir)} if cfg.hooks_dir is not None else {}) | _sync_fields(cfg) | (
+        {"steps": [_step_dict(step) for step in cfg.steps]} if cfg.steps else {})
 
 
 def _sync_fields(cfg: JobConfig) -> dict[str, Any]:
@@ -380,9 +496,41 @@ def _input_dict(cfg: JobConfig) -> dict[str, Any]:
     return out | {k: v for k, v in (("records", inp.records), ("record_id", inp.record_id)) if v is not None}
 
 
-def _default_parse(cfg: JobConfig) -> str:
+def _default_parse(params: Mapping[str, Any]) -> str:
     """What `output.parse` resolves to when not written: written only when it differs."""
-    return "json" if asks_for_json(cfg.params) else "text"
+    return "json" if asks_for_json(params) else "text"
+
+
+def _prompt_dict(prompt: PromptConfig) -> dict[str, Any]:
+    # images and history only when given: a config that does not use them keeps its snapshot
+    out: dict[str, Any] = {"system": prompt.system, "user": prompt.user}
+    if prompt.images:
+        out["images"] = list(prompt.images)
+    if prompt.images_dir is not None:
+        out["images_dir"] = str(prompt.images_dir)
+    if prompt.history:
+        out["history"] = [
+            {"user": t.user, "assistant": t.assistant} | ({"images": list(t.images)} if t.images else {})
+            for t in prompt.history
+        ]
+    return out
+
+
+def _output_dict(output: OutputConfig, params: Mapping[str, Any]) -> dict[str, Any]:
+    # Each field only when it is not the default: a config that does not use it keeps the
+    # snapshot (and so the config hash and the default run id) it had before the field existed.
+    return (
+        {"key": output.key}
+        | ({"truncated": output.truncated} if output.truncated != OutputConfig.truncated else {})
+        | ({"parse": output.parse} if output.parse != _default_parse(params) else {})
+        | ({"explode": output.explode} if output.explode is not False else {})
+        | _answer_fields(output)
+    )
+
+
+def _step_dict(step: StepConfig) -> dict[str, Any]:
+    return {"name": step.name, "model": step.model, "endpoint": step.endpoint, "prompt": _prompt_dict(step.prompt),
+            "params": copy.deepcopy(dict(step.params)), "output": _output_dict(step.output, step.params)}
 
 
 class _SnapshotDumper(yaml.SafeDumper):

@@ -278,6 +278,14 @@ class InputSection(Section):
         return self
 
 
+class Turn(Section):
+    """One earlier exchange of a dialogue (see `prompt.history`)."""
+
+    user: Template = Field(description="The user's message of this turn, a template.")
+    assistant: Template = Field(description="The assistant's answer of this turn, a template (`{caption}`).")
+    images: list[Template] | None = Field(None, description="Images sent with this turn's user message.")
+
+
 class PromptSection(Section):
     """The prompt templates: `{field}` inserts a field of the row (see the README's Placeholders)."""
 
@@ -292,6 +300,45 @@ class PromptSection(Section):
         "`{tags.0}` an item of a list, `{{` and `}}` literal braces. Quote a template that starts with `{`.",
         examples=["Review ({stars} stars): {text}"],
     )
+    images: list[Template] | None = Field(
+        None,
+        description="Images sent with the user message (chat completions only): a list of templates, each giving "
+        "an image URL (`https://...`, or a `data:` URL) or the path of a local image file, which is sent inline "
+        "as a base64 `data:` URL (a relative path is read from the config's directory). The user message then "
+        "becomes a list of parts: its text, then one `image_url` part per image.",
+        examples=[["{image_url}"]],
+    )
+    images_dir: Text | None = Field(
+        None,
+        description="Where a local image path given by `prompt.images` is read from when it is relative (default: "
+        "the config file's directory). A relative images_dir is read from the config file's directory.",
+        examples=["images"],
+    )
+    history: bool | list[Turn] | None = Field(
+        None,
+        description="Earlier turns of the dialogue, sent as chat messages between the system message and the user "
+        "message (chat completions only). In a step, `true` replays every earlier step: its user message (images "
+        "included) and its answer. Anywhere, a list of turns, each `{user: TEMPLATE, assistant: TEMPLATE}` "
+        "(optionally `images:`), written in order.",
+        examples=[True],
+    )
+
+    @field_validator("images_dir")
+    @classmethod
+    def _absolute(cls, raw: str | None, info: ValidationInfo) -> str | None:
+        """Absolute, from the config's directory (the run's snapshot records it so)."""
+        config_file = (info.context or {}).get("config_file")
+        if raw is None or config_file is None:
+            return raw
+        candidate = Path(os.path.expanduser(raw))
+        return str(candidate if candidate.is_absolute() else (Path(os.path.abspath(config_file)).parent / candidate))
+
+    @field_validator("images")
+    @classmethod
+    def _some_images(cls, images: list[str] | None) -> list[str] | None:
+        if images is not None and not images:
+            raise _problem("prompt.images is an empty list", hint="list at least one image, or remove prompt.images")
+        return images
 
 
 def _hook_or(name: str, *words: str) -> Any:
@@ -519,6 +566,59 @@ with warnings.catch_warnings():
             return {path: ref for path, ref in found.items() if isinstance(ref, str) and is_hook(ref)}
 
 
+STEP_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+
+
+class StepPromptSection(PromptSection):
+    """A step's prompt: every field it leaves out comes from the top-level `prompt`."""
+
+    user: Template | None = Field(  # type: ignore[assignment]
+        None, description="The step's user message template (default: the top-level prompt.user)."
+    )
+
+
+class StepOutputSection(OutputSection):
+    """A step's output: `key` is required (each step writes its own); the rest default to the top-level output."""
+
+    key: Text = Field(description="The key under which this step's answer is written (unique among the steps).")
+
+
+class StepSection(Section):
+    """One step of a multi-step job: it reads the previous step's output rows."""
+
+    name: str = Field(
+        description="The step's name: 1-32 letters, digits, `_` or `-`, starting with a letter or digit; unique. "
+        "It names the step's run directory (`runs/<id>/steps/<n>-<name>/`).",
+        examples=["caption"],
+        json_schema_extra={"pattern": f"^{STEP_NAME_RE.pattern}$"},
+    )
+    model: Text | None = Field(None, description="The model of this step (default: the top-level model).")
+    endpoint: Literal[ENDPOINTS] | None = Field(  # type: ignore[valid-type]
+        None, description="The endpoint of this step (default: the top-level endpoint)."
+    )
+    prompt: StepPromptSection = Field(
+        default_factory=StepPromptSection,
+        description="This step's prompt (`system`, `user`, `images`, `history`); a field it leaves out comes from "
+        "the top-level prompt. Its templates can use the answers of earlier steps (`{caption}`).",
+    )
+    params: dict[ParamKey, ParamValue] | None = Field(
+        None, description="Request fields for this step, merged over the top-level params (a key here wins)."
+    )
+    output: StepOutputSection = Field(
+        description="Where this step's answer goes: `key` (required), and `truncated` (default: the top-level one)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _run_id_safe(cls, name: str) -> str:
+        if not STEP_NAME_RE.fullmatch(name):
+            raise _problem(
+                f"step name {name!r} must be 1-32 letters, digits, '_' or '-', starting with a letter or digit",
+                hint="for example: name: caption",
+            )
+        return name
+
+
 class LimitsSection(Section):
     """Shard sizes, attempts, the cost budget and the enqueued-token limit."""
 
@@ -617,10 +717,15 @@ class ProviderSection(Section):
         return value
 
 
+def _prompt_or_steps_schema(schema: dict[str, Any]) -> None:
+    _null_is_not_set(schema)
+    schema["anyOf"] = [{"required": ["prompt"]}, {"required": ["steps"]}]
+
+
 class JobFile(Section):
     """A batchpipe job config (YAML), format version 1."""
 
-    model_config = ConfigDict(title="batchpipe job config")
+    model_config = ConfigDict(title="batchpipe job config", json_schema_extra=_prompt_or_steps_schema)
 
     model: Text = Field(
         description="The model every request uses. One job, one model: the Batch API takes one model per batch file.",
@@ -640,7 +745,9 @@ class JobFile(Section):
     )
     sync: SyncSection = Field(default_factory=SyncSection, description="Sync mode's concurrency and rate limits.")
     input: InputSection = Field(description="The dataset.")
-    prompt: PromptSection = Field(description="The prompt templates.")
+    prompt: PromptSection | None = Field(
+        None, description="The prompt templates (required unless `steps:` gives each step its own)."
+    )
     params: dict[ParamKey, ParamValue] = Field(
         default_factory=dict,
         description="Extra fields merged into every request body (`temperature`, `max_tokens`, "
@@ -735,18 +842,99 @@ class JobFile(Section):
             raise _problem(f"output.explode cannot be used with endpoint {self.endpoint}: its answers are not lists",
                            hint="remove output.explode", field=("output", "explode"))
         return self
+    steps: list[StepSection] | None = Field(
+        None,
+        description="A multi-step job: the steps in order, each with its own `name`, `prompt` and `output.key` "
+        "(and optionally `model`, `endpoint`, `params`). Step 1 reads the input; each later step reads the "
+        "previous step's output rows, so its templates can use earlier answers. The top-level model, endpoint, "
+        "prompt, params and output are the defaults of every step.",
+    )
 
     @field_validator("prompt")
     @classmethod
-    def _system_needs_an_endpoint_with_one(cls, prompt: PromptSection, info: ValidationInfo) -> PromptSection:
+    def _system_needs_an_endpoint_with_one(
+        cls, prompt: PromptSection | None, info: ValidationInfo
+    ) -> PromptSection | None:
         endpoint = info.data.get("endpoint")
-        if prompt.system is not None and endpoint in NO_SYSTEM_ENDPOINTS:
+        if prompt is not None and prompt.system is not None and endpoint in NO_SYSTEM_ENDPOINTS:
             raise _problem(
                 f"prompt.system cannot be used with endpoint {endpoint}: it has no system message",
                 hint="remove prompt.system, or move its text into prompt.user",
                 field=("prompt", "system"),
             )
         return prompt
+
+    @model_validator(mode="after")
+    def _prompt_or_steps(self) -> JobFile:
+        if self.steps is None:
+            if self.prompt is None:
+                raise _problem("'prompt' is required", hint='add it, for example:\nprompt:\n  user: "Summarise: {text}"',
+                               field=("prompt",))
+            if self.prompt.history is True:
+                raise _problem(
+                    "prompt.history: true replays earlier steps, and this config has no steps:",
+                    hint="give the earlier turns as a list ({user: ..., assistant: ...}), or add steps:",
+                    field=("prompt", "history"),
+                )
+            _check_chat_only(self.endpoint, self.prompt, ("prompt",))
+            return self
+        if not self.steps:
+            raise _problem("steps is an empty list", hint="list at least one step, or remove steps:", field=("steps",))
+        # A step reads the previous step's output rows one for one: a job whose requests or output
+        # lines are not one per row (generation, nested records, explode, a target) is one step.
+        for path, used in ((("input", "count"), self.input.count is not None),
+                           (("input", "records"), self.input.records is not None),
+                           (("limits", "target"), self.limits.target is not None),
+                           (("output", "explode"), self.output.explode is not False
+                            or any(s.output.explode is not False for s in self.steps))):  # fmt: skip
+            if used:
+                raise _problem(f"{'.'.join(path)} cannot be used with steps: a step reads the previous step's output "
+                               "rows one for one", hint=f"run it as a job of its own, or remove {'.'.join(path)}",
+                               field=path)  # fmt: skip
+        names: dict[str, int] = {}
+        keys: dict[str, int] = {}
+        for i, step in enumerate(self.steps):
+            where = ("steps", i)
+            if step.name in names:
+                raise _problem(f"step name {step.name!r} is used twice (steps {names[step.name] + 1} and {i + 1})",
+                               hint="give every step its own name", field=(*where, "name"))
+            names[step.name] = i
+            if step.output.key in keys:
+                raise _problem(
+                    f"steps {keys[step.output.key] + 1} and {i + 1} both write output.key {step.output.key!r}",
+                    hint="give every step its own output.key: a later step would overwrite an earlier answer",
+                    field=(*where, "output", "key"),
+                )
+            keys[step.output.key] = i
+            endpoint = step.endpoint or self.endpoint
+            merged = step_prompt(self.prompt, step.prompt)
+            if merged.user is None:
+                raise _problem(f"step {step.name!r} has no prompt.user (and there is no top-level prompt.user)",
+                               hint='add, for example:\n  prompt:\n    user: "Describe: {text}"',
+                               field=(*where, "prompt", "user"))
+            if merged.system is not None and endpoint in NO_SYSTEM_ENDPOINTS:
+                raise _problem(f"step {step.name!r}: prompt.system cannot be used with endpoint {endpoint}",
+                               hint="remove prompt.system, or move its text into prompt.user",
+                               field=(*where, "prompt", "system"))
+            _check_chat_only(endpoint, merged, (*where, "prompt"))
+        return self
+
+
+def step_prompt(top: PromptSection | None, step: StepPromptSection) -> StepPromptSection:
+    """A step's prompt with every field it leaves out taken from the top-level prompt."""
+    inherited = {k: getattr(top, k) for k in PromptSection.model_fields if top is not None and k in top.model_fields_set}
+    return StepPromptSection.model_construct(**(inherited | {k: getattr(step, k) for k in step.model_fields_set}))
+
+
+def _check_chat_only(endpoint: str, prompt: PromptSection, where: tuple[Any, ...]) -> None:
+    """Images and dialogue turns are parts of chat messages: only chat completions has them."""
+    for name in ("images", "history"):
+        if getattr(prompt, name, None) not in (None, False) and endpoint != DEFAULT_ENDPOINT:
+            raise _problem(
+                f"prompt.{name} needs endpoint {DEFAULT_ENDPOINT} (this one is {endpoint})",
+                hint=f"remove prompt.{name}, or use endpoint: {DEFAULT_ENDPOINT}",
+                field=(*where, name),
+            )
 
 
 def sections() -> dict[str, type[Section]]:

@@ -28,6 +28,7 @@ _NAMES = {
     "summary_line": ("summary", "summary_line"),
     "SubmitOptions": ("submit", "SubmitOptions"), "Submitted": ("submit", "Submitted"), "submit": ("submit", "submit"),
     "SyncSent": ("sync", "SyncSent"), "send_sync": ("sync", "send"),
+    "advance_step": ("steps", "advance"), "describe_steps": ("steps", "describe_steps"),
     "Ticked": ("tick", "Ticked"), "tick": ("tick", "tick"), "tick_all": ("tick", "tick_all"),
     "tick_exit_code": ("tick", "exit_code"),
 }
@@ -73,5 +74,7 @@ if TYPE_CHECKING:  # what a type checker and an editor see: the same names, impo
     from batchpipe.ops.summary import summary_line
     from batchpipe.ops.sync import SyncSent
     from batchpipe.ops.sync import send as send_sync
+    from batchpipe.ops.steps import advance as advance_step
+    from batchpipe.ops.steps import describe_steps
     from batchpipe.ops.tick import Ticked, tick, tick_all
     from batchpipe.ops.tick import exit_code as tick_exit_code

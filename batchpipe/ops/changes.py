@@ -148,5 +148,12 @@ class Watch:
         except LedgerError:
             return []  # a damaged ledger is reported by the step that met it, not here
         found, self.last = changes(self.last, now), now
+        if self.paths.parent is None:
+            return found
+        # A multi-step run: each line names its step, and the steps it moved on to are told from their start.
+        found = [f"{self.paths.root.name}: {line}" for line in found]
+        if (current := self.paths.step_after()) is not None:
+            self.paths, self.last = current, Look({}, False, None, (), None, None, None)
+            found += [f"step {current.root.name} created"] + self.changes()
         return found
 

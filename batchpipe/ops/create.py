@@ -56,10 +56,19 @@ def default_run_id(config_path: Path, digest: str) -> str:
 
 
 def create(
-    config_path: Path, *, runs_dir: Path, run_id: str | None = None, on_progress: OnProgress | None = None
+    config_path: Path, *, runs_dir: Path, run_id: str | None = None, on_progress: OnProgress | None = None,
+    tag_id: str | None = None,
 ) -> Created:
-    """Create the run of a job config (or find it, if it exists); `on_progress(rows, shards)` for long inputs."""
+    """Create the run of a job config (or find it, if it exists); `on_progress(rows, shards)` for long inputs.
+
+    A config with `steps:` makes a multi-step run (ops/steps.py). `tag_id`: the id the run's
+    ledger, tags and messages use, when it is not `run_id` (a step of a multi-step run).
+    """
     cfg = load_config(Path(config_path), check_hooks=True)
+    if cfg.steps:
+        from batchpipe.ops.steps import create_steps  # here: it imports this module
+
+        return create_steps(cfg, runs_dir=runs_dir, run_id=run_id, on_progress=on_progress)
     snapshot = snapshot_yaml(cfg).encode()
     config_sha = hashlib.sha256(snapshot).hexdigest()
     expected_sha = None  # the input's sha read before the run is built, when the run id needs it
@@ -80,7 +89,7 @@ def create(
                for d in fsio.remove_stale_build_dirs(Path(runs_dir))]
     counter = counter_for(cfg.model)
     with fsio.building_dir(Path(runs_dir), run_id) as tmp:
-        state = _build(RunPaths(tmp), cfg, snapshot, run_id, config_sha, expected_sha, counter, on_progress)
+        state = _build(RunPaths(tmp), cfg, snapshot, tag_id or run_id, config_sha, expected_sha, counter, on_progress)
         crash.point("run_create:before_publish")
         try:
             fsio.publish_dir(tmp, paths.root)

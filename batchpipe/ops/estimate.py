@@ -240,6 +240,12 @@ def _warnings(
     if uncounted:
         names = ", ".join(f"params.{k}" for k in uncounted)
         warnings.append(f"{names} add prompt tokens the service counts and this estimate does not")
+    if cfg.prompt.images or any(t.images for t in cfg.prompt.history):
+        warnings.append("the images sent with each request (prompt.images) are not counted: their tokens depend "
+                        "on their size and detail, so the input tokens and cost here are too low")
+    if cfg.steps:
+        warnings.append(f"a job of {len(cfg.steps)} steps: these figures are step 1's; the later steps' depend on "
+                        "its answers (each step is a run of its own: `batchpipe estimate RUN` once it exists)")
     budget = cfg.limits.budget_usd
     if budget is not None and worst > budget:
         which = "the expected cost" if expected > budget else "the worst case"

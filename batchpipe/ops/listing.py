@@ -13,7 +13,7 @@ from batchpipe import fsio
 from batchpipe.errors import LedgerError, UsageError
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress
-from batchpipe.paths import RunPaths
+from batchpipe.paths import STEPS_FILE, RunPaths
 from batchpipe.providers import Provider
 
 
@@ -31,10 +31,11 @@ def list_runs(runs_dir: Path) -> list[RunSummary]:
     if not runs_dir.is_dir():
         return []
     summaries = []
-    for state in sorted(runs_dir.glob("*/state.json")):
+    found = [*runs_dir.glob("*/state.json"), *runs_dir.glob(f"*/{STEPS_FILE}")]  # a multi-step run: its current step
+    for state in sorted(found):
         if state.parent.name.startswith("."):
             continue  # the temp dir of a create that was interrupted before it published the run
-        paths = RunPaths(state.parent)
+        paths = RunPaths(state.parent).current_step()
         try:
             ledger = Ledger.load(paths)
         except LedgerError as exc:

@@ -15,6 +15,7 @@ from batchpipe.ops.common import Progress
 from batchpipe.ops.download import download
 from batchpipe.ops.process import Processed, process
 from batchpipe.ops.remote import backoff
+from batchpipe.ops.steps import advance, count_final, final_counts
 from batchpipe.ops.sync import send as sync_send
 from batchpipe.ops.submit import SubmitOptions, submit
 from batchpipe.paths import RunPaths
@@ -84,17 +85,40 @@ def step(
     """One pass: submit what is prepared, download what finished, process what was downloaded.
 
     A run in sync mode (`mode: sync`, `run --sync`) sends instead (ops/sync.py): see sync_step.
+    For a multi-step run, on the step it is at; when that step's output is written, the next
+    step is created and the pass goes on with it (ops/steps.py).
     """
-    if options.sync or Ledger.load(paths).run.mode == "sync":
-        return sync_step(paths, provider, options, sleep=sleep, on_answer=on_answer)
-    submitted = submit(paths, provider, options, sleep=sleep)
-    downloaded = download(paths, provider)
-    processed = process(paths)
-    if processed.target_reached is not None:
-        submitted.notes += stop_for_target(paths, provider)
+    paths = advance(paths.current_step())
+    in_sync = options.sync or Ledger.load(paths).run.mode == "sync"
+    if in_sync:
+        report = sync_step(paths, provider, options, sleep=sleep, on_answer=on_answer)
+        submitted_ids, downloaded_ids, notes, processed = [], [], report.notes, report.processed
+    else:
+        submitted = submit(paths, provider, options, sleep=sleep)
+        downloaded = download(paths, provider)
+        processed = process(paths)
+        if processed.target_reached is not None:
+            submitted.notes += stop_for_target(paths, provider)
+        submitted_ids, downloaded_ids, notes = submitted.submitted, downloaded.shards, submitted.notes + downloaded.lost
+    if paths.parent is not None and processed.done and (moved_on := advance(paths)) != paths:
+        report = step(moved_on, provider, options, sleep=sleep, on_answer=on_answer)
+        report.submitted[:0], report.downloaded[:0] = submitted_ids, downloaded_ids
+        report.notes[:0] = notes
+        return report
+    if in_sync:
+        if paths.parent is not None:
+            count_final(paths, processed)
+            processed.done = final_counts(paths) is not None
+            report.progress = replace(report.progress, done=processed.done)
+        return report
+    progress = Progress.of(Ledger.load(paths), with_cost=True)
+    if paths.parent is not None:  # a multi-step run is done once its last step is, with its whole output's counts
+        count_final(paths, processed)
+        processed.done = final_counts(paths) is not None
+        progress = replace(progress, done=processed.done)
     return RunReport(
         paths.run_id,
-        Progress.of(Ledger.load(paths), with_cost=True),
+        progress,
         processed,
         submitted=submitted.submitted,
         downloaded=downloaded.shards,
@@ -115,6 +139,8 @@ def stop_for_target(paths: RunPaths, provider: Provider) -> list[str]:
         cancelled = cancel_running(ledger, provider, why="limits.target reached")
     return [f"limits.target reached ({ledger.run.target_reached} valid records): cancelled batch {b}"
             for b in cancelled]
+
+
 def sync_step(
     paths: RunPaths, provider: Provider, options: SubmitOptions, *, sleep=time.sleep,
     on_answer: Callable[[int, int], None] | None = None,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from batchpipe.errors import ConfigError, LedgerError
 from batchpipe.ledger.model import RUNNING_STATUSES, TOKEN_LIMIT_CODE, Shard, ShardState
@@ -76,7 +75,8 @@ def _queued_tokens(ledger: Ledger) -> int:
 
 
 def _other_ledgers(ledger: Ledger):  # noqa: ANN202 - the other runs of the same model at the same service
-    for state in Path(ledger.paths.root.parent).glob("*/state.json"):
+    runs_dir = ledger.paths.runs_dir  # (a step's run is under its run's dir)
+    for state in [*runs_dir.glob("*/state.json"), *runs_dir.glob("*/steps/*/state.json")]:  # steps: multi-step runs
         if state.parent == ledger.paths.root or state.parent.name.startswith("."):
             continue
         try:
@@ -108,7 +108,7 @@ def learn_from_rejection(ledger: Ledger, shard: Shard, before: dict[str, int]) -
     message = next((e.get("message") for e in shard.history[-1].get("errors", []) if e.get("code") == TOKEN_LIMIT_CODE), None)
     in_flight = sum(t for sid, t in before.items() if sid != shard.id) + queued_elsewhere(ledger)
     entry = queue_limits.learn(
-        ledger.paths.root.parent, ledger.run.base_url, ledger.run.model, message=message, in_flight=in_flight,
+        ledger.paths.runs_dir, ledger.run.base_url, ledger.run.model, message=message, in_flight=in_flight,
         shard_tokens=shard.est_tokens, shard_requests=shard.requests, run_id=ledger.run.id,
     )
     ledger.log({"event": "queue_limit", "shard": shard.id, "in_flight": in_flight, "tokens": entry.get("tokens"),
@@ -152,7 +152,7 @@ def queue_waited(ledger: Ledger, now: float | None = None) -> float:
 def limit_in_force(ledger: Ledger, configured: int | None, poll_interval: float = 30.0,
                    base_url: str | None = None) -> Limit:
     """The queue limit `submit` schedules with (`base_url`: the provider's, for a run not yet bound to one)."""
-    return queue_limits.in_force(ledger.paths.root.parent, ledger.run.base_url or base_url, ledger.run.model,
+    return queue_limits.in_force(ledger.paths.runs_dir, ledger.run.base_url or base_url, ledger.run.model,
                                  configured, poll_interval)
 
 
@@ -193,7 +193,7 @@ class Schedule:
             accepted = sum(s.est_tokens for o in [ledger, *others] for s in o.shards
                            if _queued(s) and s.batch.status != "validating")
             if accepted > limit.floor:
-                queue_limits.raise_floor(ledger.paths.root.parent, ledger.run.base_url or base_url, ledger.run.model,
+                queue_limits.raise_floor(ledger.paths.runs_dir, ledger.run.base_url or base_url, ledger.run.model,
                                          accepted)
                 limit = replace(limit, floor=accepted)
         elsewhere = sum(_queued_tokens(o) for o in others)

@@ -15,8 +15,9 @@ from batchpipe import fsio
 from batchpipe.errors import BatchpipeError, ExitCode, RunLocked
 from batchpipe.ops.changes import Watch
 from batchpipe.ops.run import RunReport, step
+from batchpipe.ops.steps import failure_notes
 from batchpipe.ops.submit import SubmitOptions
-from batchpipe.paths import RunPaths
+from batchpipe.paths import STEPS_FILE, RunPaths
 from batchpipe.providers import Provider
 
 # outcome -> exit code; for several runs the most urgent wins, in this order. A run done with
@@ -62,8 +63,10 @@ def _outcome(paths: RunPaths, report: RunReport) -> Ticked:
         return Ticked(paths.run_id, "done", f"limits.target reached: {report.processed.written} records written "
                       f"({report.processed.target_reached} valid)", report)
     if p.done and report.processed.failed:
+        by_step = failure_notes(paths.current_step())  # a multi-step run: where its rows failed
+        what = "; ".join(by_step) if by_step else f"send them again with `batchpipe process {paths.run_id} --retry-failed`"
         return Ticked(paths.run_id, "done_with_failures", f"{p.requests} requests, {report.processed.failed} "
-                      f"failed{truncated}; send them again with `batchpipe process {paths.run_id} --retry-failed`", report)
+                      f"failed{truncated}; {what}", report)
     if p.done:
         return Ticked(paths.run_id, "done", f"{p.requests} requests, {p.failed} failed{truncated}", report)
     if report.stuck_on_budget:
@@ -82,7 +85,8 @@ def _outcome(paths: RunPaths, report: RunReport) -> Ticked:
 
 def tick_all(runs_dir: Path, provider_for: Callable[[RunPaths], Provider]) -> list[Ticked]:
     runs = sorted(p.parent for p in Path(runs_dir).glob("*/state.json") if not p.parent.name.startswith("."))
-    return [tick(RunPaths(root), provider_for) for root in runs]
+    runs += [p.parent for p in Path(runs_dir).glob(f"*/{STEPS_FILE}") if not p.parent.name.startswith(".")]
+    return [tick(RunPaths(root).current_step(), provider_for) for root in sorted(runs)]  # a multi-step run: its step
 
 
 def exit_code(results: list[Ticked]) -> ExitCode:

@@ -18,8 +18,11 @@ writes the shards does it.
 
 from __future__ import annotations
 
+import base64
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -56,10 +59,27 @@ class Request:
     seq: int = 0
 
 
-def build_body(cfg: JobConfig, system: str | None, user: str) -> dict[str, Any]:
+def user_content(text: str, images: list[str] | tuple[str, ...] = ()) -> str | list[dict[str, Any]]:
+    """A chat user message's content: the text alone, or with images a list of parts (the text,
+    then one `image_url` part per image URL)."""
+    if not images:
+        return text
+    return [{"type": "text", "text": text}, *({"type": "image_url", "image_url": {"url": url}} for url in images)]
+
+
+def build_body(
+    cfg: JobConfig,
+    system: str | None,
+    user: str,
+    *,
+    images: list[str] | tuple[str, ...] = (),
+    history: list[tuple[str, list[str], str]] | tuple = (),
+) -> dict[str, Any]:
     """The request body for `cfg.endpoint` from the rendered system and user texts.
 
-    chat completions: model, messages (system first if given, then user), params.
+    chat completions: model, messages (system first if given, then each turn of `history` as a
+    user and an assistant message, then user), params; with `images` (URLs), a user message's
+    content is a list of parts (see user_content).
     responses: model, input (user), instructions (system, if given), params.
     embeddings and moderations: model, input (user), params. completions: model, prompt
     (user), params. Nested param values are shared with `cfg`, not copied: serialize the
@@ -69,7 +89,10 @@ def build_body(cfg: JobConfig, system: str | None, user: str) -> dict[str, Any]:
     body: dict[str, Any] = {"model": cfg.model}
     if endpoint == "/v1/chat/completions":
         messages = [{"role": "system", "content": system}] if system is not None else []
-        messages.append({"role": "user", "content": user})
+        for turn_user, turn_images, answer in history:
+            messages.append({"role": "user", "content": user_content(turn_user, turn_images)})
+            messages.append({"role": "assistant", "content": answer})
+        messages.append({"role": "user", "content": user_content(user, images)})
         body["messages"] = messages
     elif endpoint == "/v1/responses":
         body["input"] = user
@@ -154,6 +177,10 @@ def render_requests(cfg: JobConfig, digest: InputDigest | None = None) -> Iterat
     user_t = _compile(cfg, "user", cfg.prompt.user)
     # Catch an endpoint/system mismatch before reading a single row.
     build_body(cfg, "" if system_t is not None else None, "")
+    image_ts = [_compile(cfg, f"images.{i}", t) for i, t in enumerate(cfg.prompt.images)]
+    turns = [(_compile(cfg, f"history.{i}.user", t.user), [_compile(cfg, f"history.{i}.images.{j}", im)
+              for j, im in enumerate(t.images)], _compile(cfg, f"history.{i}.assistant", t.assistant))
+             for i, t in enumerate(cfg.prompt.history)]  # fmt: skip
     endpoint = cfg.endpoint
     id_segments = _id_segments(cfg)
     output_fields = _output_fields(cfg.output.key)
@@ -173,7 +200,14 @@ def render_requests(cfg: JobConfig, digest: InputDigest | None = None) -> Iterat
         for rid, scope in units:
             system = _render(cfg, system_t, "prompt.system", row, rid, scope) if system_t is not None else None
             user = _render(cfg, user_t, "prompt.user", row, rid, scope)
-            body = build_body(cfg, system, user)
+            images = [_image_url(cfg, _render(cfg, t, f"prompt.images.{i}", row, rid, scope), row, rid)
+                      for i, t in enumerate(image_ts)]
+            history = [(_render(cfg, u, f"prompt.history.{i}.user", row, rid, scope),
+                        [_image_url(cfg, _render(cfg, t, f"prompt.history.{i}.images", row, rid, scope), row, rid)
+                         for t in ims],
+                        _render(cfg, a, f"prompt.history.{i}.assistant", row, rid, scope))
+                       for i, (u, ims, a) in enumerate(turns)]  # fmt: skip
+            body = build_body(cfg, system, user, images=images, history=history)
             line = orjson.dumps(
                 {"custom_id": rid, "method": "POST", "url": endpoint, "body": body}, option=orjson.OPT_APPEND_NEWLINE
             )
@@ -290,3 +324,48 @@ def _render(cfg: JobConfig, template: Template, what: str, row: Row, cid: str, s
             hint=f"add the field to the row, or change the placeholder in {display_path(cfg.source)}",
         ) from None
 
+
+
+# What a local image file is sent as, by suffix (the image types the chat models take).
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+               ".webp": "image/webp"}
+_URL_SCHEMES = ("http://", "https://", "data:")
+
+
+def _image_url(cfg: JobConfig, value: str, row: Row, cid: str) -> str:
+    """An image's URL as it is sent: a URL as it is, a local file inline as a base64 data URL."""
+    if value.startswith(_URL_SCHEMES):
+        return value
+    label = f"row id {cid}" if cfg.input.id is not None else f"row {row.row_no}"
+    where = f"{input_name(cfg.input)} line {row.line_no} ({label})"
+    base = cfg.prompt.images_dir or cfg.source.parent
+    path = Path(os.path.expanduser(value))
+    path = path if path.is_absolute() else base / path
+    mime = IMAGE_TYPES.get(path.suffix.lower())
+    if mime is None:
+        raise InputError(
+            f"{where}: image {value!r} is neither a URL (http://, https://, data:) nor a "
+            f"{', '.join(IMAGE_TYPES)} file",
+            hint="give an image URL, or the path of a PNG, JPEG, GIF or WebP file",
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(
+            f"{where}: image file {display_path(path)} cannot be read ({exc.strerror or exc})",
+            hint="a relative image path is read from the config's directory (or prompt.images_dir)",
+        ) from None
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def image_problem(images_dir: Path | None, value: str) -> str | None:
+    """What is wrong with an image value, without reading the file (None: nothing)."""
+    if value.startswith(_URL_SCHEMES):
+        return None
+    path = Path(os.path.expanduser(value))
+    path = path if path.is_absolute() or images_dir is None else images_dir / path
+    if path.suffix.lower() not in IMAGE_TYPES:
+        return f"image {value!r} is neither a URL (http://, https://, data:) nor a {', '.join(IMAGE_TYPES)} file"
+    if not path.is_file():
+        return f"image file {display_path(path)} is not there"
+    return None
