@@ -322,6 +322,7 @@ def count_final(paths: RunPaths, processed: Any) -> None:
     counts = final_counts(paths) if processed.done else None
     if counts is not None:
         processed.ok, processed.failed = counts["ok"], counts["failed"]
+        processed.written = counts["ok"] + counts["failed"]  # one line per row of the input
 
 
 def failure_notes(paths: RunPaths) -> list[str] | None:
