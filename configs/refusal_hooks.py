@@ -1,28 +1,16 @@
-"""Hooks of configs/refusal_dataset.yaml: read an answer into scenario pairs, and check each pair.
+"""The validator of configs/refusal_dataset.yaml: `output.validate.function: refusal_hooks:check`.
 
-Both are named in the config as `refusal_hooks:<function>` (this file is found beside it).
-
-- `scenarios(text)`: the parse hook. The answer is a JSON object `{"scenarios": [...]}` (a
-  json_schema response format must have an object at its root), and the list inside it is what
-  `output.explode` makes into one record per scenario. Text that is not that raises ValueError:
-  batchpipe counts the answer as invalid, with the message.
-- `check(value)`: the validator (`output.validate.function`). The seed kept a pair only if its
-  two prompts differ in exactly one token, with several tokenizers; this stand-in needs no
-  tokenizer: the two prompts have the same number of words and differ in exactly one. It returns
-  True, or the reason the value is invalid (batchpipe counts invalid answers per reason).
+batchpipe finds this file beside the config and calls `check` on each scenario pair of an answer
+(after `output.explode`), as its shard is merged. The seed kept a pair only if its two prompts
+differ in exactly one token, with several tokenizers; this stand-in needs no tokenizer: the two
+prompts have the same number of words and differ in exactly one. It returns True, or the reason
+the pair is invalid (batchpipe counts invalid answers per reason and, with `on_invalid: drop`,
+leaves them out).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
-
-
-def scenarios(text: str) -> list[dict[str, Any]]:
-    value = json.loads(text)  # a json.JSONDecodeError is a ValueError
-    if not isinstance(value, dict) or not isinstance(value.get("scenarios"), list):
-        raise ValueError("the answer has no list under 'scenarios'")
-    return value["scenarios"]
 
 
 def _pairs(value: Any) -> list[Any]:

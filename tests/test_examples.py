@@ -81,11 +81,10 @@ def test_each_example_validates_against_the_schema_and_loads(cli, configs: Path,
 
 
 def test_masking_writes_masked_text_beside_each_tweet_and_marks_the_fallback(cli, emulator, runs_dir, configs):
-    result = cli("run", "configs/masking.yaml", "--run", "masking", "--wait", code=None)
-    # One tweet fails for good (the emulator's [[fail:400]] marker) and falls back: whether the
-    # run then counts as "done" (0) or "done with failures" (6), it must say so.
-    assert result.exit_code in (0, 6), result.output
-    assert "fallback" in result.output
+    # One tweet fails for good (the emulator's [[fail:400]] marker) and falls back: the run is done
+    # (exit 0: every row has a value) and says how many came from the fallback.
+    result = cli("run", "configs/masking.yaml", "--run", "masking", "--wait")
+    assert "1 by fallback" in result.output
     users = read_jsonl(configs / "masking_users.jsonl")
     rows = read_jsonl(runs_dir / "masking" / "output.jsonl")
     assert [r["user_id"] for r in rows] == [u["user_id"] for u in users]
@@ -149,25 +148,29 @@ def test_caption_qna_runs_every_step_with_the_dialogue_so_far(cli, emulator, run
         assert row["caption"] == caption
         assert row["question"] == (f"echo: Caption: {caption}\n"
                                    "Ask one question about the image that the caption does not answer.")
-        assert row["answer"] == f"echo: Caption: {caption}\nQuestion: {row['question']}\nAnswer in one or two sentences."
-        history = f"Caption: {caption}\nDialogue so far:\nQ: {row['question']}\nA: {row['answer']}\n"
-        assert row["question_2"] == f"echo: {history}Ask one follow-up question the dialogue has not answered."
-        assert row["answer_2"] == (f"echo: {history}Question: {row['question_2']}\n"
-                                   "Answer in one or two sentences.")
-    # What the service saw: the image URLs as they are, the local file as a data URL of its bytes.
+        assert row["answer"] == "echo: Answer the last question in one or two sentences."
+        assert row["question_2"] == "echo: Ask one follow-up question that the dialogue has not answered yet."
+        assert row["answer_2"] == "echo: Answer the last question in one or two sentences."
+    requests = sent_requests(emulator)
+    # What the service saw: the last step got each row's whole dialogue, its own answers in order.
+    last = [r["body"]["messages"] for r in requests if len(r["body"]["messages"]) == 10]
+    assert len(last) == len(rows)
+    for row in rows:
+        [dialogue] = [m for m in last if row["headline"] in m[1]["content"][0]["text"]]
+        assert [m["role"] for m in dialogue] == ["system"] + ["user", "assistant"] * 4 + ["user"]
+        assert [m["content"] for m in dialogue if m["role"] == "assistant"] == [
+            row["caption"], row["question"], row["answer"], row["question_2"]]
+    # The image URLs went as they are, the local file as a data URL of its bytes.
     urls = []
-    for request in sent_requests(emulator):
-        content = request["body"]["messages"][-1]["content"]
-        parts = content if isinstance(content, list) else []  # a step without images sends plain text
-        urls += [part["image_url"]["url"] for part in parts if part.get("type") == "image_url"]
-    assert len(urls) == 3 * len(images)  # caption, answer and answer_2 send the image
+    for request in requests:
+        for message in request["body"]["messages"]:
+            parts = message["content"] if isinstance(message["content"], list) else []  # text only: no image
+            urls += [part["image_url"]["url"] for part in parts if part.get("type") == "image_url"]
     png = (configs / "caption_swatch.png").read_bytes()
     data_urls = [u for u in urls if u.startswith("data:")]
-    assert len(data_urls) == 3
-    for url in data_urls:
-        assert url.startswith("data:image/png;base64,")
-        assert base64.b64decode(url.split(",", 1)[1]) == png
-    assert {u for u in urls if not u.startswith("data:")} == {i["image_url"] for i in images if i["image_url"].startswith("https://")}
+    assert data_urls and all(u == "data:image/png;base64," + base64.b64encode(png).decode() for u in data_urls)
+    assert {u for u in urls if not u.startswith("data:")} == {i["image_url"] for i in images
+                                                              if i["image_url"].startswith("https://")}
     assert emulator.counts["duplicate_creates"] == 0
 
 
@@ -236,7 +239,7 @@ def test_refusal_dataset_explodes_validates_and_stops_at_the_target(cli, emulato
     result = cli("run", "configs/refusal_dataset.yaml", "--run", "refusal", "--wait")
     assert "valid" in result.output  # the summary line: answers, records, valid, invalid, success rate
     records = read_jsonl(runs_dir / "refusal" / "output.jsonl")
-    assert len(records) >= target
+    assert len(records) == target  # valid records only, up to the target
     check = hooks("refusal_hooks").check
     by_parent: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
@@ -247,7 +250,7 @@ def test_refusal_dataset_explodes_validates_and_stops_at_the_target(cli, emulato
         by_parent[record["scenario_parent"]].append(record)
     for parent, group in by_parent.items():
         assert [r["scenario_index"] for r in group] == list(range(len(group)))  # every pair, in order
-        assert 3 <= len(group) <= 5  # the answer's 3 to 5 pairs
+        assert len(group) <= 5  # at most the answer's 5 pairs
         assert len({r["index"] for r in group}) == 1
     assert len({r["index"] for r in records}) == len(by_parent)
     # Each record's pair came from its own request: the emulator fills strings with the user text.
@@ -258,10 +261,10 @@ def test_refusal_dataset_explodes_validates_and_stops_at_the_target(cli, emulato
 
 def test_refusal_dataset_drops_invalid_answers_without_paying_for_them_again(cli, emulator, runs_dir, configs):
     emulator.options.invalid_json_share = 1.0  # every answer comes back as broken JSON
-    result = cli("run", "configs/refusal_dataset.yaml", "--run", "refusal-broken", "--wait", code=None)
-    assert result.exit_code in (0, 6), result.output  # done: nothing valid came back, and it says so
-    assert "invalid_json" in result.output
-    assert read_jsonl(runs_dir / "refusal-broken" / "output.jsonl") == []  # no record from an invalid answer
+    result = cli("run", "configs/refusal_dataset.yaml", "--run", "refusal-broken", "--wait")  # done, nothing valid
+    assert "invalid_json" in result.output  # counted, by reason
+    rows = read_jsonl(runs_dir / "refusal-broken" / "output.jsonl")
+    assert all(row.get("scenario") is None for row in rows)  # no record from an invalid answer
     count = yaml.safe_load((configs / "refusal_dataset.yaml").read_text())["input"]["count"]
     assert len(sent_requests(emulator)) == count  # on_invalid: drop sends none of them again
 
@@ -294,8 +297,7 @@ def test_the_recipes_work_pasted_one_after_another(cli, emulator, runs_dir, conf
         if words[0] == "batchpipe":
             words = [m for w in words for m in (sorted(glob.glob(w)) if "*" in w else [w])]  # as the shell does
             result = cli(*words[1:], code=None)
-            allowed = (0, 6) if "masking" in line else (0,)  # masking: see the masking test
-            assert result.exit_code in allowed, f"`{line}` exited {result.exit_code}:\n{result.output}"
+            assert result.exit_code == 0, f"`{line}` exited {result.exit_code}:\n{result.output}"
         else:
             done = subprocess.run(line, shell=True, env=env, capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, f"`{line}` exited {done.returncode}:\n{done.stdout}{done.stderr}"
