@@ -40,7 +40,11 @@ def hand_off(handoff: Path, downloads: Path) -> None:
                 endpoint = json.loads(f.readline())["url"]  # every line of a batch file names it
                 f.seek(0)
                 upload = client.files.create(file=f, purpose="batch")
-            batch_id = client.batches.create(input_file_id=upload.id, endpoint=endpoint, completion_window="24h").id
+            # `export` names a file <run>--<shard>.jsonl: this tag lets `batchpipe list --remote` say which it is
+            run, _, shard = path.stem.partition("--")
+            metadata = {"batchpipe_run": run, "batchpipe_shard": shard} if shard else None
+            batch_id = client.batches.create(input_file_id=upload.id, endpoint=endpoint, completion_window="24h",
+                                             metadata=metadata).id
             marker.write_text(batch_id + "\n")
         batch = client.batches.retrieve(batch_id)
         while batch.status not in ENDED:

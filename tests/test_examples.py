@@ -127,8 +127,8 @@ def test_ner_batch_and_sync_write_the_same_output_file(cli, emulator, runs_dir, 
     assert [r["sentence_id"] for r in rows] == [s["sentence_id"] for s in sentences]
     for sentence, row in zip(sentences, rows):
         assert row["text"] == sentence["text"]
-        assert row["entities"], row  # output.fields spreads the answer's entities into the row
-        for entity in row["entities"]:
+        assert row["ner"]["entities"], row
+        for entity in row["ner"]["entities"]:
             assert entity["label"] in {"PER", "ORG", "LOC", "MISC"}
             assert entity["text"] == f"text: Sentence: {sentence['text']}"  # the emulator's fitted answer
 
