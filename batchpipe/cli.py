@@ -465,6 +465,7 @@ def emulator(
     batch_list_lag: Annotated[int, typer.Option(help="A new batch is missing from the batch list for its first N list calls.", rich_help_panel="Faults")] = 0,
     html_answer: Annotated[bool, typer.Option(help="Answer every API call with an HTML page (a proxy's sign-in page).", rich_help_panel="Faults")] = False,
     foreign_batches: Annotated[int, typer.Option(help="Start with N batches of another user in the batch list.", rich_help_panel="Faults")] = 0,
+    invalid_json_share: Annotated[float, typer.Option(help="Share of JSON answers (json_object / json_schema requests) cut in half: invalid JSON.", rich_help_panel="Faults")] = 0.0,
 ) -> None:
     """Start a local OpenAI-compatible Files + Batches server, to rehearse a job for free.
 
@@ -487,6 +488,7 @@ def emulator(
         lose_errors_of_batches=tuple(lose_errors_of_batch or ()), lose_uploads=tuple(lose_upload or ()),
         token_limit_message_has_number=not token_limit_message_without_number,
         batch_list_lag=batch_list_lag, html_answer=html_answer, foreign_batches=foreign_batches,
+        invalid_json_share=invalid_json_share,
     )
     serve_forever(host, port, options)
 

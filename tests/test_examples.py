@@ -63,8 +63,8 @@ def sent_requests(emu) -> list[dict[str, Any]]:
 def test_each_example_validates_against_the_schema_and_loads(cli, configs: Path, name: str) -> None:
     config = configs / f"{name}.yaml"
     schema = json.loads(cli("schema").stdout)
-    errors = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(yaml.safe_load(config.read_text()))]
-    assert errors == []
+    document = yaml.safe_load(config.read_text(encoding="utf-8"))
+    assert [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(document)] == []
     cli("estimate", f"configs/{name}.yaml")  # the loader agrees, the input is there, the templates render
     # every field set outside the prompts, params and steps says what it does for this workflow
     section = None
@@ -209,7 +209,8 @@ def test_dialogue_goes_through_a_hand_off_and_the_post_processing(cli, emulator,
     for scenario, row in zip(scenarios, rows):
         turns = row["dialogue"]["turns"]
         assert 4 <= len(turns) <= 8
-        user = f"Language: {scenario['lang']}\nSituation: {scenario['situation']}\nWrite a conversation of 4 to 8 turns."
+        user = (f"Language: {scenario['lang']}\nSituation: {scenario['situation']}\n"
+                "Write a conversation of 4 to 8 turns.")
         assert all(t["speaker"] in ("aac_user", "partner") and t["text"] == f"text: {user}" for t in turns)
     # the post-processing: one file per language, the AAC user's turns with a noisy version
     script = [sys.executable, "configs/dialogue_hooks.py", str(runs_dir / "dialogue-nov" / "output.jsonl"), "out"]
@@ -267,6 +268,31 @@ def test_refusal_dataset_drops_invalid_answers_without_paying_for_them_again(cli
     assert all(row.get("scenario") is None for row in rows)  # no record from an invalid answer
     count = yaml.safe_load((configs / "refusal_dataset.yaml").read_text())["input"]["count"]
     assert len(sent_requests(emulator)) == count  # on_invalid: drop sends none of them again
+
+
+def test_the_emulator_command_breaks_json_answers_as_the_refusal_recipe_says() -> None:
+    """`batchpipe emulator --invalid-json-share 1` (the recipe's way to see invalid answers)."""
+    command = [sys.executable, "-m", "batchpipe", "emulator", "--port", "0", "--invalid-json-share", "1",
+               "--validating-seconds", "0", "--in-progress-seconds", "0", "--finalizing-seconds", "0"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            line = process.stdout.readline().strip()
+            assert line.startswith("batchpipe emulator listening on "), line
+            client = sdk(line.rsplit(" ", 1)[1])
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "pairs"}],
+                    "response_format": {"type": "json_object"}}
+            request = {"custom_id": "1", "method": "POST", "url": "/v1/chat/completions", "body": body}
+            upload = client.files.create(file=("requests.jsonl", json.dumps(request).encode()), purpose="batch")
+            batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                          completion_window="24h")
+            batch = client.batches.retrieve(batch.id)
+            [result] = [json.loads(x) for x in client.files.content(batch.output_file_id).read().splitlines()]
+            answer = result["response"]["body"]["choices"][0]["message"]["content"]
+            with pytest.raises(json.JSONDecodeError):
+                json.loads(answer)
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
 
 
 # --------------------------------------------------------------------------------------
