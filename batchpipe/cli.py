@@ -664,6 +664,7 @@ def emulator(
     retry_after_ms: Annotated[int, typer.Option(help="The retry-after-ms (and retry-after) of 429s and transient errors.", rich_help_panel="Faults")] = 20,
     rate_limit_requests: Annotated[int, typer.Option(help="Synchronous requests per minute (x-ratelimit-* headers), then 429.", rich_help_panel="Faults")] = 10_000,
     rate_limit_tokens: Annotated[int, typer.Option(help="Tokens per minute of synchronous requests, then 429.", rich_help_panel="Faults")] = 10_000_000,
+    invalid_json_share: Annotated[float, typer.Option(help="Share of JSON answers (json_object / json_schema requests) cut in half: invalid JSON.", rich_help_panel="Faults")] = 0.0,
 ) -> None:
     """Start a local OpenAI-compatible Files + Batches server, to rehearse a job for free.
 
@@ -689,6 +690,7 @@ def emulator(
         sync_rate_limit_first=sync_rate_limit_first, sync_rate_limit_share=sync_rate_limit_share,
         sync_latency_seconds=sync_latency_seconds, retry_after_ms=retry_after_ms, rate_limit_requests=rate_limit_requests,
         rate_limit_tokens=rate_limit_tokens,
+        invalid_json_share=invalid_json_share,
     )
     serve_forever(host, port, options)
 
