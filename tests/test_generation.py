@@ -197,3 +197,25 @@ def test_generation_config_mistakes_exit_2_naming_the_field(cli, tmp_path):
     result = cli("create", write_gen(tmp_path, output={"key": "answer", "explode": True},
                                      endpoint="/v1/embeddings", prompt={"user": "{index}"}), code=2)
     assert "output.explode cannot be used with endpoint /v1/embeddings" in result.stderr
+
+
+def test_with_explode_each_item_is_validated_and_an_invalid_one_left_out(cli, emulator, runs_dir, tmp_path):
+    schema = {"type": "object", "required": ["items"], "properties": {"items": {
+        "type": "array", "minItems": 3, "maxItems": 5, "items": {
+            "type": "object", "properties": {"kind": {"enum": ["a", "b", "c"]}, "text": {"type": "string"}}}}}}
+    params = {"response_format": {"type": "json_schema", "json_schema": {"name": "k", "schema": schema}}}
+    only_a = {"type": "object", "properties": {"kind": {"const": "a"}}, "required": ["kind"]}
+    config = write_gen(tmp_path / "g", input={"count": 4}, params=params,
+                       output={"key": "item", "explode": "items", "validate": {"json_schema": only_a}})
+    cli("run", config, "--run", "v", "--wait", "--poll-interval", "0")
+    answers = [json.loads(json_text({"type": "json_schema", "schema": schema},
+                                    f"Write refusal scenarios, set {i}"))["items"] for i in range(4)]
+    kept = [(i, item) for i in range(4) for item in answers[i] if item["kind"] == "a"]
+    left_out = sum(len(a) for a in answers) - len(kept)
+    assert kept and left_out  # the emulator's picks give both kinds here: the test means something
+    out = read_jsonl(runs_dir / "v" / "output.jsonl")
+    assert [(r["index"], r["item"]) for r in out] == kept  # the answer's other items are left out
+    figures = cli.json("status", "v")["data"]["summary"]
+    assert (figures["records"], figures["valid"], figures["invalid"]) == (
+        len(kept) + left_out, len(kept), {"invalid_schema": left_out})
+    assert emulator.counts["batch_creates"] == 2  # an answer with invalid items is not sent again

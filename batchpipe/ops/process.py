@@ -327,7 +327,12 @@ def _merged_rows(ledger: Ledger, index: Index, result: Processed) -> Iterator[by
         if row_no != row.row_no:  # the index and the input disagree: the input changed under us
             raise InputError(f"{input_name(cfg.input)}: row {row.row_no} does not match the run's index")
         if target is not None and (outcome is None or not outcome.ok or result.written >= target):
-            result.failed += outcome is not None and not outcome.ok
+            if outcome is not None and not outcome.ok:  # counted as _fill_row would, but not written
+                why = outcome.error
+                dropped = out.on_invalid == "drop" and is_invalid(why)
+                result.dropped, result.failed = result.dropped + dropped, result.failed + (not dropped)
+                if is_invalid(why):
+                    result.invalid[why["code"]] = result.invalid.get(why["code"], 0) + 1
             continue  # a dataset: only valid records are written, up to the target; read on to the end
         if explode and outcome is not None and outcome.ok:
             result.ok += 1
