@@ -107,3 +107,25 @@ def test_a_changed_shard_file_is_caught_before_upload(cli, emulator, tmp_path):
     result = cli("submit", "led", code=int(ExitCode.ERROR))
     assert "has changed since batchpipe wrote it" in result.stderr
     assert emulator.counts["uploads"] == 0
+
+
+def test_a_schema_2_run_from_before_sync_handoff_and_targets_is_read_and_finished(cli, emulator, runs_dir, tmp_path):
+    """What the previous batchpipe wrote (schema 2, none of the new fields) loads, runs on, and
+    is written back as schema 3; a schema-3 ledger is one an older batchpipe refuses as newer."""
+    from batchpipe.ledger.store import _checksum
+
+    cli("create", write_job(tmp_path / "job", review_rows(4), limits={"max_requests_per_shard": 2}), "--run", "v2")
+    path = runs_dir / "v2" / "state.json"
+    doc = json.loads(path.read_text())
+    del doc["checksum"]
+    doc["schema_version"] = 2
+    for key in ("mode", "target_reached", "imports"):
+        doc["run"].pop(key, None)
+    for shard in doc["shards"]:
+        for key in ("mode", "handoff", "answers"):
+            shard.pop(key, None)
+    doc["checksum"] = _checksum(doc)
+    path.write_text(json.dumps(doc))
+    cli("run", "v2", "--wait", "--poll-interval", "0")
+    assert SCHEMA_VERSION == 3 and json.loads(path.read_text())["schema_version"] == 3
+    assert emulator.counts["batch_creates"] == 2

@@ -14,7 +14,7 @@ from typing import Any
 from batchpipe.errors import LedgerError
 from batchpipe.urls import public_url
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
@@ -32,7 +32,17 @@ def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+def _v2_to_v3(doc: dict[str, Any]) -> dict[str, Any]:
+    """Schema 3: runs gain `mode` (sync mode), `target_reached` (limits.target) and `imports`
+    (results imported by hand); shards gain `mode`, `handoff` (exported for upload by hand) and
+    `answers` (the summary counts). All have defaults that say "none of that happened", so a
+    version-2 document needs nothing but its number. The number changes so that an older
+    batchpipe refuses a run it would misread (a handed-off shard it would submit) as written by a
+    newer one, instead of taking it for a damaged ledger."""
+    return doc
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate(doc: dict[str, Any], path: Path) -> dict[str, Any]:
