@@ -148,6 +148,29 @@ def sdk(emu: Emulator | str, max_retries: int = 0) -> openai.OpenAI:
 PYTHON = sys.executable
 
 
+# As in a terminal, Ctrl-C must reach the command: a process started from a background job inherits
+# SIGINT ignored (and Python then never raises KeyboardInterrupt), so the child takes the default
+# handler back before it runs the real command.
+_CTRL_C_BOOTSTRAP = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                     "sys.argv[0] = 'batchpipe'; runpy.run_module('batchpipe', run_name='__main__', alter_sys=True)")
+
+
+def ctrl_c_when(ready, *args: str) -> tuple[int, str]:
+    """Start the real `batchpipe *args`, send it Ctrl-C once `ready()` is true (checked every 10 ms,
+    up to 90 s: only a hang comes near it), and return its exit code and stderr."""
+    import signal
+
+    proc = subprocess.Popen([PYTHON, "-c", _CTRL_C_BOOTSTRAP, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 90
+    while not ready():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=90)
+    return proc.returncode, stderr
+
+
 def batchpipe(*args: str, crash_at: str | None = None, runs_dir: Path | None = None, preexec_fn=None,
               **env: str) -> subprocess.CompletedProcess:
     """The real `batchpipe` in a process of its own (so that a named crash point can kill it:

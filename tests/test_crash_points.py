@@ -8,13 +8,11 @@ cleanup, no finally). The resume is the ordinary CLI: `recover`, then `run --wai
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import openai
 import pytest
-from conftest import batchpipe, read_jsonl, review_rows, write_job
+from conftest import batchpipe, ctrl_c_when, read_jsonl, review_rows, write_job
 
 from batchpipe import crash
 
@@ -103,7 +101,6 @@ def test_a_duplicate_batch_is_cancelled_and_reported(cli, emulator, runs_dir, tm
 
 
 def test_ctrl_c_during_run_wait_exits_130_and_resumes(cli, runs_dir, tmp_path, monkeypatch):
-    import signal
     import time
 
     from batchpipe.emulator import Emulator, EmulatorOptions, ManualClock
@@ -118,20 +115,9 @@ def test_ctrl_c_during_run_wait_exits_130_and_resumes(cli, runs_dir, tmp_path, m
         monkeypatch.setenv("OPENAI_API_KEY", "k")
         # a known queue limit, so both batches go at once (without one, the second waits for the first)
         config = write_job(tmp_path / "job", review_rows(6), limits={"max_requests_per_shard": 3, "enqueued_tokens": 10**6})
-        # As in a terminal, Ctrl-C must reach the command: a process started from a background job
-        # inherits SIGINT ignored (and Python then never raises KeyboardInterrupt), so the child
-        # takes the default handler back before it runs the real command.
-        bootstrap = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                     "sys.argv[0] = 'batchpipe'; runpy.run_module('batchpipe', run_name='__main__', alter_sys=True)")
-        proc = subprocess.Popen([sys.executable, "-c", bootstrap, "run", str(config), "--run", "intr", "--wait",
-                                 "--poll-interval", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 90  # generous: only a hang comes near it
-        while emu.counts["batch_creates"] < 2:  # wait (bounded) until both batches exist
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=90)
-        assert proc.returncode == 130, stderr
+        code, stderr = ctrl_c_when(lambda: emu.counts["batch_creates"] >= 2,  # both batches exist
+                                   "run", str(config), "--run", "intr", "--wait", "--poll-interval", "0.05")
+        assert code == 130, stderr
         assert "interrupted" in stderr and "Traceback" not in stderr
 
         clock.advance(10)

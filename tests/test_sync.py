@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import batchpipe, expected_answer, read_jsonl, review_rows, sdk, write_job
+from conftest import batchpipe, ctrl_c_when, expected_answer, read_jsonl, review_rows, sdk, write_job
 
 from batchpipe import crash
 from batchpipe.emulator import answer_for
@@ -237,11 +237,6 @@ def test_sync_mode_pays_and_budgets_the_regular_endpoints_price(cli, emulator, r
 
 
 def test_ctrl_c_keeps_every_answer_already_sent_for(cli, runs_dir, tmp_path, monkeypatch):
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from batchpipe.emulator import Emulator, EmulatorOptions
 
     # slow answers, so that Ctrl-C comes while requests are in flight
@@ -250,18 +245,8 @@ def test_ctrl_c_keeps_every_answer_already_sent_for(cli, runs_dir, tmp_path, mon
         monkeypatch.setenv("OPENAI_API_KEY", "k")
         config = write_job(tmp_path / "job", review_rows(20), mode="sync", sync={"max_workers": 3},
                            limits={"max_requests_per_shard": 50})
-        # the child takes the default SIGINT handler back (see test_crash_points' Ctrl-C test)
-        bootstrap = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                     "sys.argv[0] = 'batchpipe'; runpy.run_module('batchpipe', run_name='__main__', alter_sys=True)")
-        proc = subprocess.Popen([sys.executable, "-c", bootstrap, "run", str(config), "--run", "intr"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 90  # generous: only a hang comes near it
-        while emu.counts["sync_answered"] < 4:  # wait (bounded) until some answers are in
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=90)
-        assert proc.returncode == 130, stderr
+        code, stderr = ctrl_c_when(lambda: emu.counts["sync_answered"] >= 4, "run", str(config), "--run", "intr")
+        assert code == 130, stderr
         assert "interrupted" in stderr and "Traceback" not in stderr
         journal = runs_dir / "intr" / "results" / "00001.a1.journal.jsonl"
         # every request the server answered (those in flight at Ctrl-C included) is in the journal

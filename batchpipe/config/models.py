@@ -74,6 +74,13 @@ def asks_for_json(params: Mapping[str, Any]) -> bool:
     return False
 
 
+def config_dir(info: ValidationInfo) -> Path | None:
+    """The directory of the config file being loaded (relative paths in it start there); None when
+    a config is validated without a file (a path is then kept as written, not looked up)."""
+    config_file = (info.context or {}).get("config_file")
+    return None if config_file is None else Path(os.path.abspath(config_file)).parent
+
+
 def _problem(message: str, **ctx: Any) -> PydanticCustomError:
     """An error whose message is the one the user reads (ctx may carry `hint`, `sub`, `field`)."""
     return PydanticCustomError("batchpipe", "{message}", {"message": message, **ctx})
@@ -222,12 +229,11 @@ class InputSection(Section):
     @classmethod
     def _resolve(cls, raw: str | None, info: ValidationInfo) -> str | None:
         """Absolute and resolved, from the config's directory; checked only when loading a file."""
-        config_file = (info.context or {}).get("config_file")
-        if config_file is None or raw is None:
+        base = config_dir(info)
+        if base is None or raw is None:
             return raw
-        base = Path(os.path.abspath(config_file)).parent
         candidate = Path(os.path.expanduser(raw))
-        resolved = (candidate if candidate.is_absolute() else base / candidate).resolve()
+        resolved = (base / candidate).resolve()  # an absolute candidate stays itself
         if not resolved.exists():
             note = "" if candidate.is_absolute() else f" (a relative path is read from the config's directory, {base})"
             raise _problem(
@@ -327,11 +333,10 @@ class PromptSection(Section):
     @classmethod
     def _absolute(cls, raw: str | None, info: ValidationInfo) -> str | None:
         """Absolute, from the config's directory (the run's snapshot records it so)."""
-        config_file = (info.context or {}).get("config_file")
-        if raw is None or config_file is None:
+        base = config_dir(info)
+        if raw is None or base is None:
             return raw
-        candidate = Path(os.path.expanduser(raw))
-        return str(candidate if candidate.is_absolute() else (Path(os.path.abspath(config_file)).parent / candidate))
+        return str(base / os.path.expanduser(raw))  # an absolute path stays itself
 
     @field_validator("images")
     @classmethod
@@ -441,10 +446,10 @@ with warnings.catch_warnings():
             if value is None:
                 return None
             if isinstance(value, str):
-                config_file = (info.context or {}).get("config_file")
-                if config_file is None:  # not loading a file (as for input.path): the path is not looked up
+                base = config_dir(info)
+                if base is None:  # not loading a file (as for input.path): the path is not looked up
                     return value  # type: ignore[return-value]
-                path = Path(os.path.abspath(config_file)).parent / os.path.expanduser(value)
+                path = base / os.path.expanduser(value)
                 try:
                     value = _json_module.loads(path.read_text(encoding="utf-8"))
                 except OSError as exc:
@@ -778,10 +783,10 @@ class JobFile(Section):
     @classmethod
     def _hooks_dir(cls, raw: str | None, info: ValidationInfo) -> str | None:
         """Absolute, from the config's directory; must exist where hooks are checked (create, estimate)."""
-        config_file = (info.context or {}).get("config_file")
-        if raw is None or config_file is None:
+        base = config_dir(info)
+        if raw is None or base is None:
             return raw
-        resolved = (Path(os.path.abspath(config_file)).parent / os.path.expanduser(raw)).resolve()
+        resolved = (base / os.path.expanduser(raw)).resolve()
         if (info.context or {}).get("check_hooks") and not resolved.is_dir():
             raise _problem(f"hooks_dir is not a directory: {resolved}",
                            hint="a relative path is read from the config file's directory")  # fmt: skip
