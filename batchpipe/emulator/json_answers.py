@@ -17,8 +17,8 @@ so validators, explode and targets can be rehearsed offline:
 Two markers in a request's text make an answer wrong on purpose: `[[invalid-json]]` gives JSON
 cut in half (does not parse), `[[off-schema]]` gives ``{"unexpected": <user text>}`` (parses,
 fits no schema with required properties). The emulator's `invalid_json_share` switch breaks a
-pseudo-random share of JSON answers the first way (per batch and custom_id, so a retry in a new
-batch may come back whole).
+pseudo-random share of JSON answers in batches the first way, decided by (fault_seed, custom_id,
+how often that custom_id has run): a retry decides afresh, and a seeded run is the same every time.
 """
 
 from __future__ import annotations

@@ -62,7 +62,8 @@ class EmulatorOptions:
     # from (fault_seed, batch id, custom_id): the same request retried in a new batch may succeed.
     request_failure_rate: float = 0.0
     # Fraction of JSON answers (requests asking for json_object / json_schema) that come back as
-    # JSON cut in half, decided per request like request_failure_rate: validators, retries of
+    # JSON cut in half, decided per custom_id and how often it has run (with fault_seed: the same
+    # every time; a retry decides afresh): validators, retries of
     # invalid answers and targets can be rehearsed. `[[invalid-json]]` in a request always does it.
     invalid_json_share: float = 0.0
     # A batch with more requests than this runs only the first N (input order) and then ends

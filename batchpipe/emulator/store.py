@@ -19,6 +19,7 @@ Records are never removed: deleting or expiring a file only marks it, so that a 
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import hashlib
@@ -168,6 +169,9 @@ class Store:
         self._batches: dict[str, BatchRecord] = {}
         self._seq = itertools.count()
         self._counts = _Counts()
+        # How many times each custom_id has run: invalid_json_share decides by (seed, custom_id, this),
+        # so a retry decides afresh and a seeded test is the same every time (batch ids are random).
+        self._json_runs: collections.Counter[str] = collections.Counter()
         self.faults = Faults()  # HTTP-level fault decisions (the handler asks; counted in counts())
         self.sync = SyncService(self.options, clock, self.faults)  # the regular endpoints (emulator/sync.py)
         if self.options.foreign_batches:
@@ -527,9 +531,11 @@ class Store:
         outcomes = [
             run_request(endpoint, r, created=started,
                         inject_failure=injected_failure(r.custom_id, batch_id, seed, rate),
-                        broken_json=injected_failure(r.custom_id, batch_id, seed, opts.invalid_json_share, "json"))
+                        broken_json=injected_failure(r.custom_id, f"run {self._json_runs[r.custom_id]}", seed,
+                                                     opts.invalid_json_share, "json"))
             for r in requests
         ]
+        self._json_runs.update(r.custom_id for r in requests)
         ok_prefix, input_prefix, output_prefix = [0], [0], [0]
         for o in outcomes:
             ok_prefix.append(ok_prefix[-1] + o.ok)
