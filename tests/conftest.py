@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,12 @@ from typer.testing import CliRunner
 
 from batchpipe.cli import app
 from batchpipe.emulator import Emulator, EmulatorOptions, ManualClock
+
+# The suite starts the real batchpipe in a process of its own some 150 times. Where the
+# environment sets PYTHONDONTWRITEBYTECODE, each of them would compile every module of batchpipe
+# again: they share compiled bytecode instead, kept out of the source tree.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+os.environ.setdefault("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "batchpipe-tests-pycache"))
 
 INSTANT = EmulatorOptions(validating_seconds=0.0, in_progress_seconds=0.0, finalizing_seconds=0.0, shuffle_seed=7)
 

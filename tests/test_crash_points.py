@@ -51,9 +51,13 @@ def test_kill_at_a_crash_point_then_resume(cli, emulator, runs_dir, tmp_path, cr
     expected = reference_output(cli, tmp_path, runs_dir)
     config = write_job(tmp_path / "job", job_rows(), limits={"max_requests_per_shard": 4})
 
+    if crash_at.startswith("run_create:"):  # killed while it creates the run
+        target = [str(config), "--run", "crashy"]
+    else:  # created here (this process has the tokenizer loaded): the killed process starts at submit
+        cli("create", config, "--run", "crashy")
+        target = ["crashy"]
     # --canary 2: the canary split is one more step with side effects to crash in
-    killed = batchpipe("run", str(config), "--run", "crashy", "--canary", "2", "--wait", "--poll-interval", "0",
-                       crash_at=crash_at)
+    killed = batchpipe("run", *target, "--canary", "2", "--wait", "--poll-interval", "0", crash_at=crash_at)
     assert killed.returncode == crash.EXIT_CODE, f"{crash_at} was never reached:\n{killed.stdout}{killed.stderr}"
 
     if (runs_dir / "crashy").exists():

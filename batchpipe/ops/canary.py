@@ -26,7 +26,7 @@ from batchpipe.ledger.store import Ledger
 from batchpipe.ops.create import unbounded_output_tokens
 from batchpipe.ops.lost import lost_files
 from batchpipe.pipeline.shards import shard_id
-from batchpipe.pipeline.tokens import counter_for, max_output_tokens
+from batchpipe.pipeline.tokens import max_output_tokens
 
 CANARY_INDEX = 0
 
@@ -54,12 +54,13 @@ def split_canary(ledger: Ledger, n: int) -> Shard:
         ledger.run.canary, ledger.run.canary_state = first.id, "pending"
         ledger.commit({"event": "canary", "shard": first.id, "requests": first.requests})
         return first
-    counter, fallback = counter_for(ledger.run.model), unbounded_output_tokens(ledger.run.model)
-    tokens = output = 0
+    # Input tokens: the canary's share of the shard's count, by bytes (as a retry's share is), so
+    # that a split needs no tokenizer (loading one costs a second). Output bounds are in the bodies.
+    fallback = unbounded_output_tokens(ledger.run.model)
+    tokens = -(-first.est_tokens * sum(map(len, lines)) // max(first.file.bytes, 1))
+    output = 0
     for line in lines:
-        body = orjson.loads(line)["body"]
-        tokens += counter.body(ledger.run.endpoint, body)
-        bound = max_output_tokens(body, ledger.run.model, ledger.run.endpoint)
+        bound = max_output_tokens(orjson.loads(line)["body"], ledger.run.model, ledger.run.endpoint)
         output += fallback if bound is None else bound
     canary_ref = _write(ledger, f"{canary_id}.jsonl", lines)
     # a new name for the rest: the file the ledger names now must stay as it is until the commit
