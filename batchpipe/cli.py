@@ -817,8 +817,8 @@ def estimate(
 
     Input tokens are counted with OpenAI's tokenizer when bpe-openai is installed
     (`pip install "batchpipe[tokens]"`), else estimated as bytes/4. Prices are Batch API prices
-    from the dated table shipped with batchpipe (check them), or `pricing:` in the config.
-    The worst case is every request using its whole output limit (`params.max_tokens`); the
+    from the dated table shipped with batchpipe (check them), or `pricing:` in the config; a job
+    in sync mode (`mode: sync`, or a run sent with `--sync`) pays twice them. The worst case is every request using its whole output limit (`params.max_tokens`); the
     expected cost counts half of it.
 
     Examples: `batchpipe estimate configs/reviews.yaml` · `batchpipe estimate reviews-nov --json`

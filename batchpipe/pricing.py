@@ -30,7 +30,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -97,6 +97,16 @@ class Price:
 # Prices are Batch API prices; the regular endpoint that sync mode uses costs twice as much
 # (the Batch API's discount is 50%).
 SYNC_PRICE_FACTOR = 2.0
+
+
+def sync_price(price: Price) -> Price:
+    """The regular endpoint's price (sync mode) from a Batch API price."""
+    return replace(
+        price,
+        input_per_million=price.input_per_million * SYNC_PRICE_FACTOR,
+        output_per_million=price.output_per_million * SYNC_PRICE_FACTOR,
+        source=f"{price.source}, times {SYNC_PRICE_FACTOR:g} for sync mode (the regular endpoint's price)",
+    )
 
 
 def cost_usd(price: Price, input_tokens: int, output_tokens: int) -> float:

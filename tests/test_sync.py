@@ -282,3 +282,12 @@ def test_an_answer_that_is_not_the_api_stops_the_run_and_nothing_is_journaled(cl
     emulator.options.html_answer = False
     cli("run", "proxied")  # fixed: it goes on
     assert len(read_jsonl(runs_dir / "proxied" / "output.jsonl")) == 4
+
+
+def test_estimate_prices_a_sync_job_at_the_regular_endpoints_price(cli, tmp_path):
+    batch = cli.json("estimate", write_job(tmp_path / "b", review_rows(6)))["data"]
+    sync = cli.json("estimate", write_job(tmp_path / "s", review_rows(6), mode="sync"))["data"]
+    assert sync["input_tokens"] == batch["input_tokens"]
+    assert sync["cost_usd_worst_case"] == pytest.approx(2 * batch["cost_usd_worst_case"], abs=2e-6)  # (rounded to 1e-6)
+    assert sync["price"]["input_per_million"] == 2 * batch["price"]["input_per_million"]
+    assert "sync mode" in sync["price"]["source"]

@@ -46,7 +46,7 @@ from batchpipe.ops.create import (  # the very split create makes
 from batchpipe.paths import RunPaths
 from batchpipe.pipeline.inputs import input_name
 from batchpipe.pipeline.tokens import TokenCounter, counter_for, max_output_tokens
-from batchpipe.pricing import Price, cost_usd, format_usd, price_for
+from batchpipe.pricing import Price, cost_usd, format_usd, price_for, sync_price
 
 __all__ = ["DEFAULT_UNBOUNDED_OUTPUT_TOKENS", "EXPECTED_OUTPUT_FRACTION", "Estimate", "estimate"]
 
@@ -130,6 +130,9 @@ def estimate(
         price = price_for(cfg.model, cfg)
         lines = _config_lines(cfg, counter_for(cfg.model, tokenizer=tokenizer))
         name = str(source)
+    sync = (Ledger.load(source).run.mode if isinstance(source, RunPaths) else cfg.mode) == "sync"
+    if sync:  # the regular endpoint costs what the Batch API halves
+        price = sync_price(price)
     return _tally(cfg, name, lines, price, counter_for(cfg.model, tokenizer=tokenizer), on_progress)
 
 
