@@ -129,3 +129,19 @@ def test_a_schema_2_run_from_before_sync_handoff_and_targets_is_read_and_finishe
     cli("run", "v2", "--wait", "--poll-interval", "0")
     assert SCHEMA_VERSION == 3 and json.loads(path.read_text())["schema_version"] == 3
     assert emulator.counts["batch_creates"] == 2
+
+
+def test_state_json_is_the_ledgers_dataclasses_field_for_field(cli, emulator, runs_dir, tmp_path):
+    """encode() lets orjson walk the dataclasses (fast); what it writes must be what asdict says."""
+    import orjson
+
+    from batchpipe.ledger.store import encode
+
+    rows = review_rows(6)
+    rows[2]["text"] += " [[fail:500]]"  # a retry: batch records, merged counts, history of attempts
+    cli("run", write_job(tmp_path / "job", rows, limits={"max_requests_per_shard": 3}), "--run", "e", "--wait",
+        "--poll-interval", "0", code=6)
+    state = Ledger.load(RunPaths(runs_dir / "e")).state
+    written = orjson.loads(encode(state))
+    assert written.pop("checksum").startswith("sha256:")
+    assert written == {"schema_version": SCHEMA_VERSION, **orjson.loads(orjson.dumps(state.to_dict()))}
