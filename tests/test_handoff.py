@@ -44,6 +44,14 @@ def exported(directory: Path) -> list[Path]:
     return sorted(directory.glob(f"{RUN}--*.jsonl"))
 
 
+def create_and_hand_back(cli, emulator, tmp_path: Path, rows: list[dict]) -> dict[str, dict[str, Path]]:
+    """Create run RUN of `rows` (config tmp_path/job.yaml), export it to tmp_path/handoff and play the person: upload each file,
+    make its batch and download its results into tmp_path/downloads (see hand_upload)."""
+    cli("create", write_job(tmp_path, rows), "--run", RUN)
+    cli("export", RUN, tmp_path / "handoff")
+    return hand_upload(emulator, exported(tmp_path / "handoff"), tmp_path / "downloads")
+
+
 def all_results(got: dict[str, dict[str, Path]]) -> list[Path]:
     return [p for kinds in got.values() for p in kinds.values()]
 
@@ -98,10 +106,7 @@ def test_export_then_run_submit_tick_never_upload_or_create(cli, emulator, tmp_p
 
 
 def test_by_hand_round_trip_equals_a_normal_run(cli, emulator, tmp_path):
-    config = write_job(tmp_path, review_rows(12))
-    cli("create", config, "--run", RUN)
-    cli("export", RUN, tmp_path / "handoff")
-    got = hand_upload(emulator, exported(tmp_path / "handoff"), tmp_path / "downloads")
+    got = create_and_hand_back(cli, emulator, tmp_path, review_rows(12))
 
     imported = cli("import", RUN, *all_results(got))
     assert "complete: shard(s) 00001.a1, 00002.a1, 00003.a1" in imported.output
@@ -114,16 +119,13 @@ def test_by_hand_round_trip_equals_a_normal_run(cli, emulator, tmp_path):
     assert [p.name.split(".import-")[0] for p in pieces] == ["00001.a1", "00002.a1", "00003.a1"]
     shards = json.loads((Path("runs") / RUN / "state.json").read_text())["shards"]
     assert sorted(p["path"] for s in shards for p in s["handoff"]["pieces"]) == [f"results/{p.name}" for p in pieces]
-    assert (Path("runs") / RUN / "output.jsonl").read_bytes() == normal_output(cli, config, emulator)
+    assert (Path("runs") / RUN / "output.jsonl").read_bytes() == normal_output(cli, tmp_path / "job.yaml", emulator)
 
 
 def test_import_in_any_order_any_subset_and_twice(cli, emulator, tmp_path):
     rows = review_rows(12)
     rows[1]["text"] = "breaks [[fail:400]]"  # shard 1 gets an error file as well as an output file
-    config = write_job(tmp_path, rows)
-    cli("create", config, "--run", RUN)
-    cli("export", RUN, tmp_path / "handoff")
-    got = hand_upload(emulator, exported(tmp_path / "handoff"), tmp_path / "downloads")
+    got = create_and_hand_back(cli, emulator, tmp_path, rows)
     first = got[f"{RUN}--00001.a1.jsonl"]
     assert set(first) == {"output", "errors"}
 
@@ -154,10 +156,7 @@ def test_import_in_any_order_any_subset_and_twice(cli, emulator, tmp_path):
 
 
 def test_a_line_already_imported_in_another_file_is_skipped(cli, emulator, tmp_path):
-    config = write_job(tmp_path, review_rows(5))
-    cli("create", config, "--run", RUN)
-    cli("export", RUN, tmp_path / "handoff")
-    got = hand_upload(emulator, exported(tmp_path / "handoff"), tmp_path / "downloads")
+    got = create_and_hand_back(cli, emulator, tmp_path, review_rows(5))
     output = got[f"{RUN}--00001.a1.jsonl"]["output"]
     lines = output.read_bytes().splitlines(keepends=True)
     head, tail = tmp_path / "head.jsonl", tmp_path / "tail.jsonl"
@@ -201,10 +200,7 @@ def test_a_file_from_another_run_is_refused_and_nothing_is_written(cli, emulator
 
 
 def test_damaged_and_wrong_files_are_refused_naming_file_and_line(cli, emulator, tmp_path):
-    config = write_job(tmp_path, review_rows(5))
-    cli("create", config, "--run", RUN)
-    cli("export", RUN, tmp_path / "handoff")
-    got = hand_upload(emulator, exported(tmp_path / "handoff"), tmp_path / "downloads")
+    got = create_and_hand_back(cli, emulator, tmp_path, review_rows(5))
     output = got[f"{RUN}--00001.a1.jsonl"]["output"]
     torn = tmp_path / "torn.jsonl"
     data = output.read_bytes()
@@ -225,10 +221,7 @@ def test_damaged_and_wrong_files_are_refused_naming_file_and_line(cli, emulator,
 
 
 def test_partial_shard_finished_by_partial_then_its_retry_is_exported_again(cli, emulator, tmp_path):
-    config = write_job(tmp_path, review_rows(5))
-    cli("create", config, "--run", RUN)
-    cli("export", RUN, tmp_path / "handoff")
-    got = hand_upload(emulator, exported(tmp_path / "handoff"), tmp_path / "downloads")
+    got = create_and_hand_back(cli, emulator, tmp_path, review_rows(5))
     output = got[f"{RUN}--00001.a1.jsonl"]["output"]
     part = tmp_path / "part.jsonl"
     part.write_bytes(b"".join(output.read_bytes().splitlines(keepends=True)[:3]))
@@ -294,10 +287,7 @@ def test_a_run_waiting_in_another_terminal_hears_of_the_import(cli, emulator, tm
 def test_recover_forgets_a_damaged_import_so_the_file_can_be_imported_again(cli, emulator, tmp_path):
     rows = review_rows(5)
     rows[0]["text"] = "breaks [[fail:400]]"
-    config = write_job(tmp_path, rows)
-    cli("create", config, "--run", RUN)
-    cli("export", RUN, tmp_path / "handoff")
-    got = hand_upload(emulator, exported(tmp_path / "handoff"), tmp_path / "downloads")
+    got = create_and_hand_back(cli, emulator, tmp_path, rows)
     files = got[f"{RUN}--00001.a1.jsonl"]
     cli("import", RUN, files["output"])
     piece = next((Path("runs") / RUN / "results").glob("00001.a1.import-*.jsonl"))
@@ -329,10 +319,7 @@ def test_killed_after_the_handoff_before_the_files_nothing_is_ever_sent(cli, emu
 def test_killed_between_a_piece_and_the_ledger_the_import_is_done_again(cli, emulator, tmp_path):
     from conftest import batchpipe
 
-    config = write_job(tmp_path, review_rows(7))
-    cli("create", config, "--run", RUN)
-    cli("export", RUN, tmp_path / "handoff")
-    got = hand_upload(emulator, exported(tmp_path / "handoff"), tmp_path / "downloads")
+    got = create_and_hand_back(cli, emulator, tmp_path, review_rows(7))
     files = [str(p) for p in all_results(got)]
     killed = batchpipe("import", RUN, *files, crash_at="import:after_piece:2")
     assert killed.returncode == 99
@@ -340,7 +327,7 @@ def test_killed_between_a_piece_and_the_ledger_the_import_is_done_again(cli, emu
     assert [f["status"] for f in data["files"]] == ["already imported", "imported"]
     assert data["completed"] == ["00002.a1"]  # the first file completed shard 1 in its own commit
     cli("process", RUN)
-    assert (Path("runs") / RUN / "output.jsonl").read_bytes() == normal_output(cli, config, emulator)
+    assert (Path("runs") / RUN / "output.jsonl").read_bytes() == normal_output(cli, tmp_path / "job.yaml", emulator)
 
 
 def test_lines_of_a_shard_batchpipe_sent_itself_are_ignored_and_named(cli, emulator, tmp_path):
