@@ -41,7 +41,7 @@ from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress, run_config, run_cost
 from batchpipe.paths import STEPS_FILE, RunPaths, check_run_id
 from batchpipe.pipeline.inputs import display_path, dumps_row, iter_rows
-from batchpipe.pipeline.requests import image_problem
+from batchpipe.pipeline.requests import IMAGE_HINT, image_problem
 from batchpipe.pipeline.template import MissingField, compile_template
 
 FINAL_RECORD = "output.json"
@@ -166,9 +166,7 @@ def _check_rows(cfg: JobConfig) -> None:
                         "a step can use the output.key of the steps before it",
                     ) from None
                 if (what, template) in images and (problem := image_problem(step.prompt.images_dir, value)):
-                    raise InputError(f"{where}: step {i + 1} ({step.name}) {what}: {problem}",
-                                     hint="give an image URL, or the path of a PNG, JPEG, GIF or WebP file "
-                                     "(a relative path is read from the config's directory, or prompt.images_dir)")
+                    raise InputError(f"{where}: step {i + 1} ({step.name}) {what}: {problem}", hint=IMAGE_HINT)
             data[step.output.key] = _SOME_ANSWER
             data[f"{step.output.key}_attempts"] = 1
 

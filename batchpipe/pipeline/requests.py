@@ -332,40 +332,48 @@ IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
 _URL_SCHEMES = ("http://", "https://", "data:")
 
 
-def _image_url(cfg: JobConfig, value: str, row: Row, cid: str) -> str:
-    """An image's URL as it is sent: a URL as it is, a local file inline as a base64 data URL."""
+IMAGE_HINT = ("give an image URL, or the path of a PNG, JPEG, GIF or WebP file (a relative path is read from the "
+              "config's directory, or prompt.images_dir)")
+
+
+def _local_image(images_dir: Path | None, value: str) -> Path | None:
+    """The file an image value names (None: it is a URL, sent as it is)."""
     if value.startswith(_URL_SCHEMES):
-        return value
-    label = f"row id {cid}" if cfg.input.id is not None else f"row {row.row_no}"
-    where = f"{input_name(cfg.input)} line {row.line_no} ({label})"
-    base = cfg.prompt.images_dir or cfg.source.parent
+        return None
     path = Path(os.path.expanduser(value))
-    path = path if path.is_absolute() else base / path
-    mime = IMAGE_TYPES.get(path.suffix.lower())
-    if mime is None:
-        raise InputError(
-            f"{where}: image {value!r} is neither a URL (http://, https://, data:) nor a "
-            f"{', '.join(IMAGE_TYPES)} file",
-            hint="give an image URL, or the path of a PNG, JPEG, GIF or WebP file",
-        )
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(
-            f"{where}: image file {display_path(path)} cannot be read ({exc.strerror or exc})",
-            hint="a relative image path is read from the config's directory (or prompt.images_dir)",
-        ) from None
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    return path if path.is_absolute() or images_dir is None else images_dir / path
+
+
+def _not_an_image(value: str, path: Path) -> str | None:
+    if path.suffix.lower() not in IMAGE_TYPES:
+        return f"image {value!r} is neither a URL (http://, https://, data:) nor a {', '.join(IMAGE_TYPES)} file"
+    return None
 
 
 def image_problem(images_dir: Path | None, value: str) -> str | None:
     """What is wrong with an image value, without reading the file (None: nothing)."""
-    if value.startswith(_URL_SCHEMES):
+    path = _local_image(images_dir, value)
+    if path is None:
         return None
-    path = Path(os.path.expanduser(value))
-    path = path if path.is_absolute() or images_dir is None else images_dir / path
-    if path.suffix.lower() not in IMAGE_TYPES:
-        return f"image {value!r} is neither a URL (http://, https://, data:) nor a {', '.join(IMAGE_TYPES)} file"
+    if problem := _not_an_image(value, path):
+        return problem
     if not path.is_file():
         return f"image file {display_path(path)} is not there"
     return None
+
+
+def _image_url(cfg: JobConfig, value: str, row: Row, cid: str) -> str:
+    """An image's URL as it is sent: a URL as it is, a local file inline as a base64 data URL."""
+    path = _local_image(cfg.prompt.images_dir or cfg.source.parent, value)
+    if path is None:
+        return value
+    label = f"row id {cid}" if cfg.input.id is not None else f"row {row.row_no}"
+    where = f"{input_name(cfg.input)} line {row.line_no} ({label})"
+    if problem := _not_an_image(value, path):
+        raise InputError(f"{where}: {problem}", hint=IMAGE_HINT)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{where}: image file {display_path(path)} cannot be read ({exc.strerror or exc})",
+                         hint=IMAGE_HINT) from None
+    return f"data:{IMAGE_TYPES[path.suffix.lower()]};base64,{base64.b64encode(data).decode('ascii')}"
