@@ -97,9 +97,13 @@ def write_job(
         "output": {"key": "verdict"},
         "limits": {"max_requests_per_shard": 5},
     }
-    config.update(overrides)
-    path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return write_config(directory / f"{name}.yaml", config, **overrides)
+
+
+def write_config(path: Path, config: dict[str, Any], **overrides: Any) -> Path:
+    """`config` as a YAML job file at `path`, its top-level sections replaced by `overrides`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config | overrides, sort_keys=False), encoding="utf-8")
     return path
 
 

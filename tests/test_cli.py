@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import review_rows, write_job
+from conftest import write_job
 from filelock import FileLock
 
 from batchpipe.cli import app

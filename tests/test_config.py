@@ -7,7 +7,6 @@ name, the line, the field, and exit code 2.
 from __future__ import annotations
 
 import dataclasses
-import os
 import textwrap
 from pathlib import Path
 from types import MappingProxyType

@@ -17,7 +17,7 @@ from conftest import review_rows, write_job
 
 from batchpipe.config import load_config
 from batchpipe.errors import ConfigError, ExitCode
-from batchpipe.ops.estimate import DEFAULT_UNBOUNDED_OUTPUT_TOKENS, EXPECTED_OUTPUT_FRACTION, estimate
+from batchpipe.ops.estimate import DEFAULT_UNBOUNDED_OUTPUT_TOKENS, estimate
 from batchpipe.paths import RunPaths
 from batchpipe.pipeline.tokens import (
     ESTIMATE_METHOD,

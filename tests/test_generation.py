@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-from conftest import read_jsonl
+from conftest import read_jsonl, write_config
 
 from batchpipe.emulator.json_answers import json_text
 
@@ -29,7 +28,6 @@ PAIRS_FORMAT = {"type": "json_schema", "json_schema": {"name": "pairs", "strict"
 
 
 def write_gen(directory: Path, **overrides: Any) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "model": "gpt-4o-mini",
         "input": {"count": 5},
@@ -38,10 +36,7 @@ def write_gen(directory: Path, **overrides: Any) -> Path:
         "output": {"key": "answer"},
         "limits": {"max_requests_per_shard": 2},
     }
-    config.update(overrides)
-    path = directory / "gen.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return path
+    return write_config(directory / "gen.yaml", config, **overrides)
 
 
 def pairs_of(index: int) -> list[dict[str, str]]:

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-from conftest import read_jsonl
+from conftest import read_jsonl, write_config
 
 USERS = [
     {"user_id": "u1", "name": "Ann", "tweets": [{"tweet_id": "t1", "full_text": "I love it", "lang": "en"},
@@ -30,10 +29,7 @@ def write_masking(directory: Path, users: list[dict[str, Any]], **overrides: Any
         "output": {"key": "masked_text"},
         "limits": {"max_requests_per_shard": 2},
     }
-    config.update(overrides)
-    path = directory / "mask.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return path
+    return write_config(directory / "mask.yaml", config, **overrides)
 
 
 def shard_ids(run_dir: Path) -> list[str]:

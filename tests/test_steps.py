@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import batchpipe, read_jsonl
+from conftest import batchpipe, read_jsonl, write_config
 
 from batchpipe import crash
 
@@ -45,10 +45,7 @@ def steps_job(directory: Path, data: list[dict[str, Any]] | None = None, **overr
              "output": {"key": "answer"}},
         ],
     }
-    config.update(overrides)
-    path = directory / "job.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return path
+    return write_config(directory / "job.yaml", config, **overrides)
 
 
 def expected_row(row: dict[str, Any]) -> dict[str, Any]:
