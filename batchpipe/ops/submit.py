@@ -51,6 +51,26 @@ class SubmitOptions:
     sync: bool = False  # send to the regular endpoint instead (`run --sync`; see ops/sync.py)
 
 
+def start_pass(ledger: Ledger, run_id: str, options: SubmitOptions, notes: list[str]) -> tuple[str | None, str | None]:
+    """What a pass that sends (submit, or sync mode's send) does first: resume a held run (unless
+    `options.respect_hold`), take a new budget, split off the canary. Returns (held, waiting): the
+    hold that stops this pass (None: go on), and why shards other than the canary must wait."""
+    if ledger.run.hold is not None:
+        if options.respect_hold:
+            return ledger.run.hold, None
+        notes.append(f"resuming run {run_id} ({release_hold(ledger)})")
+    if options.budget_usd is not None and options.budget_usd != ledger.run.budget_usd:
+        ledger.run.budget_usd = options.budget_usd
+        ledger.commit({"event": "budget", "budget_usd": options.budget_usd})
+    if options.canary and ledger.run.canary is None:
+        if any(s.handoff is not None for s in ledger.shards):  # a canary re-cuts files a person may hold
+            raise UsageError(f"run {run_id} has exported shards (batchpipe export): it cannot take a canary",
+                             hint="go on without --canary")
+        split_canary(ledger, options.canary)
+    waiting = canary_gate(ledger)
+    return ledger.run.hold, waiting  # a hold now: the canary just failed, a person must look
+
+
 def submit(
     paths: RunPaths, provider: Provider, options: SubmitOptions = SubmitOptions(), *, sleep=time.sleep
 ) -> Submitted:
@@ -61,28 +81,13 @@ def submit(
     `options.respect_hold`. Shards the budget or the queue keep back are reported, not sent.
     """
     result = Submitted(paths.run_id)
-    budget_usd, canary = options.budget_usd, options.canary
     with fsio.run_lock(paths.root):
         ledger = Ledger.load(paths)
         if ledger.run.mode == "sync":  # its journals hold answered requests: a batch would pay for them twice
             raise UsageError(f"run {paths.run_id} sends in sync mode (to the regular endpoint), not as batches",
                              hint=f"`batchpipe run {paths.run_id}` sends what is left")
-        if ledger.run.hold is not None:
-            if options.respect_hold:
-                result.held = ledger.run.hold
-                return result
-            result.notes.append(f"resuming run {paths.run_id} ({release_hold(ledger)})")
-        if budget_usd is not None and budget_usd != ledger.run.budget_usd:
-            ledger.run.budget_usd = budget_usd
-            ledger.commit({"event": "budget", "budget_usd": budget_usd})
-        if canary and ledger.run.canary is None:
-            if any(s.handoff is not None for s in ledger.shards):  # a canary re-cuts files a person may hold
-                raise UsageError(f"run {paths.run_id} has exported shards (batchpipe export): it cannot take a canary",
-                                 hint="go on without --canary")
-            split_canary(ledger, canary)
-        waiting = canary_gate(ledger)
-        if ledger.run.hold is not None:  # the canary just failed: stop here, a person must look
-            result.held = ledger.run.hold
+        result.held, waiting = start_pass(ledger, paths.run_id, options, result.notes)
+        if result.held is not None:
             return result
         cfg = run_config(paths)
         schedule = Schedule.of(ledger, ledger.run.budget_usd, cfg.limits.enqueued_tokens, cfg, options.poll_interval,

@@ -44,11 +44,10 @@ from batchpipe import crash, fsio
 from batchpipe.errors import ProviderError, UsageError
 from batchpipe.ledger.model import Shard, ShardState
 from batchpipe.ledger.store import Ledger
-from batchpipe.ops.canary import canary_gate, split_canary
-from batchpipe.ops.cancel import release_hold
 from batchpipe.ops.common import run_config
 from batchpipe.ops.ratelimit import RateGate, SendCancelled, retry_after
 from batchpipe.ops.schedule import Schedule
+from batchpipe.ops.submit import start_pass
 from batchpipe.paths import RunPaths
 from batchpipe.pipeline.tokens import counter_for, max_output_tokens
 from batchpipe.providers import Provider, SyncAnswer
@@ -280,23 +279,12 @@ def send(paths: RunPaths, provider: Provider, options: Any, *, on_answer: Callab
         ledger = Ledger.load(paths)
         if note := switch_to_sync(ledger):
             result.notes.append(note)
-        if ledger.run.hold is not None:
-            if options.respect_hold:
-                result.held = ledger.run.hold
-                return result
-            result.notes.append(f"resuming run {paths.run_id} ({release_hold(ledger)})")
+        result.held, waiting = start_pass(ledger, paths.run_id, options, result.notes)
+        if result.held is not None:
+            return result
         if ledger.run.target_reached is not None:  # limits.target: nothing more is needed
             result.notes.append(f"limits.target reached ({ledger.run.target_reached} valid records): nothing more "
                                 "is sent")
-            return result
-        if options.budget_usd is not None and options.budget_usd != ledger.run.budget_usd:
-            ledger.run.budget_usd = options.budget_usd
-            ledger.commit({"event": "budget", "budget_usd": options.budget_usd})
-        if options.canary and ledger.run.canary is None:
-            split_canary(ledger, options.canary)
-        waiting = canary_gate(ledger)
-        if ledger.run.hold is not None:  # the canary just failed: a person must look
-            result.held = ledger.run.hold
             return result
         cfg = run_config(paths)
         schedule = Schedule.of(ledger, ledger.run.budget_usd, None, cfg, options.poll_interval, provider.base_url)
