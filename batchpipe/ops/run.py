@@ -90,35 +90,32 @@ def step(
     """
     paths = advance(paths.current_step())
     in_sync = options.sync or Ledger.load(paths).run.mode == "sync"
-    if in_sync:
-        report = sync_step(paths, provider, options, sleep=sleep, on_answer=on_answer)
-        submitted_ids, downloaded_ids, notes, processed = [], [], report.notes, report.processed
-    else:
-        submitted = submit(paths, provider, options, sleep=sleep)
-        downloaded = download(paths, provider)
-        processed = process(paths)
-        if processed.target_reached is not None:
-            submitted.notes += stop_for_target(paths, provider)
-        submitted_ids, downloaded_ids, notes = submitted.submitted, downloaded.shards, submitted.notes + downloaded.lost
-    if paths.parent is not None and processed.done and (moved_on := advance(paths)) != paths:
-        report = step(moved_on, provider, options, sleep=sleep, on_answer=on_answer)
-        report.submitted[:0], report.downloaded[:0] = submitted_ids, downloaded_ids
-        report.notes[:0] = notes
-        return report
-    if in_sync:
-        if paths.parent is not None:
-            count_final(paths, processed)
-            processed.done = final_counts(paths) is not None
-            report.progress = replace(report.progress, done=processed.done)
-        return report
-    progress = Progress.of(Ledger.load(paths), with_cost=True)
+    send = sync_step if in_sync else batch_step
+    report = send(paths, provider, options, sleep=sleep, on_answer=on_answer)
+    if paths.parent is not None and report.processed.done and (moved_on := advance(paths)) != paths:
+        later = step(moved_on, provider, options, sleep=sleep, on_answer=on_answer)
+        later.submitted[:0], later.downloaded[:0], later.notes[:0] = report.submitted, report.downloaded, report.notes
+        return later
     if paths.parent is not None:  # a multi-step run is done once its last step is, with its whole output's counts
-        count_final(paths, processed)
-        processed.done = final_counts(paths) is not None
-        progress = replace(progress, done=processed.done)
+        count_final(paths, report.processed)
+        report.processed.done = final_counts(paths) is not None
+        report.progress = replace(report.progress, done=report.processed.done)
+    return report
+
+
+def batch_step(
+    paths: RunPaths, provider: Provider, options: SubmitOptions, *, sleep=time.sleep,
+    on_answer: Callable[[int, int], None] | None = None,
+) -> RunReport:
+    """One pass through the Batch API: submit, download, process (`on_answer` is sync mode's)."""
+    submitted = submit(paths, provider, options, sleep=sleep)
+    downloaded = download(paths, provider)
+    processed = process(paths)
+    if processed.target_reached is not None:
+        submitted.notes += stop_for_target(paths, provider)
     return RunReport(
         paths.run_id,
-        progress,
+        Progress.of(Ledger.load(paths), with_cost=True),
         processed,
         submitted=submitted.submitted,
         downloaded=downloaded.shards,
