@@ -59,9 +59,13 @@ def test_an_index_from_before_usage_was_kept_still_serves(cli, emulator, runs_di
     cli("run", write_job(tmp_path, review_rows(3)), "--run", "old", "--wait", "--poll-interval", "0")
     before = (runs_dir / "old" / "output.jsonl").read_bytes()
     db = sqlite3.connect(runs_dir / "old" / "index.sqlite")
-    db.executescript(  # the results table as it was before the usage column
-        "CREATE TABLE r AS SELECT custom_id, shard, attempt, ok, retryable, value, error, finish_reason FROM results;"
-        "DROP TABLE results; ALTER TABLE r RENAME TO results;")
+    db.executescript(  # the tables as they were before the usage column (one row per request)
+        "DROP TABLE results; DROP TABLE shard_files; DROP TABLE requests; PRAGMA user_version = 0;"
+        "CREATE TABLE requests (custom_id TEXT PRIMARY KEY, row_no INTEGER NOT NULL UNIQUE, line_no INTEGER NOT NULL);"
+        "CREATE TABLE shard_lines (file TEXT NOT NULL, line INTEGER NOT NULL, custom_id TEXT NOT NULL,"
+        " PRIMARY KEY (file, line));"
+        "CREATE TABLE results (custom_id TEXT PRIMARY KEY, shard TEXT NOT NULL, attempt INTEGER NOT NULL,"
+        " ok INTEGER NOT NULL, retryable INTEGER NOT NULL, value BLOB, error BLOB, finish_reason TEXT);")
     db.close()
     os.remove(runs_dir / "old" / "output.jsonl")
     cli("process", "old")

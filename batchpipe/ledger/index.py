@@ -15,39 +15,44 @@ import functools
 import inspect
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
 from batchpipe import fsio
 from batchpipe.errors import LedgerError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (      -- one per input row, written at create
+# The layout's version, in sqlite's user_version: an index of another version (an earlier
+# batchpipe's, one row per request) is rebuilt from the run's files (ops/reindex.py).
+VERSION = 2
+
+# Rows are written a shard file or a shard attempt at a time, each as one JSON array in a blob:
+# `create` and `process` then pay one statement per shard, not one per request, and sqlite
+# unpacks the arrays itself (json_each) where it must look inside them.
+SCHEMA = f"""
+PRAGMA user_version = {VERSION};
+CREATE TABLE IF NOT EXISTS requests (      -- one per request, written at create
     custom_id TEXT PRIMARY KEY,
-    row_no    INTEGER NOT NULL UNIQUE,
-    line_no   INTEGER NOT NULL
+    seq       INTEGER NOT NULL,            -- its 1-based place among the job's requests (input order)
+    line_no   INTEGER                      -- the input line it came from; NULL: the same as seq
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS shard_files (   -- which request is on which line of a shard file
+    file      TEXT PRIMARY KEY,            -- the file's path in the run dir, as the ledger names it
+    lines     INTEGER NOT NULL,
+    ids       BLOB NOT NULL,               -- JSON arrays, in line order: the custom_id on each line,
+    seqs      BLOB NOT NULL                --   and its seq
 );
-CREATE TABLE IF NOT EXISTS shard_lines (   -- which request is on which line of which shard file
-    file      TEXT NOT NULL,               -- the file's path in the run dir, as the ledger names it
-    line      INTEGER NOT NULL,
-    custom_id TEXT NOT NULL,
-    PRIMARY KEY (file, line)
+CREATE TABLE IF NOT EXISTS results (       -- the outcomes of one merged shard attempt
+    shard     TEXT PRIMARY KEY,
+    merged    INTEGER NOT NULL,            -- merge order: a later attempt's outcome for a request wins
+    lo        INTEGER NOT NULL,            -- the smallest and largest seq among its requests
+    hi        INTEGER NOT NULL,
+    n         INTEGER NOT NULL,            -- its requests, one per line of its request file:
+    ids       BLOB NOT NULL,               -- JSON arrays, in that line order: custom_id, seq,
+    seqs      BLOB NOT NULL,
+    outcomes  BLOB NOT NULL                --   [ok, value, error, retryable, attempt, finish_reason, usage, invalid]
 );
-CREATE TABLE IF NOT EXISTS results (       -- the latest outcome of each request
-    custom_id TEXT PRIMARY KEY,
-    shard     TEXT NOT NULL,
-    attempt   INTEGER NOT NULL,
-    ok        INTEGER NOT NULL,
-    retryable INTEGER NOT NULL,
-    value     BLOB,
-    error     BLOB,
-    finish_reason TEXT,                    -- why the model stopped ("stop", "length", ...), if it said
-    usage     BLOB                         -- the tokens the service reported for this answer (JSON)
-);
-CREATE INDEX IF NOT EXISTS results_by_shard ON results (shard);
 """
 
 
@@ -55,8 +60,9 @@ CREATE INDEX IF NOT EXISTS results_by_shard ON results (shard);
 BULK_CACHE_KIB = 16 * 1024
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
+    """A request's outcome. A NamedTuple, not a dataclass: a big run makes millions of them."""
+
     custom_id: str
     ok: bool
     value: Any  # the answer (for chat: the assistant's content string)
@@ -69,6 +75,8 @@ class Outcome:
 
 
 class DuplicateId(Exception):
+    """`custom_id` is the id of the request from input line `line`, and already of the one from `first_line`."""
+
     def __init__(self, custom_id: str, line: int, first_line: int) -> None:
         super().__init__(custom_id)
         self.custom_id = custom_id
@@ -143,21 +151,30 @@ class Index:
                 f"{path} is missing", damaged=True,
                 hint=f"run `batchpipe recover {path.parent.name}`: it rebuilds the index from the run's files",
             )
-        self.db = sqlite3.connect(path)
+        # create fills the index from its writer thread, one statement at a time (never two threads at once)
+        self.db = sqlite3.connect(path, check_same_thread=False)
+        if not create and (version := self._layout()) != VERSION:
+            self.db.close()
+            raise IndexFailure(
+                f"{path} has the layout of an earlier batchpipe (version {version}, not {VERSION})", damaged=True,
+                hint=f"run `batchpipe recover {path.parent.name}` (or `process`): the index is rebuilt from the "
+                "run's files",
+            )
         if bulk:
             self.db.execute("PRAGMA journal_mode=MEMORY")
             self.db.execute("PRAGMA synchronous=OFF")
             self.db.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
         else:
             self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
-        # An index written before finish_reason existed: add the column (NULL: not recorded).
-        # Likewise usage (NULL: not recorded; `process` records it as it merges).
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
-        for column, kind in (("finish_reason", "TEXT"), ("usage", "BLOB")):
-            if column not in columns:
-                self.db.execute(f"ALTER TABLE results ADD COLUMN {column} {kind}")
-                self.db.commit()
+        if create:
+            self.db.executescript(SCHEMA)
+
+    def _layout(self) -> int:
+        """The layout version the file says it has, 0 if its results table is not this layout's."""
+        columns = [row[1] for row in self.db.execute("PRAGMA table_info(results)")]
+        if columns != ["shard", "merged", "lo", "hi", "n", "ids", "seqs", "outcomes"]:
+            return 0
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
 
     def close(self) -> None:
         self.db.close()
@@ -170,23 +187,47 @@ class Index:
 
     # -- requests (written once, at create) -----------------------------------------------
     @_guarded
-    def add_created(self, rows: list[tuple[str, int, int, str, int]]) -> None:
-        """Record a batch of new requests, as (custom_id, row_no, line_no, shard file, line in it),
-        in the open transaction (create commits once at the end). Raises DuplicateId for the
-        first id that is already recorded, by an earlier batch or earlier in this one."""
+    def add_created(self, ids: list[str], first_seq: int, line_nos: list[int]) -> None:
+        """Record a batch of new requests: `ids[k]` is the request at seq `first_seq + k`, rendered
+        from input line `line_nos[k]`; in the open transaction. Raises DuplicateId for the first id
+        of the batch that is already recorded, by an earlier batch or earlier in this one."""
+        if not ids:
+            return
         try:
-            self.db.executemany("INSERT INTO requests VALUES (?, ?, ?)", [r[:3] for r in rows])
+            if line_nos == list(range(first_seq, first_seq + len(ids))):  # the usual file: a request per line
+                self.db.execute("INSERT INTO requests SELECT value, ?2 + key, NULL FROM json_each(?1)",
+                                (orjson.dumps(ids), first_seq))
+            else:
+                self.db.execute(
+                    "INSERT INTO requests SELECT json_extract(value, '$[0]'), ?2 + key, json_extract(value, '$[1]') "
+                    "FROM json_each(?1)", (orjson.dumps(list(zip(ids, line_nos))), first_seq))
         except sqlite3.IntegrityError:
-            # executemany stopped at the first duplicate and kept the rows before it: that row is
-            # the first whose id is recorded under another row number.
-            for custom_id, row_no, line_no, _, _ in rows:
-                found = self.db.execute(
-                    "SELECT row_no, line_no FROM requests WHERE custom_id = ?", (custom_id,)
-                ).fetchone()
-                if found is not None and found[0] != row_no:
-                    raise DuplicateId(custom_id, line_no, found[1]) from None
+            # The statement was undone as a whole: find its first id seen before (once, on the error path).
+            seen: dict[str, int] = {}  # custom_id -> input line, in this batch
+            for custom_id, line in zip(ids, line_nos):
+                found = self.db.execute("SELECT COALESCE(line_no, seq) FROM requests WHERE custom_id = ?",
+                                        (custom_id,)).fetchone()
+                first = found[0] if found is not None else seen.get(custom_id)
+                if first is not None:
+                    raise DuplicateId(custom_id, line, first) from None
+                seen[custom_id] = line
             raise
-        self.db.executemany("INSERT INTO shard_lines VALUES (?, ?, ?)", [(r[3], r[4], r[0]) for r in rows])
+
+    @_guarded
+    def add_requests(self, requests: Iterable[tuple[str, int, int]]) -> None:
+        """(custom_id, seq, line_no) of every request in seq order, in one transaction (a rebuild)."""
+        with self.db:
+            batch: list[tuple[str, int, int]] = []
+            for request in requests:
+                batch.append(request)
+                if len(batch) == 10_000:
+                    self._add_batch(batch)
+            self._add_batch(batch)
+
+    def _add_batch(self, batch: list[tuple[str, int, int]]) -> None:
+        if batch:
+            self.add_created([r[0] for r in batch], batch[0][1], [r[2] for r in batch])
+            batch.clear()
 
     @_guarded
     def finish_bulk(self) -> None:
@@ -195,70 +236,67 @@ class Index:
         self.db.execute("PRAGMA journal_mode=DELETE")
         fsio.fsync_file(self.path)
 
+    # -- shard files ----------------------------------------------------------------------
     @_guarded
-    def add_shard_file(self, file: str, custom_ids: Iterable[str]) -> None:
+    def add_shard_file(self, file: str, custom_ids: Iterable[str], seqs: list[int] | None = None) -> None:
         """Record which request is on each line of a new shard file, and commit.
 
+        `seqs`: the requests' places, when the caller knows them (create); else they are looked up.
         Keyed by the file, not the shard: a crash before the ledger names the file leaves
         entries nobody reads, never entries that contradict the file the ledger does name.
         """
+        ids = orjson.dumps(list(custom_ids))
         with self.db:
-            self.db.execute("DELETE FROM shard_lines WHERE file = ?", (file,))
-            self.db.executemany(
-                "INSERT INTO shard_lines VALUES (?, ?, ?)", ((file, n, cid) for n, cid in enumerate(custom_ids, 1))
-            )
+            if seqs is None:
+                seqs = [row[0] for row in self.db.execute(
+                    "SELECT r.seq FROM json_each(?) j JOIN requests r ON r.custom_id = j.value ORDER BY j.key",
+                    (ids,))]
+                if len(seqs) != self.db.execute("SELECT json_array_length(?)", (ids,)).fetchone()[0]:
+                    raise IndexFailure(
+                        f"{self.path}: {file} holds requests the index does not know", damaged=True,
+                        hint=f"run `batchpipe recover {self.path.parent.name}`: it rebuilds the index")
+            self.db.execute("INSERT OR REPLACE INTO shard_files VALUES (?, ?, ?, ?)",
+                            (file, len(seqs), ids, orjson.dumps(seqs)))
+            if self._has_by_id():
+                self.db.execute("DELETE FROM id_files WHERE file = ?", (file,))
+                self.db.execute("INSERT INTO id_files SELECT value, ? FROM json_each(?)", (file, ids))
 
     @_guarded
-    def shard_ids(self, file: str) -> Iterator[tuple[int, str]]:
+    def ids_of(self, file: str) -> list[str]:
+        """The custom_ids on the lines of a shard file, in line order ([] for a file it does not know)."""
+        found = self.db.execute("SELECT ids FROM shard_files WHERE file = ?", (file,)).fetchone()
+        return orjson.loads(found[0]) if found is not None else []
+
+    def shard_ids(self, file: str) -> list[tuple[int, str]]:
         """(line, custom_id) of the requests in a shard file, in file order."""
-        yield from self.db.execute("SELECT line, custom_id FROM shard_lines WHERE file = ? ORDER BY line", (file,))
+        return list(enumerate(self.ids_of(file), 1))
+
+    def _has_by_id(self) -> bool:
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'id_files'").fetchone() is not None
 
     @_guarded
     def files_of(self, custom_id: str) -> list[str]:
         """The shard files (as the ledger names them) that hold the request `custom_id`.
 
-        Looked up by id only when results come in by hand (ops/handoff.py): the index by id is
+        Looked up by id only when results come in by hand (ops/handoff.py): the table by id is
         made then, once, so that `create` does not pay for it on every run.
         """
-        if not getattr(self, "_by_id", False):
+        if not self._has_by_id():
             with self.db:
-                self.db.execute("CREATE INDEX IF NOT EXISTS shard_lines_by_id ON shard_lines (custom_id)")
-            self._by_id = True
-        return [row[0] for row in self.db.execute("SELECT file FROM shard_lines WHERE custom_id = ?", (custom_id,))]
+                self.db.execute("CREATE TABLE id_files (custom_id TEXT NOT NULL, file TEXT NOT NULL)")
+                self.db.execute("INSERT INTO id_files SELECT j.value, s.file FROM shard_files s, json_each(s.ids) j")
+                self.db.execute("CREATE INDEX id_files_by_id ON id_files (custom_id)")
+        return [row[0] for row in self.db.execute("SELECT file FROM id_files WHERE custom_id = ?", (custom_id,))]
 
     @_guarded
     def request_at(self, file: str, line: int) -> tuple[str, int, int] | None:
-        """(custom_id, row_no, line_no) of the request on a 1-based line of a shard file."""
+        """(custom_id, seq, input line) of the request on a 1-based line of a shard file."""
+        ids = self.ids_of(file)
+        if not 1 <= line <= len(ids):
+            return None
         return self.db.execute(
-            "SELECT r.custom_id, r.row_no, r.line_no FROM shard_lines s JOIN requests r USING (custom_id) "
-            "WHERE s.file = ? AND s.line = ?",
-            (file, line),
+            "SELECT custom_id, seq, COALESCE(line_no, seq) FROM requests WHERE custom_id = ?", (ids[line - 1],)
         ).fetchone()
-
-    @_guarded
-    def retryable(self, shard: str, file: str, *, every_failure: bool = False) -> Iterator[tuple[int, str]]:
-        """(line, custom_id) of the requests of `shard` (in `file`) whose latest outcome may be retried;
-        with `every_failure`, of every request whose latest outcome there is a failure."""
-        yield from self.db.execute(
-            "SELECT l.line, l.custom_id FROM shard_lines l JOIN results s ON s.custom_id = l.custom_id "
-            "WHERE l.file = ? AND s.shard = ? AND s.ok = 0 AND (s.retryable = 1 OR ?) ORDER BY l.line",
-            (file, shard, every_failure),
-        )
-
-    @_guarded
-    def truncated_retryable(self, shard: str, *, every_failure: bool = False) -> int:
-        """How many of the requests `retryable` yields for `shard` failed as answers cut at the output limit."""
-        return self.db.execute(
-            "SELECT COUNT(*) FROM results WHERE shard = ? AND ok = 0 AND (retryable = 1 OR ?) "
-            "AND finish_reason = 'length'",
-            (shard, every_failure),
-        ).fetchone()[0]
-
-    @_guarded
-    def add_requests(self, requests: Iterable[tuple[str, int, int]]) -> None:
-        """(custom_id, row_no, line_no) of every input row, in one transaction (a rebuild)."""
-        with self.db:
-            self.db.executemany("INSERT INTO requests VALUES (?, ?, ?)", requests)
 
     # -- what a consistency check needs ---------------------------------------------------
     @_guarded
@@ -267,62 +305,128 @@ class Index:
 
     @_guarded
     def count(self, table: str, file: str | None = None) -> int:
-        """Rows in `table` (requests, shard_lines, results); for shard_lines, those of one `file`."""
-        assert table in ("requests", "shard_lines", "results")
-        if file is None:
-            return self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-        return self.db.execute("SELECT count(*) FROM shard_lines WHERE file = ?", (file,)).fetchone()[0]
+        """requests: every request; shard_lines: the lines of one shard `file`; results: outcomes recorded."""
+        if table == "requests":
+            return self.db.execute("SELECT count(*) FROM requests").fetchone()[0]
+        if table == "shard_lines":
+            found = self.db.execute("SELECT lines FROM shard_files WHERE file = ?", (file,)).fetchone()
+            return found[0] if found is not None else 0
+        assert table == "results"
+        return self.db.execute("SELECT COALESCE(SUM(n), 0) FROM results").fetchone()[0]
 
     # -- results (written at process) -----------------------------------------------------
     @_guarded
-    def put_results(self, shard: str, outcomes: Iterable[Outcome]) -> dict[str, int]:
-        """Record the outcomes of one shard attempt in one transaction; return {"ok": n, "failed": n,
-        "truncated": n} (truncated: answers cut at the output limit, kept or failed), and for each
-        code of an invalid answer (`invalid_json`, ...; batchpipe.pipeline.interpret) how many.
+    def put_results(self, shard: str, file: str, outcomes: Iterable[Outcome]) -> dict[str, int]:
+        """Record the outcomes of one shard attempt, one per line of its request `file` in line order,
+        in one transaction; return {"ok": n, "failed": n, "truncated": n} (truncated: answers cut at
+        the output limit, kept or failed), and for each code of an invalid answer (`invalid_json`,
+        ...; batchpipe.pipeline.interpret) how many.
 
-        An attempt's outcome replaces the request's earlier one: a retry only holds requests
+        An attempt's outcome replaces the request's earlier ones: a retry only holds requests
         whose earlier attempt failed, so the newest outcome is the one that counts.
         """
         counts = {"ok": 0, "failed": 0, "truncated": 0}
-
-        def rows() -> Iterator[tuple[Any, ...]]:
-            for o in outcomes:
-                counts["ok" if o.ok else "failed"] += 1
+        ids: list[str] = []
+        rows: list[tuple[Any, ...]] = []
+        for o in outcomes:
+            ids.append(o.custom_id)
+            rows.append(o[1:])
+            counts["ok" if o.ok else "failed"] += 1
+            if o.finish_reason is not None:
                 counts["truncated"] += o.finish_reason == "length"
-                if o.invalid and o.error is not None:
-                    code = str(o.error.get("code"))
-                    counts[code] = counts.get(code, 0) + 1
-                error = None if o.error is None else orjson.dumps(o.error)
-                usage = None if o.usage is None else orjson.dumps(o.usage)
-                yield (o.custom_id, shard, o.attempt, int(o.ok), int(o.retryable), orjson.dumps(o.value), error,
-                       o.finish_reason, usage)
-
-        with self.db:  # one transaction: all of the shard or none of it; one statement for all its rows
-            self.db.executemany(
-                "INSERT OR REPLACE INTO results (custom_id, shard, attempt, ok, retryable, value, error, "
-                "finish_reason, usage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows(),
+            if o.invalid and o.error is not None:
+                code = str(o.error.get("code"))
+                counts[code] = counts.get(code, 0) + 1
+        found = self.db.execute("SELECT ids, seqs FROM shard_files WHERE file = ?", (file,)).fetchone()
+        if found is None or orjson.loads(found[0]) != ids:
+            raise IndexFailure(
+                f"{self.path}: the outcomes of shard {shard} do not match the lines of {file}", damaged=True,
+                hint=f"run `batchpipe recover {self.path.parent.name}`: it rebuilds the index")
+        seqs = orjson.loads(found[1])
+        with self.db:  # one transaction, one row: all of the shard or none of it
+            merged = self.db.execute("SELECT COALESCE(MAX(merged), 0) + 1 FROM results").fetchone()[0]
+            self.db.execute(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (shard, merged, min(seqs, default=0), max(seqs, default=0), len(ids), found[0], found[1],
+                 orjson.dumps(rows)),
             )
         return counts
 
+    def _failures(self, shard: str, every_failure: bool) -> list[tuple[int, Outcome]]:
+        """(line, outcome) of the requests of `shard` whose latest outcome is its own failure that
+        may be retried (every failure, with `every_failure`)."""
+        found = self.db.execute("SELECT merged, lo, hi, ids, outcomes, seqs FROM results WHERE shard = ?",
+                                (shard,)).fetchone()
+        if found is None:
+            return []
+        merged, lo, hi, ids, outcomes, seqs = found
+        later: set[int] = set()  # requests a later attempt answered again
+        for (other,) in self.db.execute("SELECT seqs FROM results WHERE merged > ? AND lo <= ? AND hi >= ?",
+                                        (merged, hi, lo)):
+            later.update(orjson.loads(other))
+        return [
+            (line, o)
+            for line, (seq, o) in enumerate(zip(orjson.loads(seqs), map(Outcome._make, (
+                (cid, *row) for cid, row in zip(orjson.loads(ids), orjson.loads(outcomes))))), 1)
+            if not o.ok and (o.retryable or every_failure) and seq not in later
+        ]
+
     @_guarded
-    def joined(self) -> Iterator[tuple[int, str, Outcome | None]]:
-        """Every request in row order with its outcome (None if it has none yet)."""
-        rows = self.db.execute(
-            "SELECT r.row_no, r.custom_id, s.ok, s.value, s.error, s.retryable, s.attempt, s.finish_reason, "
-            "s.usage FROM requests r LEFT JOIN results s ON s.custom_id = r.custom_id ORDER BY r.row_no"
-        )
-        for row_no, custom_id, ok, value, error, retryable, attempt, finish_reason, usage in rows:
-            if ok is None:
-                yield row_no, custom_id, None
-            else:
-                yield row_no, custom_id, Outcome(
-                    custom_id,
-                    bool(ok),
-                    orjson.loads(value) if value is not None else None,
-                    orjson.loads(error) if error is not None else None,
-                    bool(retryable),
-                    attempt,
-                    finish_reason,
-                    orjson.loads(usage) if usage is not None else None,
-                )
+    def retryable(self, shard: str, *, every_failure: bool = False) -> list[tuple[int, str]]:
+        """(line in the shard's file, custom_id) of the requests of `shard` whose latest outcome may be
+        retried; with `every_failure`, of every request whose latest outcome there is a failure."""
+        return [(line, o.custom_id) for line, o in self._failures(shard, every_failure)]
+
+    @_guarded
+    def truncated_retryable(self, shard: str, *, every_failure: bool = False) -> int:
+        """How many of the requests `retryable` yields for `shard` failed as answers cut at the output limit."""
+        return sum(o.finish_reason == "length" for _, o in self._failures(shard, every_failure))
+
+    @_guarded
+    def joined(self) -> Joined:
+        """Every request's latest outcome, for a walk of the requests in seq order."""
+        return Joined(self)
+
+
+class Joined:
+    """The latest outcome of each request, asked for in increasing seq order (`at`).
+
+    Only the attempts whose range of seqs holds the one asked for are in memory: a shard's worth
+    (and its retries'), whatever the size of the run.
+    """
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+        self.path = index.path  # for _guarded's messages
+        rows = index.db.execute("SELECT shard, merged, lo, hi FROM results ORDER BY lo DESC").fetchall()
+        self._pending: list[tuple[str, int, int, int]] = rows  # popped from the end: smallest lo first
+        self._active: list[tuple[int, int, dict[int, tuple[str, list[Any]]]]] = []  # (merged, hi, by seq), newest first
+        self._last = 0
+
+    @_guarded
+    def _load(self, shard: str) -> dict[int, tuple[str, list[Any]]]:
+        ids, seqs, outcomes = self._index.db.execute(
+            "SELECT ids, seqs, outcomes FROM results WHERE shard = ?", (shard,)).fetchone()
+        return dict(zip(orjson.loads(seqs), zip(orjson.loads(ids), orjson.loads(outcomes))))
+
+    def at(self, seq: int) -> Outcome | None:
+        """The latest outcome of the request at `seq` (None: it has none); seqs only ever increase."""
+        self._last = seq
+        if self._pending and self._pending[-1][2] <= seq:
+            self._active = [a for a in self._active if a[1] >= seq]
+            while self._pending and self._pending[-1][2] <= seq:
+                shard, merged, _, hi = self._pending.pop()
+                self._active.append((merged, hi, self._load(shard)))
+            self._active.sort(key=lambda a: -a[0])
+        for _, _, by_seq in self._active:
+            hit = by_seq.get(seq)
+            if hit is not None:
+                return Outcome(hit[0], *hit[1])
+        return None
+
+    def rest(self) -> Iterator[tuple[int, str]]:
+        """(seq, custom_id) of the outcomes after the last seq asked for, in no particular order."""
+        for _, _, by_seq in self._active:
+            yield from ((seq, hit[0]) for seq, hit in by_seq.items() if seq > self._last)
+        for shard, *_ in self._pending:
+            yield from ((seq, hit[0]) for seq, hit in self._load(shard).items() if seq > self._last)

@@ -11,11 +11,13 @@ import hashlib
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple, NoReturn
 
 from batchpipe import __version__, crash, fsio
 from batchpipe.config import JobConfig, load_config, snapshot_yaml
@@ -25,8 +27,8 @@ from batchpipe.ledger.model import FileRef, Run, RunState, Shard, ShardState
 from batchpipe.ledger.store import Ledger, encode
 from batchpipe.paths import RunPaths, check_run_id
 from batchpipe.pipeline.inputs import InputDigest, input_name, input_sha256
-from batchpipe.pipeline.requests import Request, render_requests
-from batchpipe.pipeline.shards import assign_shards, shard_id
+from batchpipe.pipeline.requests import Request, render_requests, token_base_body
+from batchpipe.pipeline.shards import ShardSplit, shard_id
 from batchpipe.pipeline.tokens import TokenCounter, counter_for, max_output_tokens
 from batchpipe.pricing import price_for
 
@@ -34,8 +36,11 @@ from batchpipe.pricing import price_for
 DEFAULT_UNBOUNDED_OUTPUT_TOKENS = 16_384
 # `on_progress(rows, shards)` is called after every this many rows (and once at the end).
 PROGRESS_EVERY = 1000
-# Index rows are inserted this many at a time (one executemany each), in one transaction.
+# Requests are handed to the writer thread in chunks of this many bytes or INDEX_BATCH requests,
+# whichever comes first; at most MAX_PENDING chunks wait for it.
+CHUNK_BYTES = 1 << 20
 INDEX_BATCH = 10_000
+MAX_PENDING = 8
 OnProgress = Callable[[int, int], None]
 
 
@@ -112,8 +117,7 @@ def _existing(paths: RunPaths, config_sha: str, input_sha: str) -> Created:
     return Created(paths.run_id, paths.root, False, len(ledger.shards), ledger.run.requests)
 
 
-@dataclass(frozen=True)
-class Planned:
+class Planned(NamedTuple):
     """A rendered request with what the shard plan and the ledger need to know of it."""
 
     shard: int  # 1-based shard index
@@ -143,86 +147,155 @@ def plan_shards(
     """
     counter = counter or counter_for(cfg.model)
     limits = cfg.limits
-    fallback = unbounded_output_tokens(cfg.model)
-
-    def sized() -> Iterator[tuple[tuple[Request, int, int], int, int]]:
-        output_bound = None
-        for req in render_requests(cfg, digest):
-            where = f"{input_name(cfg.input)} line {req.line_no} (row id {req.custom_id})"
-            if len(req.line) > limits.max_bytes_per_shard:
-                raise InputError(
-                    f"{where}: the request is {len(req.line)} bytes, more than limits.max_bytes_per_shard "
-                    f"({limits.max_bytes_per_shard})",
-                    hint=f"shorten the row or raise limits.max_bytes_per_shard in {cfg.source}",
-                )
-            body = req.body
-            too_long = counter.too_long
-            tokens = counter.body(cfg.endpoint, body)
-            if limits.enqueued_tokens is not None and tokens > limits.enqueued_tokens:
-                how = " (counted by bytes: too long for the tokenizer)" if counter.too_long > too_long else ""
-                raise InputError(
-                    f"{where}: the request is {tokens} tokens{how}, more than limits.enqueued_tokens "
-                    f"({limits.enqueued_tokens}): it could never be queued",
-                    hint=f"shorten the row or raise limits.enqueued_tokens in {cfg.source}",
-                )
-            if output_bound is None:  # the same for every request: it is read from the params alone
-                bound = max_output_tokens(body, cfg.model, cfg.endpoint)
-                output_bound = fallback if bound is None else bound
-            yield (req, tokens, output_bound), len(req.line), tokens
-
-    for index, (req, tokens, bound) in assign_shards(
-        sized(), limits.max_requests_per_shard, limits.max_bytes_per_shard, limits.enqueued_tokens
-    ):
-        yield Planned(index, req, tokens, bound)
+    max_bytes, max_tokens = limits.max_bytes_per_shard, limits.enqueued_tokens
+    split = ShardSplit(limits.max_requests_per_shard, max_bytes, max_tokens)
+    # The usual job's requests differ only in their user text: count that, plus the rest once.
+    base_body = token_base_body(cfg)
+    base = counter.body(cfg.endpoint, base_body) if base_body is not None else None
+    text, body_tokens, endpoint = counter.text, counter.body, cfg.endpoint
+    output_bound = None
+    for req in render_requests(cfg, digest):
+        too_long = counter.too_long
+        tokens = base + text(req.user) if base is not None else body_tokens(endpoint, req.body)
+        if len(req.line) > max_bytes or (max_tokens is not None and tokens > max_tokens):
+            _refuse(cfg, req, tokens, counter.too_long > too_long)
+        if output_bound is None:  # the same for every request: it is read from the params alone
+            bound = max_output_tokens(req.body, cfg.model, endpoint)
+            output_bound = unbounded_output_tokens(cfg.model) if bound is None else bound
+        yield Planned(split.place(len(req.line), tokens), req, tokens, output_bound)
 
 
-class _ShardFiles:
-    """Writes shard files one after another, each atomically, recording what the ledger needs."""
+def _refuse(cfg: JobConfig, req: Request, tokens: int, by_bytes: bool) -> NoReturn:
+    """A single request over a per-shard limit: it could never be sent."""
+    limits = cfg.limits
+    where = f"{input_name(cfg.input)} line {req.line_no} (row id {req.custom_id})"
+    if len(req.line) > limits.max_bytes_per_shard:
+        raise InputError(
+            f"{where}: the request is {len(req.line)} bytes, more than limits.max_bytes_per_shard "
+            f"({limits.max_bytes_per_shard})",
+            hint=f"shorten the row or raise limits.max_bytes_per_shard in {cfg.source}",
+        )
+    how = " (counted by bytes: too long for the tokenizer)" if by_bytes else ""
+    raise InputError(
+        f"{where}: the request is {tokens} tokens{how}, more than limits.enqueued_tokens "
+        f"({limits.enqueued_tokens}): it could never be queued",
+        hint=f"shorten the row or raise limits.enqueued_tokens in {cfg.source}",
+    )
 
-    def __init__(self, paths: RunPaths) -> None:
-        self.paths = paths
-        self.shards: list[Shard] = []
-        self._stack = ExitStack()
+
+class _ShardWriter:
+    """Writes the shard files and their index rows on a thread of its own while the caller renders
+    the next requests: writes, sha256, fsync and sqlite release the GIL, so on a second core they
+    cost the render loop next to nothing.
+
+    Requests are handed over in order, in chunks of about CHUNK_BYTES, with at most MAX_PENDING
+    chunks in flight (memory stays flat). An error in the thread (a duplicate id, a full disk) is
+    raised in the caller at a later hand-over, or at `finish`/`flush`; chunks are handed over in
+    file order, so the first error raised is the one earliest in the file.
+    """
+
+    def __init__(self, paths: RunPaths, index: Index) -> None:
+        self.paths, self.index = paths, index
+        self.shards: list[Shard] = []  # finished shards (appended by the thread)
+        self.shard = 0  # the shard being filled (0: none yet)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="batchpipe-create")
+        self._pending: deque[Future[None]] = deque()
+        self._stack = ExitStack()  # the open shard file (the thread's)
         self._file: BinaryIO | None = None
+        self._hash = hashlib.sha256()
+        self._new_chunk()
 
-    def start(self, index: int) -> str:
-        self.finish()
-        sid = shard_id(index, 1)
-        self._file = self._stack.enter_context(fsio.atomic_writer(self.paths.shard_file(sid)))
-        self._sid, self._hash, self._bytes, self._count = sid, hashlib.sha256(), 0, 0
-        self._tokens = self._output = 0
-        return sid
+    def _new_chunk(self) -> None:
+        self._lines: list[bytes] = []
+        self._ids: list[str] = []
+        self._line_nos: list[int] = []
+        self._chunk_bytes = 0
+        self._chunk_seq = 0
 
-    def write(self, p: Planned) -> int:
-        assert self._file is not None
-        self._file.write(p.request.line)
-        self._hash.update(p.request.line)
-        self._bytes += len(p.request.line)
+    # -- the caller's side ---------------------------------------------------------------
+    def add(self, planned: Planned) -> None:
+        """Append a request to the current shard; `start` must have opened it."""
+        req = planned.request
+        if not self._lines:
+            self._chunk_seq = req.seq
+        self._lines.append(req.line)
+        self._ids.append(req.custom_id)
+        self._line_nos.append(req.line_no)
+        self._chunk_bytes += len(req.line)
         self._count += 1
-        self._tokens += p.tokens
-        self._output += p.output_bound
-        return self._count
+        self._tokens += planned.tokens
+        self._output += planned.output_bound
+        if self._chunk_bytes >= CHUNK_BYTES or len(self._lines) >= INDEX_BATCH:
+            self._hand_over()
 
-    def close(self) -> None:
-        self._stack.close()
+    def start(self, index: int) -> None:
+        """Finish the current shard (if any) and open shard `index`."""
+        self._finish_shard()
+        self.shard = index
+        self._sid = shard_id(index, 1)
+        self._shard_ids: list[str] = []
+        self._first_seq = 0
+        self._bytes = self._count = self._tokens = self._output = 0
+        self._submit(self._open, self._sid)
 
     def finish(self) -> None:
-        if self._file is None:
+        """Finish the last shard and wait until everything is on disk and in the index."""
+        self._finish_shard()
+        self.flush()
+
+    def flush(self) -> None:
+        """Hand over what is buffered and wait for the thread: raises the first error it met."""
+        if self._lines:
+            self._hand_over()
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._stack.close()  # the thread is done: an unfinished shard file is removed here
+
+    def _hand_over(self) -> None:
+        if not self._shard_ids:
+            self._first_seq = self._chunk_seq
+        self._shard_ids += self._ids
+        self._bytes += self._chunk_bytes
+        self._submit(self._write, b"".join(self._lines), self._ids, self._chunk_seq, self._line_nos)
+        self._new_chunk()
+
+    def _finish_shard(self) -> None:
+        if not self.shard:
             return
+        if self._lines:
+            self._hand_over()
+        seqs = list(range(self._first_seq, self._first_seq + self._count))
+        self._submit(self._close, self._sid, self._shard_ids, seqs, self._bytes, self._tokens, self._output)
+
+    def _submit(self, work: Callable[..., None], *args: object) -> None:
+        self._pending.append(self._pool.submit(work, *args))
+        while self._pending and (len(self._pending) > MAX_PENDING or self._pending[0].done()):
+            self._pending.popleft().result()
+
+    # -- the thread's side ---------------------------------------------------------------
+    def _open(self, sid: str) -> None:
+        self._file = self._stack.enter_context(fsio.atomic_writer(self.paths.shard_file(sid)))
+        self._hash = hashlib.sha256()
+
+    def _write(self, data: bytes, ids: list[str], first_seq: int, line_nos: list[int]) -> None:
+        assert self._file is not None
+        self._file.write(data)
+        self._hash.update(data)
+        self.index.add_created(ids, first_seq, line_nos)
+
+    def _close(self, sid: str, ids: list[str], seqs: list[int], size: int, tokens: int, output: int) -> None:
         self._stack.close()  # fsync + rename: the data is on disk before the ledger names it
         self._file = None
-        self.shards.append(
-            Shard(
-                id=self._sid,
-                index=len(self.shards) + 1,
-                attempt=1,
-                state=ShardState.PREPARED,
-                file=FileRef(f"shards/{self._sid}.jsonl", self._bytes, self._hash.hexdigest()),
-                requests=self._count,
-                est_tokens=self._tokens,
-                max_output_tokens=self._output,
-            )
-        )
+        file = f"shards/{sid}.jsonl"
+        self.index.add_shard_file(file, ids, seqs)
+        self.shards.append(Shard(
+            id=sid, index=len(self.shards) + 1, attempt=1, state=ShardState.PREPARED,
+            file=FileRef(file, size, self._hash.hexdigest()), requests=len(ids), est_tokens=tokens,
+            max_output_tokens=output,
+        ))
 
 
 def _id_fields(cfg: JobConfig) -> str:
@@ -247,35 +320,28 @@ def _build(
     fsio.write_bytes_atomic(paths.config, snapshot)
     paths.shards_dir.mkdir()
     paths.results_dir.mkdir()
-    files = _ShardFiles(paths)
-    current = 0
     rows = 0
     digest = InputDigest()  # the hash of exactly the bytes the requests are rendered from
-    batch: list[tuple[str, int, int, str, int]] = []  # index rows not yet inserted
-    # One pass: each request is rendered, counted, hashed and written once, and its index row
-    # inserted in batches; the index is a bulk build, as the whole dir is published or thrown away.
+    # One pass: each request is rendered, counted and sized once here, and written, hashed and
+    # indexed on the writer's thread; the index is a bulk build, as the whole dir is published or
+    # thrown away.
     with Index(paths.index, create=True, bulk=True) as index:
+        writer = _ShardWriter(paths, index)
         try:
             try:
                 for planned in plan_shards(cfg, counter, digest):
-                    if planned.shard != current:
-                        sid, current = files.start(planned.shard), planned.shard
-                        file = f"shards/{sid}.jsonl"
-                    req = planned.request
-                    batch.append((req.custom_id, req.seq, req.line_no, file, files.write(planned)))
+                    if planned.shard != writer.shard:
+                        writer.start(planned.shard)
+                    writer.add(planned)
                     rows += 1
-                    if len(batch) >= INDEX_BATCH:
-                        index.add_created(batch)
-                        batch.clear()
                     if on_progress is not None and rows % PROGRESS_EVERY == 0:
-                        on_progress(rows, len(files.shards))
+                        on_progress(rows, writer.shard)
             except InputError:
-                index.add_created(batch)  # a duplicate id above the bad row is the file's first error: it wins
+                writer.flush()  # a duplicate id above the bad row is the file's first error: it wins
                 raise
-            index.add_created(batch)
-            files.finish()
+            writer.finish()
             if on_progress is not None:
-                on_progress(rows, len(files.shards))
+                on_progress(rows, len(writer.shards))
         except DuplicateId as dup:
             raise InputError(
                 f"{input_name(cfg.input)} line {dup.line}: id {dup.custom_id!r} ({_id_fields(cfg)}) "
@@ -283,7 +349,7 @@ def _build(
                 hint="ids must be unique: fix the data, or leave input.id out to number rows instead",
             ) from None
         finally:
-            files.close()  # on error the caller removes the whole temp run dir
+            writer.close()  # on error the caller removes the whole temp run dir
         if rows == 0:
             raise InputError(f"{input_name(cfg.input)}: no rows to process" + (
                 f" (every line's '{cfg.input.records}' list is empty)" if cfg.input.records else ""),
@@ -309,9 +375,9 @@ def _build(
             budget_usd=cfg.limits.budget_usd,
             mode=cfg.mode,
         ),
-        shards=files.shards,
+        shards=writer.shards,
     )
     fsio.write_bytes_atomic(paths.state, encode(state))
-    Ledger(paths, state).log({"event": "created", "shards": len(files.shards), "requests": rows})
+    Ledger(paths, state).log({"event": "created", "shards": len(writer.shards), "requests": rows})
     return state
 

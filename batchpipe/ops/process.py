@@ -26,11 +26,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 
 from batchpipe import crash, fsio
 from batchpipe.config import JobConfig, OutputConfig
 from batchpipe.errors import ExitCode, InputError
-from batchpipe.ledger.index import Index, Outcome
+from batchpipe.ledger.index import Index, Joined, Outcome
 from batchpipe.ledger.model import FileRef, Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress, run_config, usage_tokens
@@ -143,7 +144,8 @@ def _outcomes(
     # A request with no result line: missing, or (if one of the files was lost) perhaps in it.
     absent = lost_error(shard) or MISSING
     # One shard holds at most 50,000 requests: a per-shard map is bounded, whatever the dataset size.
-    expected = {custom_id for _, custom_id in index.shard_ids(shard.file.path)}
+    ids = index.ids_of(shard.file.path)  # in the order of the shard file's lines, as the index keeps outcomes
+    expected = set(ids)
     found: dict[str, Parsed] = {}
     for parsed in parse_lines(ledger.run.endpoint, _lines(ledger, shard)):
         if isinstance(parsed, BadLine):
@@ -152,17 +154,25 @@ def _outcomes(
             result.warnings.append(f"shard {shard.id}: result for unknown custom_id {parsed.custom_id!r} ignored")
         elif parsed.custom_id not in found or (parsed.ok and not found[parsed.custom_id].ok):
             found[parsed.custom_id] = parsed
-    for custom_id in expected:
+    attempt = shard.attempt
+    as_is = interpret.as_is and not explode  # the usual job: the answer is the value
+    tokens_in = tokens_out = answers = valid = 0  # summed here, added to usage and stats at the end
+    for custom_id in ids:
         p = found.get(custom_id)
         if p is not None and p.ok:
-            tokens_in, tokens_out = usage_tokens(p.usage)
-            usage["input_tokens"] += tokens_in
-            usage["output_tokens"] += tokens_out
-            _add(stats, "answers")
+            if p.usage is not None:
+                tin, tout = usage_tokens(p.usage)
+                tokens_in += tin
+                tokens_out += tout
+            answers += 1
             if fail_truncated and p.finish_reason == TRUNCATED:
                 _add(stats, "invalid." + TRUNCATED_ERROR["code"])
                 _add(stats, "records", 1 - explode)
-                yield Outcome(custom_id, False, None, TRUNCATED_ERROR, attempt=shard.attempt, finish_reason=p.finish_reason)
+                yield Outcome(custom_id, False, None, TRUNCATED_ERROR, False, attempt, p.finish_reason)
+                continue
+            if as_is:
+                valid += 1
+                yield Outcome(custom_id, True, p.value, None, False, attempt, p.finish_reason, p.usage)
                 continue
             meant = interpret(p.value)
             made = len(meant.value) if explode and meant.ok else 1  # valid records this answer makes
@@ -171,18 +181,21 @@ def _outcomes(
             for code, n in meant.dropped.items():
                 _add(stats, "invalid." + code, n)
             if meant.ok:
-                _add(stats, "valid", made)
-                yield Outcome(custom_id, True, meant.value, None, attempt=shard.attempt, finish_reason=p.finish_reason,
-                              usage=p.usage)  # fmt: skip
+                valid += made
+                yield Outcome(custom_id, True, meant.value, None, False, attempt, p.finish_reason, p.usage)
             else:
                 _add(stats, "invalid." + str(meant.error.get("code") if meant.error else "invalid"))
-                yield Outcome(
-                    custom_id, False, None, meant.error, retryable=retry_invalid, attempt=shard.attempt,
-                    finish_reason=p.finish_reason, usage=p.usage, invalid=True,
-                )  # fmt: skip
+                yield Outcome(custom_id, False, None, meant.error, retry_invalid, attempt, p.finish_reason, p.usage,
+                              True)  # fmt: skip
         else:
             error = p.error if p is not None else absent
-            yield Outcome(custom_id, False, None, error, retryable=is_retryable(error), attempt=shard.attempt)
+            yield Outcome(custom_id, False, None, error, is_retryable(error), attempt)
+    usage["input_tokens"] += tokens_in
+    usage["output_tokens"] += tokens_out
+    records = stats.pop("records", 0) + (valid if as_is else 0)  # as is, each valid answer is one record
+    invalid = dict(stats)
+    stats.clear()
+    stats.update({k: n for k, n in (("answers", answers), ("records", records), ("valid", valid)) if n} | invalid)
 
 
 def replay(ledger: Ledger, shard: Shard, index: Index) -> Iterator[Outcome]:
@@ -197,7 +210,7 @@ def _plan_retry(ledger: Ledger, shard: Shard, index: Index, max_attempts: int, r
         return
     if (shard.merged or {}).get(RETRY_LOST):
         return  # its file could not be made again; `recover` lifts this once it can
-    wanted = dict(index.retryable(shard.id, shard.file.path))  # line in this attempt's file -> custom_id
+    wanted = dict(index.retryable(shard.id))  # line in this attempt's file -> custom_id
     if not wanted:
         return
     if not intact(ledger, shard):  # the retry is cut from this file: make it again, or say what is lost
@@ -230,7 +243,7 @@ def _retry_failed(ledger: Ledger, index: Index, result: Processed) -> None:
         last = attempts[-1]
         if last.state != ShardState.MERGED or last.retry is not None:
             continue
-        sources = [(s, dict(index.retryable(s.id, s.file.path, every_failure=True))) for s in attempts]
+        sources = [(s, dict(index.retryable(s.id, every_failure=True))) for s in attempts]
         sources = [(s, wanted) for s, wanted in sources if wanted]
         if sources:
             result.requeued += sum(len(wanted) for _, wanted in sources)
@@ -311,21 +324,40 @@ def _merged_rows(ledger: Ledger, index: Index, result: Processed) -> Iterator[by
     digest = InputDigest()
     explode = cfg.output.explode is not False
     target = cfg.limits.target
+    # The usual job: a row gets its answer, its attempt count and (when not "stop") its finish
+    # reason, inline below; every other case goes through _fill_row.
+    simple = (cfg.input.records is None and not explode and target is None and fallback is None
+              and not out.fields and not out.meta)
+    key, attempts_key, reason_key = out.key, f"{out.key}_attempts", f"{out.key}_finish_reason"
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    seq = 0
     for row in iter_rows(cfg.input, digest):
         data = row.data  # parsed for this row alone: filled in place, not copied
         if cfg.input.records is not None:
             line_id = custom_id_for(cfg, row)
             for custom_id, record in line_records(cfg, row, line_id):
-                _, got_id, outcome = next(joined, (None, None, None))
-                if got_id != custom_id:  # the index and the input disagree: the input changed under us
+                seq += 1
+                outcome = joined.at(seq)
+                if outcome is not None and outcome.custom_id != custom_id:  # the input changed under us
                     raise InputError(f"{input_name(cfg.input)}: line {row.line_no} does not match the run's index")
                 _fill_row(record, outcome, out, fallback, result)  # a dropped record keeps no answer
             result.written += 1
             yield dumps_row(data)
             continue
-        row_no, custom_id, outcome = next(joined, (None, None, None))
-        if row_no != row.row_no:  # the index and the input disagree: the input changed under us
-            raise InputError(f"{input_name(cfg.input)}: row {row.row_no} does not match the run's index")
+        outcome = joined.at(row.row_no)
+        if simple and outcome is not None and outcome.ok:
+            data[key] = outcome.value
+            data[attempts_key] = outcome.attempt
+            if outcome.finish_reason not in (None, "stop"):
+                data[reason_key] = outcome.finish_reason
+                result.truncated += outcome.finish_reason == TRUNCATED
+            result.ok += 1
+            result.written += 1
+            try:
+                yield dumps(data, option=newline)
+            except orjson.JSONEncodeError:
+                yield dumps_row(data)  # an integer beyond 64 bits: the slow, exact way
+            continue
         if target is not None and (outcome is None or not outcome.ok or result.written >= target):
             if outcome is not None and not outcome.ok:  # counted as _fill_row would, but not written
                 why = outcome.error
@@ -341,7 +373,7 @@ def _merged_rows(ledger: Ledger, index: Index, result: Processed) -> Iterator[by
                 if target is not None and result.written >= target:
                     break
                 line = dict(data)
-                line[out.key], line[f"{out.key}_parent"], line[f"{out.key}_index"] = item, custom_id, i
+                line[out.key], line[f"{out.key}_parent"], line[f"{out.key}_index"] = item, outcome.custom_id, i
                 _fill_meta(line, item, outcome, out, "model" if fallback is not None else None)
                 result.written += 1
                 yield dumps_row(line)
@@ -400,13 +432,11 @@ def _fill_meta(data: dict[str, Any], value: Any, outcome: Outcome | None, out: O
         data[f"{key}_source"] = source
 
 
-def _check_every_request_has_a_row(
-    ledger: Ledger, cfg: JobConfig, joined: Iterator[tuple[int, str, Any]], digest: InputDigest
-) -> None:
+def _check_every_request_has_a_row(ledger: Ledger, cfg: JobConfig, joined: Joined, digest: InputDigest) -> None:
     """Raised inside the output's writer, so no output is published: a paid answer whose row is
     gone must never be dropped while the run reports done."""
     first, orphans = None, 0
-    for _, custom_id, _ in joined:
+    for _, custom_id in sorted(joined.rest()):
         first, orphans = first or custom_id, orphans + 1
     if orphans:
         raise InputError(
@@ -462,7 +492,7 @@ def process(paths: RunPaths, *, retry_failed: bool = False) -> Processed:
                     usage = {"input_tokens": 0, "output_tokens": 0}  # a running sum: bounded, whatever the shard
                     stats: dict[str, int] = {}
                     outcomes = _outcomes(ledger, shard, index, result, usage, cfg, stats)
-                    counts = index.put_results(shard.id, outcomes)
+                    counts = index.put_results(shard.id, shard.file.path, outcomes)
                     usage = billed_usage(shard) or usage  # a lost output file's requests were still billed
                     crash.point("process:after_index")
                     ledger.advance(shard, ShardState.MERGED, merged=counts, usage=usage, answers=stats)

@@ -126,7 +126,7 @@ def _check_shard_files(ledger: Ledger, result: Recovered) -> None:
                     f"as a new run: batchpipe create CONFIG --run NEW_ID"
                 )
             elif shard.state == ShardState.MERGED and shard.retry is None and shard.attempt < max_attempts:
-                lost = [cid for _, cid in index.retryable(shard.id, shard.file.path)]
+                lost = [cid for _, cid in index.retryable(shard.id)]
                 if lost:
                     shown = ", ".join(lost[:10]) + (f" and {len(lost) - 10} more" if len(lost) > 10 else "")
                     result.problems.append(

@@ -85,7 +85,7 @@ def rebuild_index(ledger: Ledger, replay: Replay, why: str) -> str:
                         hint="put back the input and config the run was created from, or a backup of the run dir",
                     )
                 if shard.state == ShardState.MERGED:
-                    counts = index.put_results(shard.id, replay(ledger, shard, index))
+                    counts = index.put_results(shard.id, shard.file.path, replay(ledger, shard, index))
                     replayed += 1
                     recorded = {k: (shard.merged or {}).get(k) for k in counts}
                     if counts != recorded:
@@ -124,7 +124,7 @@ def _ids(ledger: Ledger, shard: Shard, index: Index) -> list[str]:
             return [orjson.loads(line)["custom_id"] for line in f]
     if shard.attempt > 1:
         previous = _previous(ledger, shard)
-        return [cid for _, cid in index.retryable(previous.id, previous.file.path)]
+        return [cid for _, cid in index.retryable(previous.id)]
     return [orjson.loads(line)["custom_id"] for line in _rendered(ledger, shard, index)]
 
 
@@ -151,7 +151,7 @@ def shard_lines(ledger: Ledger, shard: Shard, index: Index) -> Iterator[bytes]:
 
 def _rendered(ledger: Ledger, shard: Shard, index: Index) -> Iterator[bytes]:
     if shard.attempt > 1:
-        wanted = {cid for _, cid in index.shard_ids(shard.file.path)}  # at most one shard's worth
+        wanted = set(index.ids_of(shard.file.path))  # at most one shard's worth
         for line in shard_lines(ledger, _previous(ledger, shard), index):
             if orjson.loads(line)["custom_id"] in wanted:
                 yield line

@@ -73,6 +73,9 @@ class Interpreter:
                 hint=f"hooks are imported from {directory}; restore the module there and run `batchpipe process` "
                 "again (the answers are kept)",
             ) from None
+        # Nothing to do to an answer (text kept as it is, no checks): the caller may skip the call.
+        self.as_is = (output.parse == "text" and not self.validators and output.explode is False
+                      and not output.fields)
 
     def __call__(self, answer: Any) -> Interpreted:
         meant = self.parse(answer)

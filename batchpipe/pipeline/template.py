@@ -174,7 +174,7 @@ class Template:
     """A compiled template. `text` is the source; `fields` the placeholder paths, each once,
     in order of first appearance."""
 
-    __slots__ = ("_parts", "fields", "text")
+    __slots__ = ("_parts", "fields", "render", "text")
 
     def __init__(self, text: str, parts: tuple[str | tuple[str, tuple[str, ...]], ...]) -> None:
         self.text = text
@@ -184,9 +184,10 @@ class Template:
             if isinstance(part, tuple):
                 seen.setdefault(part[0], None)
         self.fields: tuple[str, ...] = tuple(seen)
+        # render(row) -> str: fill the placeholders from `row`; raises MissingField for an absent or null field
+        self.render = _fast_render(parts, self._render) or self._render
 
-    def render(self, row: Mapping[str, Any]) -> str:
-        """Fill the placeholders from `row`; raises MissingField for an absent or null field."""
+    def _render(self, row: Mapping[str, Any]) -> str:
         if not self.fields:  # a fixed text (a system prompt, often): nothing to fill
             return self.text if not self._parts else self._parts[0]  # type: ignore[return-value]
         out: list[str] = []
@@ -210,6 +211,40 @@ class Template:
 
     def __hash__(self) -> int:
         return hash(self.text)
+
+
+def _text(value: Any) -> str:
+    """A non-text, non-null value as render_value writes it (an int, the common case, first)."""
+    return str(value) if type(value) is int else render_value(value)
+
+
+def _fast_render(parts: tuple[str | tuple[str, tuple[str, ...]], ...], slow: Any) -> Any:
+    """For a template whose placeholders are all top-level fields (the usual prompt), a function
+    made for it that reads each field once and joins the pieces, at the speed of an f-string: a
+    million-row job renders its prompts a million times. Anything unusual (a missing or null
+    field, a row that is not a dict) goes to `slow`, which says what is wrong. The function's
+    source holds the template's texts and field names only as repr() literals: data, never code.
+    """
+    fields = [p for p in parts if isinstance(p, tuple)]
+    if not fields or any(len(segments) != 1 for _, segments in fields):
+        return None
+    names = list(dict.fromkeys(name for name, _ in fields))
+    var = {name: f"v{i}" for i, name in enumerate(names)}
+    fetch = "\n".join(f"        {var[n]} = row[{n!r}]" for n in names)
+    nulls = " or ".join(f"{var[n]} is None" for n in names)
+    # text and ints go into the f-string as they are (an int's str() is its JSON); the rest is converted
+    convert = "\n".join(f"    if type({var[n]}) is not str and type({var[n]}) is not int:\n"
+                         f"        {var[n]} = text({var[n]})" for n in names)
+    pieces = "".join(p.replace("{", "{{").replace("}", "}}") if isinstance(p, str) else "{" + var[p[0]] + "}"
+                     for p in parts)
+    source = (
+        f"def render(row):\n    try:\n{fetch}\n"
+        f"    except (KeyError, TypeError):\n        return slow(row)\n    if {nulls}:\n        return slow(row)\n"
+        f"{convert}\n    return f{pieces!r}\n"
+    )
+    scope: dict[str, Any] = {"slow": slow, "text": _text}
+    exec(compile(source, "<batchpipe template>", "exec"), scope)  # noqa: S102 - see the docstring
+    return scope["render"]
 
 
 def compile_template(text: str) -> Template:
