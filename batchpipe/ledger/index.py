@@ -74,6 +74,10 @@ class Outcome(NamedTuple):
     invalid: bool = False  # the answer came back but means nothing usable: counted per error code
 
 
+# Outcome((...)) at a plain tuple's cost: a NamedTuple's own constructor is Python code, paid per request.
+outcome_of = functools.partial(tuple.__new__, Outcome)
+
+
 class DuplicateId(Exception):
     """`custom_id` is the id of the request from input line `line`, and already of the one from `first_line`."""
 
@@ -364,11 +368,11 @@ class Index:
         for (other,) in self.db.execute("SELECT seqs FROM results WHERE merged > ? AND lo <= ? AND hi >= ?",
                                         (merged, hi, lo)):
             later.update(orjson.loads(other))
+        # row: [ok, value, error, retryable, ...] (see SCHEMA); an Outcome is made for the failures only
         return [
-            (line, o)
-            for line, (seq, o) in enumerate(zip(orjson.loads(seqs), map(Outcome._make, (
-                (cid, *row) for cid, row in zip(orjson.loads(ids), orjson.loads(outcomes))))), 1)
-            if not o.ok and (o.retryable or every_failure) and seq not in later
+            (line, outcome_of((cid, *row)))
+            for line, (cid, seq, row) in enumerate(zip(orjson.loads(ids), orjson.loads(seqs), orjson.loads(outcomes)), 1)
+            if not row[0] and (row[3] or every_failure) and seq not in later
         ]
 
     @_guarded
@@ -421,7 +425,7 @@ class Joined:
         for _, _, by_seq in self._active:
             hit = by_seq.get(seq)
             if hit is not None:
-                return Outcome(hit[0], *hit[1])
+                return outcome_of((hit[0], *hit[1]))
         return None
 
     def rest(self) -> Iterator[tuple[int, str]]:

@@ -7,6 +7,7 @@ input's content, so creating the same job twice finds the first run instead of m
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -126,6 +127,9 @@ class Planned(NamedTuple):
     output_bound: int  # the most output tokens it can be billed for
 
 
+_planned = functools.partial(tuple.__new__, Planned)  # Planned((...)) at a plain tuple's cost (see inputs._row)
+
+
 def unbounded_output_tokens(model: str) -> int:
     """What a request without max_tokens may produce: the model's maximum, if the price table knows it."""
     try:
@@ -162,7 +166,7 @@ def plan_shards(
         if output_bound is None:  # the same for every request: it is read from the params alone
             bound = max_output_tokens(req.body, cfg.model, endpoint)
             output_bound = unbounded_output_tokens(cfg.model) if bound is None else bound
-        yield Planned(split.place(len(req.line), tokens), req, tokens, output_bound)
+        yield _planned((split.place(len(req.line), tokens), req, tokens, output_bound))
 
 
 def _refuse(cfg: JobConfig, req: Request, tokens: int, by_bytes: bool) -> NoReturn:

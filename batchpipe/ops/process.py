@@ -31,7 +31,7 @@ import orjson
 from batchpipe import crash, fsio
 from batchpipe.config import JobConfig, OutputConfig
 from batchpipe.errors import ExitCode, InputError
-from batchpipe.ledger.index import Index, Joined, Outcome
+from batchpipe.ledger.index import Index, Joined, Outcome, outcome_of
 from batchpipe.ledger.model import FileRef, Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress, run_config, usage_tokens
@@ -172,7 +172,7 @@ def _outcomes(
                 continue
             if as_is:
                 valid += 1
-                yield Outcome(custom_id, True, p.value, None, False, attempt, p.finish_reason, p.usage)
+                yield outcome_of((custom_id, True, p.value, None, False, attempt, p.finish_reason, p.usage, False))
                 continue
             meant = interpret(p.value)
             made = len(meant.value) if explode and meant.ok else 1  # valid records this answer makes
