@@ -40,7 +40,9 @@ from batchpipe.ops.reindex import intact, open_index, restore_shard_file
 from batchpipe.paths import RunPaths
 from batchpipe.ops.summary import not_needed, summary
 from batchpipe.pipeline.fallback import Fallback
-from batchpipe.pipeline.inputs import InputDigest, dumps_row, input_name, input_sha256, iter_rows
+from batchpipe.pipeline.inputs import (
+    InputDigest, dumps_row, input_name, input_sha256, iter_rows, json_lines, parse_json_line,
+)
 from batchpipe.pipeline.interpret import Interpreter, is_invalid
 from batchpipe.pipeline.requests import custom_id_for, line_records
 from batchpipe.pipeline.results import TRUNCATED, BadLine, Parsed, is_retryable, parse_lines
@@ -324,12 +326,13 @@ def _merged_rows(ledger: Ledger, index: Index, result: Processed) -> Iterator[by
     digest = InputDigest()
     explode = cfg.output.explode is not False
     target = cfg.limits.target
-    # The usual job: a row gets its answer, its attempt count and (when not "stop") its finish
-    # reason, inline below; every other case goes through _fill_row.
+    # The usual job: a row gets its answer and its attempt count (_spliced_rows); the rest, below.
     simple = (cfg.input.records is None and not explode and target is None and fallback is None
               and not out.fields and not out.meta)
-    key, attempts_key, reason_key = out.key, f"{out.key}_attempts", f"{out.key}_finish_reason"
-    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    if simple and cfg.input.count is None and cfg.input.format == "jsonl":
+        yield from _spliced_rows(cfg, joined, digest, result)
+        _check_every_request_has_a_row(ledger, cfg, joined, digest)
+        return
     seq = 0
     for row in iter_rows(cfg.input, digest):
         data = row.data  # parsed for this row alone: filled in place, not copied
@@ -345,19 +348,6 @@ def _merged_rows(ledger: Ledger, index: Index, result: Processed) -> Iterator[by
             yield dumps_row(data)
             continue
         outcome = joined.at(row.row_no)
-        if simple and outcome is not None and outcome.ok:
-            data[key] = outcome.value
-            data[attempts_key] = outcome.attempt
-            if outcome.finish_reason not in (None, "stop"):
-                data[reason_key] = outcome.finish_reason
-                result.truncated += outcome.finish_reason == TRUNCATED
-            result.ok += 1
-            result.written += 1
-            try:
-                yield dumps(data, option=newline)
-            except orjson.JSONEncodeError:
-                yield dumps_row(data)  # an integer beyond 64 bits: the slow, exact way
-            continue
         if target is not None and (outcome is None or not outcome.ok or result.written >= target):
             if outcome is not None and not outcome.ok:  # counted as _fill_row would, but not written
                 why = outcome.error
@@ -383,6 +373,40 @@ def _merged_rows(ledger: Ledger, index: Index, result: Processed) -> Iterator[by
         result.written += 1
         yield dumps_row(data)
     _check_every_request_has_a_row(ledger, cfg, joined, digest)
+
+
+def _spliced_rows(cfg: JobConfig, joined: Joined, digest: InputDigest, result: Processed) -> Iterator[bytes]:
+    """The output of the usual JSONL job (no records, explode, target, fallback, fields or meta).
+
+    A row whose answer came back as it should (finish reason "stop") is its input line with the
+    answer and the attempt count appended: nothing parsed or encoded again, the row's own bytes
+    kept as they are. Any other row is parsed and filled by _fill_row, as for every other job.
+    """
+    out = cfg.output
+    name = input_name(cfg.input)
+    value_key = orjson.dumps(out.key) + b":"
+    attempts_key = b"," + orjson.dumps(f"{out.key}_attempts") + b":"
+    dumps = orjson.dumps
+    spliced = 0
+    for row_no, line_no, raw in json_lines(cfg.input.path, digest):
+        outcome = joined.at(row_no)
+        if outcome is not None and outcome.ok and (outcome.finish_reason is None or outcome.finish_reason == "stop"):
+            try:
+                value = dumps(outcome.value)
+            except orjson.JSONEncodeError:  # an integer beyond 64 bits: the slow, exact way below
+                value = b""
+            if value:
+                head = raw.rstrip()[:-1].rstrip()  # the row without its closing brace
+                comma = b"" if head.endswith(b"{") else b","  # an empty object {} has nothing before
+                spliced += 1
+                yield b"".join((head, comma, value_key, value, attempts_key, str(outcome.attempt).encode(), b"}\n"))
+                continue
+        data = parse_json_line(name, line_no, raw)
+        if _fill_row(data, outcome, out, None, result) != "dropped":
+            result.written += 1
+            yield dumps_row(data)
+    result.ok += spliced
+    result.written += spliced
 
 
 def _fill_row(data: dict[str, Any], outcome: Outcome | None, out: OutputConfig, fallback: Fallback | None,

@@ -225,32 +225,45 @@ def _open_error(path: Path, exc: OSError) -> InputError:
 
 def _iter_jsonl(path: Path, digest: InputDigest | None) -> Iterator[Row]:
     name = display_path(path)
+    for row_no, line_no, raw in json_lines(path, digest):
+        yield _row((row_no, line_no, parse_json_line(name, line_no, raw)))
+
+
+def json_lines(path: Path, digest: InputDigest | None = None) -> Iterator[tuple[int, int, bytes]]:
+    """(row_no, line_no, line) of each row of a JSONL file, the line as it is in the file (but a
+    byte order mark): blank lines are skipped, nothing is parsed (see parse_json_line)."""
     source = _Source(path)
     row_no = 0
     try:
         for line_no, raw in enumerate(source.stream, start=1):
+            if raw.isspace():  # blank: stops at the first other byte, so a row costs next to nothing
+                continue
             if line_no == 1 and raw.startswith(_BOM):
                 raw = raw[len(_BOM) :]
-            try:
-                data = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                if not raw.strip():  # a blank line (checked here, off the path every row takes)
+                if raw.isspace() or not raw:
                     continue
-                raise _bad_json(name, line_no, raw, exc) from None
-            # Fewer than 19 digits in the whole line (the usual row; counted at C speed): none was lost.
-            if (len(raw) - len(raw.translate(None, _DIGITS)) >= 19 and _may_have_lost_digits(data)
-                    and _LONG_DIGITS.search(raw)):
-                data = json.loads(raw)  # valid JSON (orjson read it); the stdlib keeps big integers exact
-            if not isinstance(data, dict):
-                raise InputError(
-                    f"{name} line {line_no}: expected a JSON object ({{...}}), got {_json_kind(data)}",
-                    hint=f'each line must be one JSON object such as {{"text": "..."}}; fix or delete line {line_no}',
-                )
             row_no += 1
-            yield _row((row_no, line_no, data))
+            yield row_no, line_no, raw
         source.finish(digest)
     finally:
         source.close()
+
+
+def parse_json_line(name: str, line_no: int, raw: bytes) -> dict[str, Any]:
+    """A JSONL row's object; an InputError naming `name` and the line if it is not one."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _bad_json(name, line_no, raw, exc) from None
+    # Fewer than 19 digits in the whole line (the usual row; counted at C speed): none was lost.
+    if len(raw) - len(raw.translate(None, _DIGITS)) >= 19 and _may_have_lost_digits(data) and _LONG_DIGITS.search(raw):
+        data = json.loads(raw)  # valid JSON (orjson read it); the stdlib keeps big integers exact
+    if type(data) is not dict:
+        raise InputError(
+            f"{name} line {line_no}: expected a JSON object ({{...}}), got {_json_kind(data)}",
+            hint=f'each line must be one JSON object such as {{"text": "..."}}; fix or delete line {line_no}',
+        )
+    return data
 
 
 def _may_have_lost_digits(data: Any) -> bool:

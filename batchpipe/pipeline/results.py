@@ -129,12 +129,11 @@ def parse_line(endpoint: str, raw: bytes) -> Parsed:
 
 def parse_lines(endpoint: str, lines: Iterable[bytes]) -> Iterator[Parsed | BadLine]:
     for n, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
         try:
             yield parse_line(endpoint, raw)
         except ValueError as exc:
-            yield BadLine(n, str(exc))
+            if raw.strip():  # a blank line is skipped (checked here, off the path every line takes)
+                yield BadLine(n, str(exc))
 
 
 # Errors of requests that never ran or that the service failed on its side: another attempt
