@@ -215,7 +215,7 @@ class TokenCounter:
         """Chat messages, with the cookbook's per-message overhead and the reply priming."""
         if not isinstance(messages, list):
             return 0
-        text = _estimate if self._count is None else self.text  # once per body, not per text
+        text = _estimate if self._count is None else self.text  # chosen once per body: the estimate keeps no cache
         total = REPLY_PRIMING
         for message in messages:
             # Once per message and request, a million times over: a JSON object is a dict, checked
