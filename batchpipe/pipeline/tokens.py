@@ -2,10 +2,11 @@
 
 Counting. With the optional package `bpe-openai` installed (`pip install "batchpipe[tokens]"`),
 texts are split with OpenAI's own BPE vocabularies, which that package ships inside its wheel
-(no download): `o200k_base` for the gpt-4o, gpt-4.1, gpt-5 and o-series models, `cl100k_base`
-for gpt-3.5/gpt-4 and the embedding models (what `bpe_openai.encoding_name_for_model` says;
-for a name it does not know: o200k_base when the name starts like those families, else
-cl100k_base). Without it, each text counts `ceil(UTF-8 bytes / 4)` tokens: English averages
+(no download): `o200k_base` for the gpt-4o, gpt-4.1, gpt-4.5, gpt-5, gpt-oss, codex and
+o-series models, `cl100k_base` for gpt-3.5/gpt-4, the embedding models and any other name (as
+bpe-openai's own table of models says, for every model in it). Only its compiled tokenizer is
+loaded, and only the vocabulary asked for (see `_bindings`). Without it, each text counts
+`ceil(UTF-8 bytes / 4)` tokens: English averages
 about 4 bytes per token, other scripts use more tokens per byte, so this is an estimate, and
 every count says which method made it (`TokenCounter.method`).
 
@@ -32,10 +33,11 @@ a few tokens per request; the BPE count of the texts themselves is exact.
 
 from __future__ import annotations
 
-import math
+import importlib.machinery
+import importlib.util
 import re
-import warnings
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -59,26 +61,60 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # /v1/completions: max_tokens defaults to 1
 NO_OUTPUT_ENDPOINTS = frozenset({"/v1/embeddings", "/v1/moderations"})
 OUTPUT_LIMIT_PARAMS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
+# The texts bpe-openai's `encode_ordinary` refuses ("Input too long to encode safely", its
+# TokenLimitError); they are counted by bytes here, so every other count is the one it gives.
+_TOKENIZER_MAX_CHARS = 1_000_000  # a text of this many characters or more
+_TOKENIZER_MAX_TOKENS = 200_000  # a text of more tokens than this
 _CACHED_TEXTS = 256  # see TokenCounter._seen
 _CACHED_TEXT_CHARS = 16_384
 _O200K_FAMILIES = re.compile(r"(?:gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4\.5|gpt-5|gpt-oss|codex|o\d)")
 _USABLE_ENCODINGS = ("o200k_base", "cl100k_base")
+_BINDINGS = "bpe_openai._bindings"
 
 
 def tokenizer_available() -> bool:
-    """True when bpe-openai can be imported (the exact counts), False when counts are estimates."""
-    return _bpe() is not None
+    """True when bpe-openai's tokenizer can be loaded (the exact counts), False when counts are estimates."""
+    return _bindings() is not None
 
 
 @lru_cache(maxsize=1)
-def _bpe() -> Any:
+def _bindings() -> Any:
+    """bpe-openai's compiled tokenizer, loaded without running the `bpe_openai` package; None if absent.
+
+    `import bpe_openai` decodes every vocabulary the package ships (three of them, 600,000 base64
+    lines) into Python dicts for its tiktoken-style decoding: about a second in each process
+    that counts. Counting needs none of it: the compiled module `bpe_openai._bindings` (its
+    interface is the `_bindings.pyi` shipped beside it) carries its own vocabularies and
+    deserializes only the one asked for, about 0.1 s for o200k_base. So that module alone is
+    loaded from the package's folder, as importlib loads any extension module, and registered
+    under its own name, so that a later `import bpe_openai` in the process uses the same one.
+    A bpe-openai without it reads as not installed (counts say "estimate"); tests/test_tokens.py
+    pins the counts made this way to those of the package's public `encode_ordinary`.
+    """
+    if _BINDINGS in sys.modules:  # `import bpe_openai` ran already (or the module is hidden: None)
+        return sys.modules[_BINDINGS]
     try:
-        with warnings.catch_warnings():  # bpe-openai 0.1 reads its vocabularies with a deprecated importlib call
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import bpe_openai
+        package = importlib.util.find_spec("bpe_openai")  # finds the package without running it
+    except (ImportError, ValueError):
+        return None
+    if package is None or not package.submodule_search_locations:
+        return None
+    extensions = (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES)
+    for folder in package.submodule_search_locations:
+        spec = importlib.machinery.FileFinder(folder, extensions).find_spec(_BINDINGS)
+        if spec is not None and spec.loader is not None:
+            break
+    else:
+        return None
+    try:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     except ImportError:
         return None
-    return bpe_openai
+    if not hasattr(getattr(module, "PyTokenizer", None), "count_till_limit"):
+        return None
+    sys.modules[_BINDINGS] = module
+    return module
 
 
 def _base_name(model: str) -> str:
@@ -87,24 +123,31 @@ def _base_name(model: str) -> str:
 
 
 def encoding_name_for(model: str) -> str:
-    """`o200k_base` or `cl100k_base`: the vocabulary `model` splits text with."""
-    base = _base_name(model)
-    bpe = _bpe()
-    if bpe is not None:
-        try:
-            name = bpe.encoding_name_for_model(base)
-        except Exception:  # bpe-openai raises KeyError, ValueError or its own error for names it does not know
-            name = None
-        if name in _USABLE_ENCODINGS:
-            return name
+    """`o200k_base` or `cl100k_base`: the vocabulary `model` splits text with (see the module docstring)."""
+    base = _base_name(model).lower()
+    if base in _USABLE_ENCODINGS:  # bpe-openai takes an encoding's name for a model's
+        return base
     return "o200k_base" if _O200K_FAMILIES.match(base) else "cl100k_base"
 
 
 @lru_cache(maxsize=4)
-def _encoding(name: str) -> Any:
-    with warnings.catch_warnings():  # as in _bpe
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return _bpe().get_encoding(name)
+def _count_till_limit(name: str) -> Callable[[str, int], int | None]:
+    return _bindings().tokenizer_for_encoding(name).count_till_limit
+
+
+def _estimate(text: str) -> int:
+    """ceil(UTF-8 bytes / 4); an ASCII text, the usual one, has as many bytes as characters."""
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return -(-size // BYTES_PER_TOKEN)
+
+
+def _as_utf8(text: str) -> str:
+    """`text` as bpe-openai encodes it: a lone surrogate (JSON allows "\\ud800") becomes U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 class TokenCounter:
@@ -112,38 +155,46 @@ class TokenCounter:
 
     def __init__(self, model: str, *, tokenizer: bool = True) -> None:
         self.model = model
-        self._encode = None
+        self._count: Callable[[str, int], int | None] | None = None
         if tokenizer and tokenizer_available():
             name = encoding_name_for(model)
-            self._encode = _encoding(name).encode_ordinary  # user text is text: "<|endoftext|>" is not special
+            # A count: no list of token ids is made. User text is text: this tokenizer has no
+            # special tokens, "<|endoftext|>" is split like any other text.
+            self._count = _count_till_limit(name)
             self.method = f"bpe-openai {name}"
         else:
             self.method = ESTIMATE_METHOD
         self.too_long = 0  # texts the tokenizer refused, counted by bytes instead
         # Counts of texts that recur on every request (role names, a fixed system prompt): a job
         # of a million requests would otherwise tokenize them a million times. Bounded: cleared
-        # when full, and only short texts are kept, so memory stays flat.
+        # when full, and only short texts are kept, so memory stays flat. The estimate keeps
+        # nothing: it costs less than a lookup.
         self._seen: dict[str, int] = {}
 
     @property
     def exact(self) -> bool:
-        return self._encode is not None
+        return self._count is not None
 
     def text(self, text: str) -> int:
         """Tokens of one text."""
-        if not text:
-            return 0
+        if self._count is None:
+            return _estimate(text)
         count = self._seen.get(text)
-        if count is not None:
-            return count
-        if self._encode is None:
-            count = math.ceil(len(text.encode("utf-8", "surrogatepass")) / BYTES_PER_TOKEN)
-        else:
+        return self._tokens(text) if count is None else count
+
+    def _tokens(self, text: str) -> int:
+        """The tokenizer's count of a text not seen lately; its estimate if the tokenizer refuses it."""
+        if len(text) < _TOKENIZER_MAX_CHARS:
             try:
-                count = len(self._encode(text))
-            except ValueError:  # bpe-openai: "Input too long to encode safely", or its TokenLimitError
-                self.too_long += 1  # counted each time it is met: not kept
-                return math.ceil(len(text.encode("utf-8", "surrogatepass")) / BYTES_PER_TOKEN)
+                count = self._count(text, _TOKENIZER_MAX_TOKENS)
+            except UnicodeEncodeError:  # a lone surrogate: looked for only when the tokenizer meets one
+                count = self._count(_as_utf8(text), _TOKENIZER_MAX_TOKENS)
+        else:  # bpe-openai measures the text it would encode (rarely shorter)
+            readable = _as_utf8(text)
+            count = self._count(readable, _TOKENIZER_MAX_TOKENS) if len(readable) < _TOKENIZER_MAX_CHARS else None
+        if count is None:
+            self.too_long += 1  # counted each time it is met: not kept
+            return _estimate(text)
         if len(text) <= _CACHED_TEXT_CHARS:
             if len(self._seen) >= _CACHED_TEXTS:
                 self._seen.clear()
@@ -164,25 +215,34 @@ class TokenCounter:
         """Chat messages, with the cookbook's per-message overhead and the reply priming."""
         if not isinstance(messages, list):
             return 0
+        text = _estimate if self._count is None else self.text  # chosen once per body: the estimate keeps no cache
         total = REPLY_PRIMING
         for message in messages:
-            if not isinstance(message, Mapping):
+            # Once per message and request, a million times over: a JSON object is a dict, checked
+            # by its type first (an isinstance of the abstract Mapping costs more).
+            if type(message) is not dict and not isinstance(message, Mapping):
                 continue
-            total += TOKENS_PER_MESSAGE + self._content(message.get("content"))
-            role, name = message.get("role"), message.get("name")
+            content, role = message.get("content"), message.get("role")
+            total += TOKENS_PER_MESSAGE
+            if isinstance(content, str):
+                total += text(content)
+            elif isinstance(content, list):  # parts: {"type": "text" | "input_text", "text": ...}; images not counted
+                total += self._parts(content, text)
             if isinstance(role, str):
-                total += self.text(role)
-            if isinstance(name, str):
-                total += self.text(name) + TOKENS_PER_NAME
+                total += text(role)
+            if "name" in message and isinstance(message["name"], str):
+                total += text(message["name"]) + TOKENS_PER_NAME
         return total
 
-    def _content(self, content: Any) -> int:
-        if isinstance(content, str):
-            return self.text(content)
-        if isinstance(content, list):  # parts: {"type": "text" | "input_text", "text": ...}, images not counted
-            texts = [p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)]
-            return sum(self.text(t) for t in texts)
-        return 0
+    @staticmethod
+    def _parts(content: list[Any], text: Callable[[str], int]) -> int:
+        total = 0
+        for part in content:
+            if type(part) is dict or isinstance(part, Mapping):
+                value = part.get("text")
+                if isinstance(value, str):
+                    total += text(value)
+        return total
 
     def inputs(self, value: Any) -> int:
         """`input` of embeddings/moderations or `prompt` of completions: a text, texts, or token ids."""
