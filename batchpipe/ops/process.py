@@ -157,15 +157,19 @@ def _outcomes(
         elif parsed.custom_id not in found or (parsed.ok and not found[parsed.custom_id].ok):
             found[parsed.custom_id] = parsed
     attempt = shard.attempt
+    keep_usage = cfg.output.meta  # an answer's own usage is only ever written by output.meta: not kept else
     as_is = interpret.as_is and not explode  # the usual job: the answer is the value
     tokens_in = tokens_out = answers = valid = 0  # summed here, added to usage and stats at the end
     for custom_id in ids:
         p = found.get(custom_id)
         if p is not None and p.ok:
-            if p.usage is not None:
-                tin, tout = usage_tokens(p.usage)
+            used = p.usage
+            if used is not None:
+                tin, tout = usage_tokens(used)
                 tokens_in += tin
                 tokens_out += tout
+                if not keep_usage:
+                    used = None
             answers += 1
             if fail_truncated and p.finish_reason == TRUNCATED:
                 _add(stats, "invalid." + TRUNCATED_ERROR["code"])
@@ -174,7 +178,7 @@ def _outcomes(
                 continue
             if as_is:
                 valid += 1
-                yield outcome_of((custom_id, True, p.value, None, False, attempt, p.finish_reason, p.usage, False))
+                yield outcome_of((custom_id, True, p.value, None, False, attempt, p.finish_reason, used, False))
                 continue
             meant = interpret(p.value)
             made = len(meant.value) if explode and meant.ok else 1  # valid records this answer makes
@@ -184,10 +188,10 @@ def _outcomes(
                 _add(stats, "invalid." + code, n)
             if meant.ok:
                 valid += made
-                yield Outcome(custom_id, True, meant.value, None, False, attempt, p.finish_reason, p.usage)
+                yield Outcome(custom_id, True, meant.value, None, False, attempt, p.finish_reason, used)
             else:
                 _add(stats, "invalid." + str(meant.error.get("code") if meant.error else "invalid"))
-                yield Outcome(custom_id, False, None, meant.error, retry_invalid, attempt, p.finish_reason, p.usage,
+                yield Outcome(custom_id, False, None, meant.error, retry_invalid, attempt, p.finish_reason, used,
                               True)  # fmt: skip
         else:
             error = p.error if p is not None else absent
