@@ -347,12 +347,10 @@ class Index:
                 f"{self.path}: the outcomes of shard {shard} do not match the lines of {file}", damaged=True,
                 hint=f"run `batchpipe recover {self.path.parent.name}`: it rebuilds the index")
         seqs = orjson.loads(found[1])
-        with self.db:  # one transaction, one row: all of the shard or none of it
-            merged = self.db.execute("SELECT COALESCE(MAX(merged), 0) + 1 FROM results").fetchone()[0]
+        with self.db:  # one statement, one row: all of the shard or none of it, numbered as it lands
             self.db.execute(
-                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (shard, merged, min(seqs, default=0), max(seqs, default=0), len(ids), found[0], found[1],
-                 orjson.dumps(rows)),
+                "INSERT OR REPLACE INTO results SELECT ?, COALESCE(MAX(merged), 0) + 1, ?, ?, ?, ?, ?, ? FROM results",
+                (shard, min(seqs, default=0), max(seqs, default=0), len(ids), found[0], found[1], orjson.dumps(rows)),
             )
         return counts
 

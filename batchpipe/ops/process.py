@@ -22,7 +22,11 @@ when the output is written, and marks each row's `<key>_source`.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -515,18 +519,13 @@ def process(paths: RunPaths, *, retry_failed: bool = False) -> Processed:
         max_attempts = cfg.limits.max_attempts
         with open_index(ledger, replay, result.warnings) as index:  # rebuilt first if it is lost or damaged
             shards = list(ledger.shards)
+            for shard, (counts, usage, stats) in _merge_completed(ledger, index, cfg, result):
+                crash.point("process:after_index")
+                ledger.advance(shard, ShardState.MERGED, merged=counts, usage=usage, answers=stats)
+                result.merged.append(shard.id)
             for shard in shards:
-                if shard.state == ShardState.COMPLETED:
-                    usage = {"input_tokens": 0, "output_tokens": 0}  # a running sum: bounded, whatever the shard
-                    stats: dict[str, int] = {}
-                    outcomes = _outcomes(ledger, shard, index, result, usage, cfg, stats)
-                    counts = index.put_results(shard.id, shard.file.path, outcomes)
-                    usage = billed_usage(shard) or usage  # a lost output file's requests were still billed
-                    crash.point("process:after_index")
-                    ledger.advance(shard, ShardState.MERGED, merged=counts, usage=usage, answers=stats)
-                    result.merged.append(shard.id)
-                elif (shard.state == ShardState.MERGED and _batch_failed(shard) and shard.batch.errors
-                      and shard.retry is None):
+                if (shard.state == ShardState.MERGED and _batch_failed(shard) and shard.batch.errors
+                        and shard.retry is None and shard.id not in result.merged):
                     list(_validation_failure(shard, index, result))  # report them again: still unresolved
             _check_target(ledger, cfg)
             if ledger.run.target_reached is None:  # once it is reached, nothing more is sent
@@ -550,6 +549,68 @@ def process(paths: RunPaths, *, retry_failed: bool = False) -> Processed:
         result.summary = summary(ledger)
         result.target_reached = ledger.run.target_reached
     return result
+
+
+# Completed shards holding at least this many requests in all are merged by worker processes, a
+# shard each, on every core: reading result lines is most of `process`, and a Python process reads
+# on one core. Below it, starting the workers costs more than they save.
+PARALLEL_MIN_REQUESTS = 20_000
+
+Merged = tuple[dict[str, int], dict[str, int], dict[str, int]]  # counts, usage, stats (see ledger.advance)
+
+
+def _merge(ledger: Ledger, shard: Shard, index: Index, cfg: JobConfig, result: Processed) -> Merged:
+    """Record a completed shard's outcomes in the index; what its ledger entry then says."""
+    usage = {"input_tokens": 0, "output_tokens": 0}  # a running sum: bounded, whatever the shard
+    stats: dict[str, int] = {}
+    counts = index.put_results(shard.id, shard.file.path, _outcomes(ledger, shard, index, result, usage, cfg, stats))
+    return counts, billed_usage(shard) or usage, stats  # a lost output file's requests were still billed
+
+
+def _merge_completed(ledger: Ledger, index: Index, cfg: JobConfig, result: Processed) -> Iterator[tuple[Shard, Merged]]:
+    """(shard, what it merged to) for each completed shard, in ledger order, each once its outcomes
+    are committed to the index (the caller then advances the ledger: data before the pointer).
+
+    A big pass is shared among worker processes (forked: they start with this process's ledger,
+    config and modules), each with its own connection to the index. A batch that failed as a
+    whole is merged here, where its errors are reported.
+    """
+    completed = [s for s in ledger.shards if s.state == ShardState.COMPLETED]
+    apart = [s for s in completed if not _batch_failed(s)]
+    workers = min(len(apart), os.cpu_count() or 1)
+    if (workers < 2 or sum(s.requests for s in apart) < PARALLEL_MIN_REQUESTS
+            or "fork" not in multiprocessing.get_all_start_methods()):
+        apart = []
+    with ExitStack() as stack:
+        futures = {}
+        if apart:
+            pool = stack.enter_context(ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_start,
+                initargs=(ledger, cfg)))
+            futures = {s.id: pool.submit(_merge_in_worker, ledger.shards.index(s)) for s in apart}
+        for shard in completed:
+            if shard.id not in futures:
+                yield shard, _merge(ledger, shard, index, cfg, result)
+                continue
+            merged, warnings = futures[shard.id].result()
+            result.warnings += warnings
+            yield shard, merged
+
+
+_WORKER: tuple[Ledger, JobConfig] | None = None  # a merge worker's run (see _merge_completed)
+
+
+def _worker_start(ledger: Ledger, cfg: JobConfig) -> None:
+    global _WORKER
+    _WORKER = (ledger, cfg)
+
+
+def _merge_in_worker(position: int) -> tuple[Merged, list[str]]:
+    assert _WORKER is not None
+    ledger, cfg = _WORKER
+    result = Processed(ledger.run.id)
+    with Index(ledger.paths.index) as index:  # its own connection: one must never cross a fork
+        return _merge(ledger, ledger.shards[position], index, cfg, result), result.warnings
 
 
 def _add(stats: dict[str, int], name: str, n: int = 1) -> None:
