@@ -159,14 +159,16 @@ def plan_shards(
     text, body_tokens, endpoint = counter.text, counter.body, cfg.endpoint
     output_bound = None
     for req in render_requests(cfg, digest):
+        _, _, _, line, body, _, user = req  # one unpacking: this runs once per request
         too_long = counter.too_long
-        tokens = base + text(req.user) if base is not None else body_tokens(endpoint, req.body)
-        if len(req.line) > max_bytes or (max_tokens is not None and tokens > max_tokens):
+        tokens = base + text(user) if base is not None else body_tokens(endpoint, body)
+        size = len(line)
+        if size > max_bytes or (max_tokens is not None and tokens > max_tokens):
             _refuse(cfg, req, tokens, counter.too_long > too_long)
         if output_bound is None:  # the same for every request: it is read from the params alone
-            bound = max_output_tokens(req.body, cfg.model, endpoint)
+            bound = max_output_tokens(body, cfg.model, endpoint)
             output_bound = unbounded_output_tokens(cfg.model) if bound is None else bound
-        yield _planned((split.place(len(req.line), tokens), req, tokens, output_bound))
+        yield _planned((split.place(size, tokens), req, tokens, output_bound))
 
 
 def _refuse(cfg: JobConfig, req: Request, tokens: int, by_bytes: bool) -> NoReturn:
@@ -217,19 +219,20 @@ class _ShardWriter:
         self._chunk_seq = 0
 
     # -- the caller's side ---------------------------------------------------------------
-    def add(self, planned: Planned) -> None:
+    def add(self, request: Request, tokens: int, output_bound: int) -> None:
         """Append a request to the current shard; `start` must have opened it."""
-        req = planned.request
-        if not self._lines:
-            self._chunk_seq = req.seq
-        self._lines.append(req.line)
-        self._ids.append(req.custom_id)
-        self._line_nos.append(req.line_no)
-        self._chunk_bytes += len(req.line)
+        custom_id, _, line_no, line, _, seq, _ = request  # one unpacking: this runs once per request
+        lines = self._lines
+        if not lines:
+            self._chunk_seq = seq
+        lines.append(line)
+        self._ids.append(custom_id)
+        self._line_nos.append(line_no)
+        self._chunk_bytes += len(line)
         self._count += 1
-        self._tokens += planned.tokens
-        self._output += planned.output_bound
-        if self._chunk_bytes >= CHUNK_BYTES or len(self._lines) >= INDEX_BATCH:
+        self._tokens += tokens
+        self._output += output_bound
+        if self._chunk_bytes >= CHUNK_BYTES or len(lines) >= INDEX_BATCH:
             self._hand_over()
 
     def start(self, index: int) -> None:
@@ -333,10 +336,10 @@ def _build(
         writer = _ShardWriter(paths, index)
         try:
             try:
-                for planned in plan_shards(cfg, counter, digest):
-                    if planned.shard != writer.shard:
-                        writer.start(planned.shard)
-                    writer.add(planned)
+                for shard, request, tokens, output_bound in plan_shards(cfg, counter, digest):
+                    if shard != writer.shard:
+                        writer.start(shard)
+                    writer.add(request, tokens, output_bound)
                     rows += 1
                     if on_progress is not None and rows % PROGRESS_EVERY == 0:
                         on_progress(rows, writer.shard)

@@ -177,11 +177,11 @@ def iter_rows(cfg: InputConfig, digest: InputDigest | None = None) -> Iterator[R
             f"{display_path(cfg.path)}: unknown input format {cfg.format!r}",
             hint="set input.format to jsonl or csv in the job config",
         )
-    count = 0
-    for row in rows:
-        count += 1
-        yield row
-    if count == 0:
+    first = next(rows, None)
+    if first is not None:
+        yield first
+        yield from rows  # delegated: no step of this generator's own per row
+    else:
         raise InputError(
             f"{display_path(cfg.path)}: the file has no data rows",
             hint="check input.path in the job config, or fill the file",

@@ -238,9 +238,9 @@ def _plain_requests(
     make_body = _body_maker(cfg, system_t, fixed_system)
     dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
     for row in iter_rows(cfg.input, digest):
-        data = row.data
+        row_no, line_no, data = row  # one unpacking: this runs once per row
         if id_segments is None:
-            cid = str(row.row_no)
+            cid = str(row_no)
         else:
             cid = data.get(id_name) if id_name is not None else None
             if type(cid) is not str or not cid.strip():
@@ -256,7 +256,7 @@ def _plain_requests(
             user = _render(cfg, user_t, "prompt.user", row, cid, data)  # raises, naming the row and field
         body = make_body(system, user)
         line = dumps({"custom_id": cid, "method": "POST", "url": endpoint, "body": body}, option=newline)
-        yield _request((cid, row.row_no, row.line_no, line, body, row.row_no, user))
+        yield _request((cid, row_no, line_no, line, body, row_no, user))
 
 
 def _body_maker(cfg: JobConfig, system_t: Template | None, fixed_system: str | None) -> Any:
