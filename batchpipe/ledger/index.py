@@ -48,6 +48,8 @@ CREATE TABLE IF NOT EXISTS results (       -- the outcomes of one merged shard a
     merged    INTEGER NOT NULL,            -- merge order: a later attempt's outcome for a request wins
     lo        INTEGER NOT NULL,            -- the smallest and largest seq among its requests
     hi        INTEGER NOT NULL,
+    failed    INTEGER NOT NULL,            -- how many of its outcomes are failures, and of those
+    retryable INTEGER NOT NULL,            --   how many another attempt may fix
     n         INTEGER NOT NULL,            -- its requests, one per line of its request file:
     ids       BLOB NOT NULL,               -- JSON arrays, in that line order: custom_id, seq,
     seqs      BLOB NOT NULL,
@@ -176,7 +178,7 @@ class Index:
     def _layout(self) -> int:
         """The layout version the file says it has, 0 if its results table is not this layout's."""
         columns = [row[1] for row in self.db.execute("PRAGMA table_info(results)")]
-        if columns != ["shard", "merged", "lo", "hi", "n", "ids", "seqs", "outcomes"]:
+        if columns != ["shard", "merged", "lo", "hi", "failed", "retryable", "n", "ids", "seqs", "outcomes"]:
             return 0
         return self.db.execute("PRAGMA user_version").fetchone()[0]
 
@@ -332,10 +334,12 @@ class Index:
         counts = {"ok": 0, "failed": 0, "truncated": 0}
         ids: list[str] = []
         rows: list[tuple[Any, ...]] = []
+        retryable = 0
         for o in outcomes:
             ids.append(o.custom_id)
             rows.append(o[1:])
             counts["ok" if o.ok else "failed"] += 1
+            retryable += o.retryable
             if o.finish_reason is not None:
                 counts["truncated"] += o.finish_reason == "length"
             if o.invalid and o.error is not None:
@@ -349,17 +353,20 @@ class Index:
         seqs = orjson.loads(found[1])
         with self.db:  # one statement, one row: all of the shard or none of it, numbered as it lands
             self.db.execute(
-                "INSERT OR REPLACE INTO results SELECT ?, COALESCE(MAX(merged), 0) + 1, ?, ?, ?, ?, ?, ? FROM results",
-                (shard, min(seqs, default=0), max(seqs, default=0), len(ids), found[0], found[1], orjson.dumps(rows)),
+                "INSERT OR REPLACE INTO results SELECT ?, COALESCE(MAX(merged), 0) + 1, ?, ?, ?, ?, ?, ?, ?, ? "
+                "FROM results",
+                (shard, min(seqs, default=0), max(seqs, default=0), counts["failed"], retryable, len(ids), found[0],
+                 found[1], orjson.dumps(rows)),
             )
         return counts
 
     def _failures(self, shard: str, every_failure: bool) -> list[tuple[int, Outcome]]:
         """(line, outcome) of the requests of `shard` whose latest outcome is its own failure that
         may be retried (every failure, with `every_failure`)."""
-        found = self.db.execute("SELECT merged, lo, hi, ids, outcomes, seqs FROM results WHERE shard = ?",
+        which = "failed" if every_failure else "retryable"
+        found = self.db.execute(f"SELECT merged, lo, hi, ids, outcomes, seqs FROM results WHERE shard = ? AND {which}",
                                 (shard,)).fetchone()
-        if found is None:
+        if found is None:  # no such failure: its arrays are not read
             return []
         merged, lo, hi, ids, outcomes, seqs = found
         later: set[int] = set()  # requests a later attempt answered again
@@ -390,6 +397,19 @@ class Index:
         return Joined(self)
 
 
+class _Attempt(NamedTuple):
+    """A merged attempt's outcomes, as Joined holds them: `rows[i]` is the outcome of `ids[i]`, the
+    request at seq `lo + i` when `where` is None (attempt 1: its requests are consecutive), else at
+    the seq `where` maps to i (a retry holds some requests of its range)."""
+
+    merged: int
+    lo: int
+    hi: int
+    ids: list[str]
+    rows: list[list[Any]]
+    where: dict[int, int] | None
+
+
 class Joined:
     """The latest outcome of each request, asked for in increasing seq order (`at`).
 
@@ -400,35 +420,39 @@ class Joined:
     def __init__(self, index: Index) -> None:
         self._index = index
         self.path = index.path  # for _guarded's messages
-        rows = index.db.execute("SELECT shard, merged, lo, hi FROM results ORDER BY lo DESC").fetchall()
-        self._pending: list[tuple[str, int, int, int]] = rows  # popped from the end: smallest lo first
-        self._active: list[tuple[int, int, dict[int, tuple[str, list[Any]]]]] = []  # (merged, hi, by seq), newest first
+        rows = index.db.execute("SELECT shard, lo FROM results ORDER BY lo DESC").fetchall()
+        self._pending: list[tuple[str, int]] = rows  # popped from the end: smallest lo first
+        self._active: list[_Attempt] = []  # newest first
         self._last = 0
 
     @_guarded
-    def _load(self, shard: str) -> dict[int, tuple[str, list[Any]]]:
-        ids, seqs, outcomes = self._index.db.execute(
-            "SELECT ids, seqs, outcomes FROM results WHERE shard = ?", (shard,)).fetchone()
-        return dict(zip(orjson.loads(seqs), zip(orjson.loads(ids), orjson.loads(outcomes))))
+    def _load(self, shard: str) -> _Attempt:
+        merged, lo, hi, ids, seqs, rows = self._index.db.execute(
+            "SELECT merged, lo, hi, ids, seqs, outcomes FROM results WHERE shard = ?", (shard,)).fetchone()
+        seqs = orjson.loads(seqs)
+        where = None if seqs == list(range(lo, hi + 1)) else {seq: i for i, seq in enumerate(seqs)}
+        return _Attempt(merged, lo, hi, orjson.loads(ids), orjson.loads(rows), where)
 
     def at(self, seq: int) -> Outcome | None:
         """The latest outcome of the request at `seq` (None: it has none); seqs only ever increase."""
         self._last = seq
-        if self._pending and self._pending[-1][2] <= seq:
-            self._active = [a for a in self._active if a[1] >= seq]
-            while self._pending and self._pending[-1][2] <= seq:
-                shard, merged, _, hi = self._pending.pop()
-                self._active.append((merged, hi, self._load(shard)))
-            self._active.sort(key=lambda a: -a[0])
-        for _, _, by_seq in self._active:
-            hit = by_seq.get(seq)
-            if hit is not None:
-                return outcome_of((hit[0], *hit[1]))
+        if self._pending and self._pending[-1][1] <= seq:
+            self._active = [a for a in self._active if a.hi >= seq]
+            while self._pending and self._pending[-1][1] <= seq:
+                self._active.append(self._load(self._pending.pop()[0]))
+            self._active.sort(key=lambda a: -a.merged)
+        for attempt in self._active:
+            if attempt.where is None:
+                i = seq - attempt.lo
+                if 0 <= i < len(attempt.rows):
+                    return outcome_of((attempt.ids[i], *attempt.rows[i]))
+            elif (i := attempt.where.get(seq)) is not None:
+                return outcome_of((attempt.ids[i], *attempt.rows[i]))
         return None
 
     def rest(self) -> Iterator[tuple[int, str]]:
         """(seq, custom_id) of the outcomes after the last seq asked for, in no particular order."""
-        for _, _, by_seq in self._active:
-            yield from ((seq, hit[0]) for seq, hit in by_seq.items() if seq > self._last)
-        for shard, *_ in self._pending:
-            yield from ((seq, hit[0]) for seq, hit in self._load(shard).items() if seq > self._last)
+        attempts = [*self._active, *(self._load(shard) for shard, _ in self._pending)]
+        for a in attempts:
+            places = enumerate(range(a.lo, a.hi + 1)) if a.where is None else ((i, seq) for seq, i in a.where.items())
+            yield from ((seq, a.ids[i]) for i, seq in places if seq > self._last)
