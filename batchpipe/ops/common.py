@@ -31,8 +31,8 @@ def run_config(paths: RunPaths) -> JobConfig:
     """The config snapshot taken at create (never the original file, which may have changed).
 
     Parsed once per process and content: `status` asks for it for the price, the queue limit, the
-    target and the outcome notes, and parsing and validating it each time was a fifth of the
-    command's time. Keyed on the file's bytes, so a snapshot that changes is read again."""
+    target and the outcome notes, and parsing and validating it five times was about 5% of the
+    command. Keyed on the file's bytes, so a snapshot that changes is read again."""
     try:
         content = paths.config.read_bytes()
     except OSError:  # missing or unreadable: load_config says so, the way it says it
