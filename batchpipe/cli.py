@@ -2,13 +2,20 @@
 
 Errors from the library arrive as BatchpipeError and leave as a message, a hint and a
 documented exit code (README "Exit codes"); BATCHPIPE_DEBUG=1 shows the traceback too.
+
+`batchpipe --help` should come back at once, so this module loads little (issue 9): the ops a
+command runs are imported when it runs (batchpipe.ops is lazy), and so is batchpipe.render (the
+price table, orjson), which help never uses. Annotations are evaluated as the module is read, not
+kept as strings (no `from __future__ import annotations`): typer reads every command's
+annotations, and compiling and evaluating them from strings (twice: in `command` and in typer)
+was about 7% of --help.
 """
 
-from __future__ import annotations
-
 import functools
+import importlib.util
 import inspect
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,9 +28,24 @@ from typer._click.exceptions import NoArgsIsHelpError
 from typer._click.exceptions import UsageError as ClickUsageError
 from typer.core import TyperGroup
 
-from batchpipe import __version__, ops, render
+from batchpipe import __version__, ops
 from batchpipe.errors import BatchpipeError, ExitCode, MissingApiKey, UsageError
 from batchpipe.paths import RunPaths, runs_dir_from_env
+
+
+def _lazy_module(name: str):
+    """The module `name`, run on first use of one of its attributes (importlib's LazyLoader)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+render = _lazy_module("batchpipe.render")  # `--help` draws nothing of ours: not loaded until a command prints
 
 
 class _Group(TyperGroup):
@@ -395,7 +417,7 @@ def import_(
                     + (": import its other file, or finish it with --partial" if w["received"] else ""))
 
 
-def _processed(p: ops.Processed, paths) -> None:
+def _processed(p: "ops.Processed", paths) -> None:  # (a string: ops.process loads on use)
     for w in p.warnings:
         render.warn(w)
     for e in p.batch_errors:

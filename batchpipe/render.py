@@ -20,7 +20,6 @@ from typing import Any
 import orjson
 from rich.console import Console
 from rich.measure import Measurement
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from batchpipe.errors import BatchpipeError, ExitCode
@@ -285,6 +284,8 @@ def progress_bar(total: int, *, enabled: bool = True) -> Iterator[Callable[[int,
     if not enabled or log_mode():
         yield lambda finished, description: None
         return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # bars only
+
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=err, transient=False)
     with bar:
@@ -302,6 +303,8 @@ def counter(text: str) -> Iterator[Callable[[int, int], None]]:
     if log_mode():
         yield lambda rows, shards: None
         return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn  # on a terminal only
+
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True)
     with bar:
         task = bar.add_task(text.format(rows=0, shards=0), total=None)

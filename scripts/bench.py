@@ -16,6 +16,10 @@ runs, not a test: the figures depend on the machine.
 
     .venv/bin/python scripts/bench.py                 # 1,000,000 rows
     .venv/bin/python scripts/bench.py --rows 300000
+
+After the table it times the everyday commands, each the best of a few runs: `batchpipe --help`,
+and `status` (the table, and --json) and `list` of a finished run of 1,000 shards, made by the
+real create and process (one request per shard, answered as above). `--cli-only` runs just that.
 """
 
 from __future__ import annotations
@@ -168,6 +172,44 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]
     return float(seconds), int(kib) / 1024
 
 
+# -- the everyday commands ------------------------------------------------------------------------
+CLI_SHARDS = 1_000
+CLI_RUNS = 5  # each command's figure is the best of this many runs
+
+
+def cli_run(work: Path, env: dict[str, str]) -> tuple[Path, float]:
+    """A finished run of CLI_SHARDS shards (one request each) in work/cli; (its dir, seconds to make it)."""
+    import yaml
+
+    start = time.perf_counter()
+    here = work / "cli"
+    here.mkdir()
+    write_job(here, CLI_SHARDS)
+    job = yaml.safe_load(JOB)
+    job.setdefault("limits", {})["max_requests_per_shard"] = 1
+    (here / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False), encoding="utf-8")
+    env = {**env, "BATCHPIPE_RUNS_DIR": str(here / "runs")}
+    bp = [sys.executable, "-m", "batchpipe"]
+    timed([*bp, "create", "job.yaml", "--run", "bench"], here, env)
+    fake_service(here)
+    timed([*bp, "process", "bench"], here, env)
+    return here, time.perf_counter() - start
+
+
+def cli_figures(work: Path, env: dict[str, str]) -> None:
+    """Print the best-of-CLI_RUNS seconds of `--help`, and of `status` and `list` of a finished run."""
+    here, made = cli_run(work, env)
+    env = {**env, "BATCHPIPE_RUNS_DIR": str(here / "runs")}
+    bp = [sys.executable, "-m", "batchpipe"]
+    print(f"\neveryday commands, best of {CLI_RUNS} runs "
+          f"(a finished run of {CLI_SHARDS:,} shards, made in {made:.0f} s by create and process):")
+    for label, args in (("batchpipe --help", ["--help"]), ("batchpipe status --help", ["status", "--help"]),
+                        ("batchpipe status RUN", ["status", "bench"]), ("batchpipe status RUN --json", ["status", "bench", "--json"]),
+                        ("batchpipe list", ["list"])):
+        best = min(timed([*bp, *args], here, env)[0] for _ in range(CLI_RUNS))
+        print(f"  {label:<28} {best:6.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000, help="synthetic rows (default 1,000,000)")
@@ -175,6 +217,7 @@ def main() -> None:
     parser.add_argument("--no-tokenizer", action="store_true",
                         help="run batchpipe as if bpe-openai were not installed (tokens estimated from bytes)")
     parser.add_argument("--profile", action="store_true", help="run create and process under cProfile (DIR/*.prof)")
+    parser.add_argument("--cli-only", action="store_true", help="time only the everyday commands (--help, status, list)")
     parser.add_argument("--baseline", choices=("write", "parse"), help=argparse.SUPPRESS)
     parser.add_argument("dir", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -195,6 +238,8 @@ def main() -> None:
         if args.no_tokenizer:  # an import of bpe_openai fails, as in an install without it
             hide = "import runpy, sys; sys.modules['bpe_openai'] = None; runpy.run_module('batchpipe', run_name='__main__')"
             bp = [sys.executable, "-c", hide]
+        if args.cli_only:
+            return cli_figures(work, env)
         write_job(work, args.rows)
         from batchpipe.pipeline.tokens import counter_for
 
@@ -212,6 +257,7 @@ def main() -> None:
             ratio = f"{base[0] / seconds:.2f}x" if base else ""
             print(f"{name:<16} {seconds:>8.2f} {args.rows / seconds:>10,.0f} {ratio:>11} {mib:>12.1f}")
         print(f"({results:,} result lines; the baselines skip what batchpipe adds: hashing, the index, checks, fsync)")
+        cli_figures(work, env)
 
 
 if __name__ == "__main__":

@@ -98,9 +98,9 @@ def test_a_locked_run_exits_with_the_lock_code(cli, emulator, runs_dir, tmp_path
     assert emulator.counts["batch_creates"] == 3
 
 
-def test_status_of_a_locked_run_shows_the_ledger_without_waiting(cli, emulator, runs_dir, tmp_path):
+def test_status_of_a_locked_run_shows_the_ledger_without_waiting(cli, slow_emulator, runs_dir, tmp_path):
     cli("create", write_job(tmp_path / "job"), "--run", "busy")
-    cli("submit", "busy")  # batches to refresh (a run with none is read without the lock at all)
+    cli("submit", "busy")  # running batches to refresh (a run with none is read without the lock at all)
     with FileLock(runs_dir / "busy" / ".lock"):
         result = _batchpipe("status", "busy")
     assert result.returncode == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,10 +28,23 @@ def run_paths(runs_dir: Path, run_id: str) -> RunPaths:
 
 
 def run_config(paths: RunPaths) -> JobConfig:
-    """The config snapshot taken at create (never the original file, which may have changed)."""
+    """The config snapshot taken at create (never the original file, which may have changed).
+
+    Parsed once per process and content: `status` asks for it for the price, the queue limit, the
+    target and the outcome notes, and parsing and validating it five times was about 5% of the
+    command. Keyed on the file's bytes, so a snapshot that changes is read again."""
+    try:
+        content = paths.config.read_bytes()
+    except OSError:  # missing or unreadable: load_config says so, the way it says it
+        content = None
+    return _parsed_config(paths.config, os.path.abspath(paths.config), content)
+
+
+@functools.lru_cache(maxsize=32)
+def _parsed_config(path: Path, where: str, content: bytes | None) -> JobConfig:
     from batchpipe.config import load_config  # here: `list` and `--help` read no config (nor load yaml)
 
-    return load_config(paths.config)
+    return load_config(path)  # (a JobConfig is frozen: one object can serve every caller)
 
 
 def provider_for(paths: RunPaths, *, api_key: str | None = None, base_url: str | None = None) -> Provider:

@@ -9,7 +9,7 @@ from typing import Any
 
 from batchpipe import fsio
 from batchpipe.errors import RunLocked
-from batchpipe.ledger.model import Shard, ShardState
+from batchpipe.ledger.model import TERMINAL_BATCH_STATUSES, TOKEN_LIMIT_CODE, Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress, bind_provider
 from batchpipe.ops.remote import refresh
@@ -30,12 +30,25 @@ class Status:
     note: str | None = None  # why the status was not refreshed, if it was not
 
 
+def running(shard: Shard) -> bool:
+    """Is the shard's batch still running at the service, as last seen (so worth asking about)?
+
+    A batch seen finished (completed, failed, expired, cancelled) never changes again: asking
+    about it once more is a call for nothing, and a finished run's `status` needs no client. (A
+    batch refused for the queue is the exception: refresh() has not put its shard back yet.)"""
+    if shard.state != ShardState.SUBMITTED:
+        return False
+    batch = shard.batch
+    refused = batch.status == "failed" and any(e.get("code") == TOKEN_LIMIT_CODE for e in batch.errors)
+    return batch.status not in TERMINAL_BATCH_STATUSES or refused
+
+
 def refresh_submitted(ledger: Ledger, provider: Provider) -> int:
-    """Refresh every submitted shard; return how many changed."""
+    """Refresh every submitted shard whose batch is still running; return how many changed."""
     changed = 0
     before = queued_here(ledger)
     for shard in ledger.shards:
-        if shard.state == ShardState.SUBMITTED:
+        if running(shard):
             bind_provider(ledger, provider)
             changed += refresh_shard(ledger, shard, provider, before)
     return changed
@@ -59,15 +72,16 @@ def status(paths: RunPaths, provider: Provider | Callable[[], Provider | None] |
     status of a finished run works on a read-only disk and creates no file.
 
     `provider` may be a function that opens it (None: no API key): it is then called only when
-    a batch is running, so the status of a finished run never loads the provider's client.
+    a batch is running, so the status of a run whose batches have all finished (downloaded or
+    not) never loads the provider's client.
     """
     ledger = Ledger.load(paths)
     if callable(provider):
-        live = any(s.state == ShardState.SUBMITTED for s in ledger.shards)
+        live = any(running(s) for s in ledger.shards)
         provider = provider() if live else (None if api_key_from_env() is None else _NOTHING_TO_REFRESH)
     if provider is None:
         return Status(ledger, Progress.of(ledger, with_cost=True), False, "not refreshed: no API key")
-    if provider is _NOTHING_TO_REFRESH or not any(s.state == ShardState.SUBMITTED for s in ledger.shards):
+    if provider is _NOTHING_TO_REFRESH or not any(running(s) for s in ledger.shards):
         return Status(ledger, Progress.of(ledger, with_cost=True), True)
     try:
         with fsio.run_lock(paths.root, timeout=0):
