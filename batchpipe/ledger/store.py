@@ -114,12 +114,14 @@ def restore_previous(paths: RunPaths) -> str:
 
 
 class Ledger:
-    """A run's ledger in memory, committed to disk after every change."""
+    """A run's ledger in memory, committed to disk after every change (or, for a change its caller
+    can redo after a crash, with the next commit: see advance)."""
 
     def __init__(self, paths: RunPaths, state: RunState, raw: bytes | None = None) -> None:
         self.paths = paths
         self.state = state
         self._raw = raw  # state.json as loaded or last committed: what the next commit keeps as .prev
+        self._unlogged: list[dict[str, Any]] = []  # events of changes the next commit writes (see advance)
 
     @classmethod
     def load(cls, paths: RunPaths) -> Ledger:
@@ -150,6 +152,9 @@ class Ledger:
         fsio.write_bytes_atomic(self.paths.state, data)
         self._raw = data
         crash.point("ledger:after_commit")
+        for held in self._unlogged:
+            self.log(held)
+        self._unlogged.clear()
         if event is not None:
             self.log(event)
 
@@ -158,8 +163,9 @@ class Ledger:
         line = orjson.dumps({"ts": round(time.time(), 3), **event})
         fsio.append_line(self.paths.events, line)
 
-    def advance(self, shard: Shard, dst: ShardState, **changes: Any) -> None:
-        """Move `shard` to `dst` (if the table allows it), apply `changes`, and commit."""
+    def advance(self, shard: Shard, dst: ShardState, *, commit: bool = True, **changes: Any) -> None:
+        """Move `shard` to `dst` (if the table allows it), apply `changes`, and commit; with `commit`
+        False, the next commit writes the change (a caller that can redo it after a crash)."""
         transitions.check(shard, dst)
         src = shard.state
         for name, value in changes.items():
@@ -167,7 +173,11 @@ class Ledger:
                 raise AttributeError(name)
             setattr(shard, name, value)
         shard.state = dst
-        self.commit({"event": "transition", "shard": shard.id, "from": src.value, "to": dst.value})
+        event = {"event": "transition", "shard": shard.id, "from": src.value, "to": dst.value}
+        if commit:
+            self.commit(event)
+        else:
+            self._unlogged.append(event)
 
     def file_ref(self, path: Path, size: int, sha256: str) -> FileRef:
         return FileRef(path=str(path.relative_to(self.paths.root)), bytes=size, sha256=sha256)

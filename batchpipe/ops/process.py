@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
@@ -519,10 +520,20 @@ def process(paths: RunPaths, *, retry_failed: bool = False) -> Processed:
         max_attempts = cfg.limits.max_attempts
         with open_index(ledger, replay, result.warnings) as index:  # rebuilt first if it is lost or damaged
             shards = list(ledger.shards)
+            # Merging is redone as it was after a crash (the index replaces a shard's outcomes), so the
+            # ledger need not be written for every shard: a run of a thousand small shards would
+            # write its whole state.json a thousand times. It is written at least every second.
+            written, held = time.monotonic(), False
             for shard, (counts, usage, stats) in _merge_completed(ledger, index, cfg, result):
                 crash.point("process:after_index")
-                ledger.advance(shard, ShardState.MERGED, merged=counts, usage=usage, answers=stats)
+                ledger.advance(shard, ShardState.MERGED, merged=counts, usage=usage, answers=stats, commit=False)
                 result.merged.append(shard.id)
+                held = True
+                if time.monotonic() - written >= COMMIT_EVERY:
+                    ledger.commit()
+                    written, held = time.monotonic(), False
+            if held:
+                ledger.commit()
             for shard in shards:
                 if (shard.state == ShardState.MERGED and _batch_failed(shard) and shard.batch.errors
                         and shard.retry is None and shard.id not in result.merged):
@@ -550,6 +561,9 @@ def process(paths: RunPaths, *, retry_failed: bool = False) -> Processed:
         result.target_reached = ledger.run.target_reached
     return result
 
+
+# Seconds of merging whose ledger changes are written in one commit (see process()).
+COMMIT_EVERY = 1.0
 
 # Completed shards holding at least this many requests in all are merged by worker processes, a
 # shard each, on every core: reading result lines is most of `process`, and a Python process reads
