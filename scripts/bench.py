@@ -37,6 +37,9 @@ import orjson
 
 MODEL = "gpt-4o-mini"
 SYSTEM = "You judge film reviews. Answer with one word, positive or negative."
+# The project's targets (issue 9): each stage's speed as a share of its baseline's, and peak RSS.
+TARGETS = {"create": 0.75, "process": 0.5}
+TARGET_RSS_MIB = 300
 FAILED_SHARE = 0.03  # of the requests, answered with a 400 in the error file
 
 JOB = f"""\
@@ -250,12 +253,18 @@ def main() -> None:
         results = fake_service(work)
         p0 = timed([*me, "parse", str(work)], work, env)
         p = timed([a.format(stage="process") for a in bp] + ["process", "bench"], work, env)
-        print(f"{'stage':<16} {'seconds':>8} {'rows/s':>10} {'vs baseline':>11} {'peak RSS MiB':>12}")
-        for name, (seconds, mib), base in (
-            ("write baseline", w, None), ("create", c, w), ("parse baseline", p0, None), ("process", p, p0),
+        print(f"{'stage':<16} {'seconds':>8} {'rows/s':>10} {'vs baseline':>11} {'peak RSS MiB':>12}  target")
+        for name, (seconds, mib), base, target in (
+            ("write baseline", w, None, None), ("create", c, w, TARGETS["create"]),
+            ("parse baseline", p0, None, None), ("process", p, p0, TARGETS["process"]),
         ):
-            ratio = f"{base[0] / seconds:.2f}x" if base else ""
-            print(f"{name:<16} {seconds:>8.2f} {args.rows / seconds:>10,.0f} {ratio:>11} {mib:>12.1f}")
+            ratio = base[0] / seconds if base else None
+            shown = f"{ratio:.2f}x" if ratio is not None else ""
+            verdict = ""
+            if target is not None:
+                met = ratio >= target and mib < TARGET_RSS_MIB
+                verdict = f">= {target}x, < {TARGET_RSS_MIB} MiB: {'met' if met else 'MISSED'}"
+            print(f"{name:<16} {seconds:>8.2f} {args.rows / seconds:>10,.0f} {shown:>11} {mib:>12.1f}  {verdict}")
         print(f"({results:,} result lines; the baselines skip what batchpipe adds: hashing, the index, checks, fsync)")
         cli_figures(work, env)
 
