@@ -231,6 +231,16 @@ def send_phase(run_dir: Path) -> float:
     return max(ends) - min(starts)
 
 
+def timed_cpu(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one child process (CPU: user + system, of it and what it started)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds, _ = timed(cmd, cwd, env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
 def bench_sync(work: Path, requests: int, workers: int, latency_ms: float, repeat: int) -> None:
     """Time `batchpipe run RUN --sync` against RAW_POOL, the same requests to the same emulator.
 
@@ -251,23 +261,28 @@ def bench_sync(work: Path, requests: int, workers: int, latency_ms: float, repea
             subprocess.run([*bp, "create", "sync.yaml", "--run", run_dir.name], cwd=work, env=env, check=True,
                            stdout=subprocess.DEVNULL)  # create is timed by the main benchmark, not here
             pool_seconds = work / ".pool-seconds"
-            raw.append(timed([sys.executable, "-c", RAW_POOL, base_url, str(workers), str(run_dir / "shards"),
-                              str(pool_seconds)], work, env)[0])
+            raw.append(timed_cpu([sys.executable, "-c", RAW_POOL, base_url, str(workers), str(run_dir / "shards"),
+                                  str(pool_seconds)], work, env))
             raw_send.append(float(pool_seconds.read_text()))
-            ours.append(timed([*bp, "run", run_dir.name, "--json"], work, env)[0])
+            ours.append(timed_cpu([*bp, "run", run_dir.name, "--json"], work, env))
             ours_send.append(send_phase(run_dir))
     finally:
         emulator.terminate()
         emulator.wait()
     print(f"sync: {requests:,} requests, {workers} workers, emulator answers after {latency_ms:g} ms; "
           f"{os.cpu_count()} cores; fastest of {repeat}")
-    print(f"{'':<28} {'seconds':>8} {'requests/s':>11} {'vs raw pool':>11}")
-    for name, seconds, base in (("raw pool (whole process)", min(raw), None),
-                                ("run --sync (whole command)", min(ours), min(raw)),
-                                ("raw pool (sending only)", min(raw_send), None),
-                                ("run --sync (sending only)", min(ours_send), min(raw_send))):
+    print(f"{'':<28} {'seconds':>8} {'requests/s':>11} {'vs raw pool':>11} {'CPU ms/request':>14}")
+    for name, seconds, base, cpu in (
+        ("raw pool (whole process)", min(raw)[0], None, min(raw)[1]),
+        ("run --sync (whole command)", min(ours)[0], min(raw)[0], min(ours)[1]),
+        ("raw pool (sending only)", min(raw_send), None, None),
+        ("run --sync (sending only)", min(ours_send), min(raw_send), None),
+    ):
         ratio = f"{base / seconds:.2f}x" if base else ""
-        print(f"{name:<28} {seconds:>8.2f} {requests / seconds:>11,.0f} {ratio:>11}")
+        per_request = f"{cpu / requests * 1000:.2f}" if cpu is not None else ""
+        print(f"{name:<28} {seconds:>8.2f} {requests / seconds:>11,.0f} {ratio:>11} {per_request:>14}")
+    print("(whole: as a user runs it, interpreter start and imports included; sending only: the raw pool's "
+          "pool.map, batchpipe's first request to its last answer journaled, from events.jsonl)")
 
 
 def main() -> None:

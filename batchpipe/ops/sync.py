@@ -205,7 +205,7 @@ class _Pass:
         self.max_workers = max_workers
         self.endpoint = ledger.run.endpoint
         self.counter = counter_for(ledger.run.model)
-        self.call: Callable[[str, dict[str, Any]], SyncAnswer] | None = None  # the client, opened at the first request
+        self.call: Callable[[str, dict[str, Any]], SyncAnswer] | None = None  # the client's, opened by _start
         self.feed_lock = threading.Lock()  # handing out requests (and starting shards)
         self.journal_lock = threading.Lock()  # one answer at a time: its line, its count, its crash point
         self.ledger_lock = threading.Lock()  # commits and events, from the workers (a shard starts) and the main thread
@@ -259,13 +259,15 @@ class _Pass:
     def _start(self, shard: Shard) -> _Sending:
         """Take up a shard (in a worker, under the feed lock): recorded as sync before its first request goes out."""
         paths = self.ledger.paths
+        journal = paths.journal(shard.id)
+        sending = _Sending(shard, fsio.AppendLog(journal), read_journal(journal))
+        if self.call is None and len(sending.answered) < shard.requests:  # opened once, here, not by every worker
+            self.call = self.provider.call  # at once (it imports `openai`); and only when there is something to send
         if shard.mode != SYNC:  # from now on this shard is never a batch
             with self.ledger_lock:
                 shard.mode = SYNC
                 self.ledger.commit({"event": "sync", "shard": shard.id, "requests": shard.requests})
         paths.results_dir.mkdir(exist_ok=True)
-        journal = paths.journal(shard.id)
-        sending = _Sending(shard, fsio.AppendLog(journal), read_journal(journal))
         self.started.append(sending)
         self.result.sent.append(shard.id)
         return sending
@@ -276,8 +278,6 @@ class _Pass:
                 return None
             item = next(self.feed, None)
             if item is not None:
-                if self.call is None:  # the client is opened here, once, not by every worker at once
-                    self.call = self.provider.call
                 self.handed_out += 1
             return item
 
