@@ -298,8 +298,8 @@ def main() -> None:
     parser.add_argument("--sync-workers", type=int, default=8, metavar="W", help="workers of both (default 8)")
     parser.add_argument("--sync-latency-ms", type=float, action="append", metavar="MS",
                         help="the emulator's answer time (repeatable; default: 0 and 20)")
-    parser.add_argument("--sync-repeat", type=int, default=2, metavar="K",
-                        help="time each side K times, the fastest counts (default 2)")
+    parser.add_argument("--sync-repeat", type=int, default=3, metavar="K",
+                        help="time each side K times, the fastest counts (default 3)")
     parser.add_argument("--baseline", choices=("write", "parse"), help=argparse.SUPPRESS)
     parser.add_argument("dir", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

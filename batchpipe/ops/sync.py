@@ -208,7 +208,7 @@ class _Pass:
         self.call: Callable[[str, dict[str, Any]], SyncAnswer] | None = None  # the client's, opened by _start
         self.feed_lock = threading.Lock()  # handing out requests (and starting shards)
         self.journal_lock = threading.Lock()  # one answer at a time: its line, its count, its crash point
-        self.ledger_lock = threading.Lock()  # commits and events, from the workers (a shard starts) and the main thread
+        self.ledger_lock = threading.Lock()  # commits and events: a shard taken up, a shard completed
         self.stop: BaseException | None = None  # why the pass ends early; raised once the answers in flight are in
         self.started: list[_Sending] = []
         self.handed_out = 0
@@ -218,9 +218,12 @@ class _Pass:
     def run(self, shards: Iterator[Shard]) -> None:
         """Send every unanswered request of `shards` (taken up in order, as the feed reaches them)."""
         self.feed = self._requests(shards)
-        with _no_interrupt():  # the workers inherit SIGINT blocked: Ctrl-C reaches the main thread only
-            for n in range(self.max_workers):
-                threading.Thread(target=self._work, name=f"sync-{n}", daemon=True).start()
+        try:
+            with _no_interrupt():  # every worker starts (each is waited for below); a Ctrl-C comes after
+                for n in range(self.max_workers):
+                    threading.Thread(target=self._work, name=f"sync-{n}", daemon=True).start()
+        except KeyboardInterrupt as exc:
+            self.halt(exc)
         running = self.max_workers
         while running:
             try:
