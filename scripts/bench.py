@@ -16,6 +16,13 @@ runs, not a test: the figures depend on the machine.
 
     .venv/bin/python scripts/bench.py                 # 1,000,000 rows
     .venv/bin/python scripts/bench.py --rows 300000
+
+`--sync N` times sync mode instead: it starts `batchpipe emulator` on a free loopback port and
+sends the same N requests with a plain ThreadPoolExecutor of the raw `openai` client and with
+`batchpipe run RUN --sync`, with the same number of workers (`--sync-workers`, default 8), at
+0 and 20 ms per answer (`--sync-latency-ms`), and prints requests/s of both and their ratio.
+
+    .venv/bin/python scripts/bench.py --sync 2000
 """
 
 from __future__ import annotations
