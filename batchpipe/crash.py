@@ -32,7 +32,7 @@ POINTS: frozenset[str] = frozenset(
         "recut:after_index",  # recut pieces written and in the index, the ledger still names the old shard
         "cancel:before",  # cancel of a duplicate batch not sent
         "cancel:after",  # duplicate batch cancelled, not yet reported
-        "sync:after_answer",  # a sync answer journaled (fsynced); the next request not handed out yet
+        "sync:after_answer",  # a sync answer written to its journal (fsynced just after); no next request yet
         "sync:after_result_file",  # a sync shard's journal written out as its result file, not yet in the ledger
         "export:after_handoff",  # shards handed off in the ledger, their files not yet written out
         "import:after_piece",  # an imported file's piece files written, not yet in the ledger

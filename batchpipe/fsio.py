@@ -18,6 +18,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -137,6 +138,69 @@ def append_line(path: Path, line: bytes) -> None:
         os.close(fd)
     if not existed:
         fsync_dir(path.parent)
+
+
+class AppendLog:
+    """An append-only log many threads write to, each line made durable with one fsync for many.
+
+    `write(line)` appends a whole line (one at a time, under a lock) and returns its ticket;
+    `sync(ticket)` returns once that line is on disk. The fsync is shared: a thread that finds
+    the lines written meanwhile already fsynced by another returns at once, and one fsync covers
+    every line written before it started (group commit). So N threads answering at once pay one
+    fsync between them, not N in a row, and each still knows its own line is durable when
+    sync returns. Readers skip a torn last line, as with append_line; the file is opened (and a
+    torn last line ended) at the first write, so a log nothing was written to does not exist.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._lock = threading.Lock()  # one writer at a time: lines stay whole, tickets in file order
+        self._sync_lock = threading.Lock()  # one fsync at a time; whoever holds it syncs for all before it
+        self._written = 0
+        self._synced = 0
+
+    def write(self, line: bytes) -> int:
+        """Append one line (not yet durable: pass the ticket to sync)."""
+        if not line.endswith(b"\n"):
+            line += b"\n"
+        with self._lock:
+            if self._fd is None:
+                self._fd = self._open()
+            view = memoryview(line)
+            while view:  # a regular file takes it all at once; a short write is finished, not lost
+                view = view[os.write(self._fd, view):]
+            self._written += 1
+            return self._written
+
+    def sync(self, ticket: int) -> None:
+        """Return once the line of `ticket` (and every line before it) is on disk."""
+        with self._sync_lock:
+            if self._synced >= ticket:
+                return  # another thread's fsync covered it
+            upto = self._written  # every line counted here is written: one fsync makes all of them durable
+            os.fsync(self._fd)
+            self._synced = upto
+
+    def append(self, line: bytes) -> None:
+        """Append one line and return once it is durable."""
+        self.sync(self.write(line))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def _open(self) -> int:
+        existed = self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            os.write(fd, b"\n")  # a torn last line, left by a kill: end it, so the next line is whole
+        if not existed:
+            fsync_dir(self.path.parent)
+        return fd
 
 
 class _Mismatch(Exception):

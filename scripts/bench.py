@@ -20,6 +20,13 @@ runs, not a test: the figures depend on the machine.
 After the table it times the everyday commands, each the best of a few runs: `batchpipe --help`,
 and `status` (the table, and --json) and `list` of a finished run of 1,000 shards, made by the
 real create and process (one request per shard, answered as above). `--cli-only` runs just that.
+
+`--sync N` times sync mode instead: it starts `batchpipe emulator` on a free loopback port and
+sends the same N requests with a plain ThreadPoolExecutor of the raw `openai` client and with
+`batchpipe run RUN --sync`, with the same number of workers (`--sync-workers`, default 8), at
+0 and 20 ms per answer (`--sync-latency-ms`), and prints requests/s of both and their ratio.
+
+    .venv/bin/python scripts/bench.py --sync 2000
 """
 
 from __future__ import annotations
@@ -211,6 +218,121 @@ def cli_figures(work: Path, env: dict[str, str]) -> None:
                         ("batchpipe list", ["list"])):
         best = min(timed([*bp, *args], here, env)[0] for _ in range(CLI_RUNS))
         print(f"  {label:<28} {best:6.2f} s")
+# -- sync mode against a plain thread pool of the raw client (`--sync N`) -------------------------
+# The baseline: the same request bodies (read from the run's shard files), sent by a plain
+# ThreadPoolExecutor of the raw `openai` client, answers thrown away. Run as `python -c RAW_POOL
+# BASE_URL WORKERS SHARDS_DIR REPORT`; it writes the seconds its pool took (startup excluded) to REPORT.
+RAW_POOL = """
+import sys, time, json, pathlib
+from concurrent.futures import ThreadPoolExecutor
+import openai
+base_url, workers, shards, report = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3]), sys.argv[4]
+bodies = [json.loads(line)["body"] for path in sorted(shards.glob("*.jsonl")) for line in open(path, "rb")]
+client = openai.OpenAI(base_url=base_url, api_key="bench", max_retries=0)
+start = time.perf_counter()
+with ThreadPoolExecutor(max_workers=workers) as pool:
+    answers = list(pool.map(lambda body: client.chat.completions.create(**body), bodies))
+seconds = time.perf_counter() - start
+assert len(answers) == len(bodies) and all(a.choices for a in answers)
+pathlib.Path(report).write_text(f"{seconds}")
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_emulator(work: Path, latency_ms: float) -> tuple[subprocess.Popen, str]:
+    """`batchpipe emulator` on a free loopback port, its rate limits out of the way; (process, base URL).
+
+    One request is sent before it is timed: the first loads its tokenizer (for the x-ratelimit
+    headers), which neither side should pay for."""
+    import urllib.request
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "batchpipe", "emulator", "--port", str(port), "--rate-limit-requests", "1000000000",
+           "--rate-limit-tokens", "1000000000000", "--sync-latency-seconds", str(latency_ms / 1000)]
+    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    warm_up = urllib.request.Request(f"{base_url}/chat/completions", method="POST", headers={
+        "Authorization": "Bearer bench", "Content-Type": "application/json"},
+        data=orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(warm_up, timeout=30).read()
+            return proc, base_url
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise SystemExit(f"the emulator did not start: {' '.join(cmd)}")
+            time.sleep(0.05)
+
+
+def send_phase(run_dir: Path) -> float:
+    """Seconds from the first request handed out to the last answer journaled, from the run's events."""
+    events = [orjson.loads(line) for line in open(run_dir / "events.jsonl", "rb")]
+    starts = [e["ts"] for e in events if e.get("event") == "sync"]
+    ends = [e["ts"] for e in events if e.get("call") == "sync"]
+    return max(ends) - min(starts)
+
+
+def timed_cpu(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one child process (CPU: user + system, of it and what it started)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds, _ = timed(cmd, cwd, env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def bench_sync(work: Path, requests: int, workers: int, latency_ms: float, repeat: int) -> None:
+    """Time `batchpipe run RUN --sync` against RAW_POOL, the same requests to the same emulator.
+
+    The two take turns, `repeat` times each, and the fastest of each counts: the machine is shared."""
+    work.mkdir(parents=True, exist_ok=True)
+    write_job(work, requests)
+    # free (no budget check in the way) and `workers` requests in flight, as the pool has
+    (work / "sync.yaml").write_text(JOB + f"mode: sync\nsync: {{max_workers: {workers}}}\n"
+                                    "pricing: {input_per_million: 0, output_per_million: 0}\n", encoding="utf-8")
+    emulator, base_url = start_emulator(work, latency_ms)
+    raw, ours, raw_send, ours_send = [], [], [], []
+    try:
+        env = {**os.environ, "BATCHPIPE_RUNS_DIR": str(work / "runs"), "OPENAI_API_KEY": "bench",
+               "OPENAI_BASE_URL": base_url}
+        bp = [sys.executable, "-m", "batchpipe"]
+        for n in range(1, repeat + 1):
+            run_dir = work / "runs" / f"sync-{n}"
+            subprocess.run([*bp, "create", "sync.yaml", "--run", run_dir.name], cwd=work, env=env, check=True,
+                           stdout=subprocess.DEVNULL)  # create is timed by the main benchmark, not here
+            pool_seconds = work / ".pool-seconds"
+            raw.append(timed_cpu([sys.executable, "-c", RAW_POOL, base_url, str(workers), str(run_dir / "shards"),
+                                  str(pool_seconds)], work, env))
+            raw_send.append(float(pool_seconds.read_text()))
+            ours.append(timed_cpu([*bp, "run", run_dir.name, "--json"], work, env))
+            ours_send.append(send_phase(run_dir))
+    finally:
+        emulator.terminate()
+        emulator.wait()
+    print(f"sync: {requests:,} requests, {workers} workers, emulator answers after {latency_ms:g} ms; "
+          f"{os.cpu_count()} cores; fastest of {repeat}")
+    print(f"{'':<28} {'seconds':>8} {'requests/s':>11} {'vs raw pool':>11} {'CPU ms/request':>14}")
+    for name, seconds, base, cpu in (
+        ("raw pool (whole process)", min(raw)[0], None, min(raw)[1]),
+        ("run --sync (whole command)", min(ours)[0], min(raw)[0], min(ours)[1]),
+        ("raw pool (sending only)", min(raw_send), None, None),
+        ("run --sync (sending only)", min(ours_send), min(raw_send), None),
+    ):
+        ratio = f"{base / seconds:.2f}x" if base else ""
+        per_request = f"{cpu / requests * 1000:.2f}" if cpu is not None else ""
+        print(f"{name:<28} {seconds:>8.2f} {requests / seconds:>11,.0f} {ratio:>11} {per_request:>14}")
+    print("(whole: as a user runs it, interpreter start and imports included; sending only: the raw pool's "
+          "pool.map, batchpipe's first request to its last answer journaled, from events.jsonl)")
 
 
 def main() -> None:
@@ -221,6 +343,14 @@ def main() -> None:
                         help="run batchpipe as if bpe-openai were not installed (tokens estimated from bytes)")
     parser.add_argument("--profile", action="store_true", help="run create and process under cProfile (DIR/*.prof)")
     parser.add_argument("--cli-only", action="store_true", help="time only the everyday commands (--help, status, list)")
+    parser.add_argument("--sync", type=int, metavar="N",
+                        help="instead: time sync mode (`run --sync`) against a plain thread pool of the openai client, "
+                             "N requests each, against `batchpipe emulator`")
+    parser.add_argument("--sync-workers", type=int, default=8, metavar="W", help="workers of both (default 8)")
+    parser.add_argument("--sync-latency-ms", type=float, action="append", metavar="MS",
+                        help="the emulator's answer time (repeatable; default: 0 and 20)")
+    parser.add_argument("--sync-repeat", type=int, default=3, metavar="K",
+                        help="time each side K times, the fastest counts (default 3)")
     parser.add_argument("--baseline", choices=("write", "parse"), help=argparse.SUPPRESS)
     parser.add_argument("dir", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -228,6 +358,12 @@ def main() -> None:
         parser.error("--profile and --no-tokenizer cannot be combined")
     if args.baseline:
         (baseline_write if args.baseline == "write" else baseline_parse)(args.dir)
+        return
+    if args.sync:
+        for latency in args.sync_latency_ms or (0.0, 20.0):
+            with tempfile.TemporaryDirectory() as tmp:
+                bench_sync((args.keep / f"sync-{latency:g}ms") if args.keep else Path(tmp), args.sync,
+                           args.sync_workers, latency, args.sync_repeat)
         return
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -65,6 +65,7 @@ class SyncService:
         self.faults = faults
         self._lock = threading.Lock()
         self._window: deque[tuple[float, int]] = deque()  # (time, tokens) of the requests in the window
+        self._window_tokens = 0  # their sum, kept as they come and go (a busy minute holds thousands)
         self._answered: set[str] = set()  # digests of the requests answered 200
         self._in_flight = 0
         self.counts = {"sync_requests": 0, "sync_answered": 0, "sync_failed": 0, "sync_rate_limited": 0,
@@ -98,11 +99,11 @@ class SyncService:
             now = self.clock()
             window = opts.rate_limit_window_seconds
             while self._window and self._window[0][0] <= now - window:
-                self._window.popleft()
+                self._window_tokens -= self._window.popleft()[1]
             switched = number <= opts.sync_rate_limit_first or self.faults.fires(opts.sync_rate_limit_share,
                                                                                    opts.fault_seed)
             used_requests = len(self._window)
-            used_tokens = sum(t for _, t in self._window)
+            used_tokens = self._window_tokens
             over = None
             if used_requests + 1 > opts.rate_limit_requests:
                 over = ("requests", self._wait(now, lambda acc: used_requests - acc + 1 <= opts.rate_limit_requests))
@@ -116,6 +117,7 @@ class SyncService:
                 message = RATE_LIMITED.format(kind=kind, model=model, wait=reset_text(wait))
                 raise APIError(429, message, type=kind, code="rate_limit_exceeded", headers=headers)
             self._window.append((now, tokens))
+            self._window_tokens += tokens
             headers = self._headers(now, used_requests + 1, used_tokens + tokens)
             status = planned_failure(body)
             if status is not None:  # a 5xx or 429 says when to come back, as the service's often do

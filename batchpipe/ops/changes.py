@@ -75,7 +75,8 @@ def _shard_lines(sid: str, old: _Shard | None, new: _Shard) -> list[str]:
             lines.append(f"shard {sid} back to {new.state.value}: batch {old.batch_id} was refused because the "
                          "provider's queue was full; it is sent again when there is room")
         return lines
-    elif old.state == ShardState.PREPARED and new.batch_id is None and new.state != ShardState.PREPARED:
+    elif (old.state == ShardState.PREPARED and new.batch_id is None and new.state != ShardState.PREPARED
+          and new.mode != "sync"):  # (a shard answered in sync mode has no batch either: said below)
         lines.append(f"shard {sid} results imported by hand (batchpipe import)")  # an exported shard (ops/handoff.py)
         first = ShardState.MERGED if new.state == ShardState.MERGED else None
     elif new.batch_id is not None and old.batch_id not in (None, new.batch_id):

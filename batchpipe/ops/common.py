@@ -120,6 +120,8 @@ class Progress:
                 truncated += shard.merged.get("truncated", 0) - shard.merged.get("retried_truncated", 0)
             elif shard.mode == "sync" and shard.state == ShardState.PREPARED:
                 finished += min(shard.requests, journaled(ledger.paths.journal(shard.id)))  # being sent now
+            elif shard.mode == "sync" and shard.state == ShardState.COMPLETED:  # every request answered, not merged yet
+                finished += shard.requests
             elif shard.batch is not None:
                 counts = shard.batch.request_counts
                 finished += min(shard.requests, counts.get("completed", 0) + counts.get("failed", 0))

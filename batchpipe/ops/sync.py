@@ -10,10 +10,12 @@ is an error line as in a batch's error file, and is retried the same way.
 
 Exactly-once, as far as a synchronous API allows: a request is sent only if its custom_id has no
 line in the journal, which is read before anything is sent, so a killed pass loses at most the
-requests in flight (they are sent again). New requests are handed to the workers only as slots
-free, after the previous answer is journaled. When every request of a shard has its line, the
-journal's lines become the shard's result file and the shard goes straight to `completed`,
-marked `mode: sync` (no upload, no batch).
+requests in flight (they are sent again): a worker takes its next request only once its last
+answer is on disk, so there are never more than `sync.max_workers` of them. The workers answered
+at the same moment share one fsync (fsio.AppendLog), and they run through the shards as one feed:
+a shard's last requests are out while the next one's start. When every request of a shard has its
+line, the journal's lines become the shard's result file and the shard goes straight to
+`completed`, marked `mode: sync` (no upload, no batch).
 
 Retries within a pass: 429, 408, 409 and 5xx answers and lost connections are tried again,
 up to TRIES times, after the service's Retry-After (a 429 pauses every worker) or an
@@ -27,13 +29,13 @@ are about the key, the URL or the model, not about one request.
 from __future__ import annotations
 
 import contextlib
+import queue
 import random
 import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,12 +113,13 @@ def _retryable(answer: SyncAnswer) -> bool:
     return answer.status_code in RETRY_STATUSES or answer.status_code >= 500
 
 
-def _send(provider: Provider, gate: RateGate, endpoint: str, body: dict[str, Any], tokens: int) -> SyncAnswer:
-    """One request, tried again on 429 / 5xx / a lost connection, paced by the gate."""
+def _send(call: Callable[[str, dict[str, Any]], SyncAnswer], gate: RateGate, endpoint: str, body: dict[str, Any],
+          tokens: int) -> SyncAnswer:
+    """One request (`call` is the provider's), tried again on 429 / 5xx / a lost connection, paced by the gate."""
     for tries in range(1, TRIES + 1):
         gate.acquire(tokens)
         try:
-            answer = provider.call(endpoint, body)
+            answer = call(endpoint, body)
         except ProviderError:
             if tries == TRIES:
                 raise
@@ -164,89 +167,174 @@ def _stopping(answer: SyncAnswer, endpoint: str, base_url: str) -> ProviderError
     return None
 
 
-def _requests(ledger: Ledger, shard: Shard, answered: dict[str, bytes]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(custom_id, body) of each request of the shard file that has no answer yet, in file order."""
-    with open(ledger.verify(shard.file), "rb") as f:
+def _unanswered(path: Path, answered: dict[str, bytes]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(custom_id, body) of each request of a shard file that has no answer yet, in file order."""
+    with open(path, "rb") as f:
         for raw in f:
             request = orjson.loads(raw)
             if request["custom_id"] not in answered:
                 yield request["custom_id"], request["body"]
 
 
-def send_shard(ledger: Ledger, shard: Shard, provider: Provider, gate: RateGate, max_workers: int,
-               on_answer: Callable[[int, int], None]) -> int:
-    """Send every request of `shard` not answered yet; complete the shard once all are. Returns answers journaled."""
-    paths, endpoint = ledger.paths, ledger.run.endpoint
-    if shard.mode != SYNC:  # recorded before the first request goes out: this shard is never a batch now
-        shard.mode = SYNC
-        ledger.commit({"event": "sync", "shard": shard.id, "requests": shard.requests})
-    journal = paths.journal(shard.id)
-    paths.results_dir.mkdir(exist_ok=True)
-    answered = read_journal(journal)
-    counter = counter_for(ledger.run.model)
-    todo = _requests(ledger, shard, answered)
-    pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"sync-{shard.id}")
-    in_flight: dict[Future, str] = {}
-    written, stop = 0, None  # stop: why the pass ends early (an error, a Ctrl-C), raised once in-flight answers are in
+@dataclass
+class _Sending:
+    """A shard of this pass: its journal and every answer it has so far (read back, then as they come)."""
 
-    def fill() -> None:
-        while stop is None and len(in_flight) < max_workers and (item := next(todo, None)) is not None:
-            custom_id, body = item
-            tokens = counter.body(endpoint, body) + (max_output_tokens(body, ledger.run.model, endpoint) or 0)
-            with _no_interrupt():  # a request handed out is always one we wait for
-                in_flight[pool.submit(_send, provider, gate, endpoint, body, tokens)] = custom_id
+    shard: Shard
+    journal: fsio.AppendLog
+    answered: dict[str, bytes]
+    written: int = 0  # journal lines written in this pass
 
-    def take(future: Future) -> None:
-        """Journal one finished request (once, even if a Ctrl-C cut an earlier try short)."""
-        nonlocal written, stop
-        custom_id = in_flight[future]
-        if custom_id not in answered:
+
+class _Pass:
+    """One sync pass: `max_workers` threads, each sending one request at a time from one feed that
+    runs through the shards in order (a worker moves on to the next shard while the last requests
+    of one are still out), and journaling its answer itself.
+
+    A worker takes its next request only once its last answer is durable in the journal, so at any
+    moment at most `max_workers` requests are sent but not journaled: all a kill can lose (they are
+    sent again). The journal's fsyncs are shared (fsio.AppendLog): workers answered at the same
+    moment pay one fsync, not one each in a row. The worker that journals a shard's last answer
+    completes it (its result file, then the ledger) before it takes another request; the others
+    go on meanwhile. The main thread only waits, and takes Ctrl-C.
+    """
+
+    def __init__(self, ledger: Ledger, provider: Provider, gate: RateGate, max_workers: int, result: SyncSent,
+                 on_answer: Callable[[int, int], None] | None) -> None:
+        self.ledger, self.provider, self.gate, self.result, self.on_answer = ledger, provider, gate, result, on_answer
+        self.max_workers = max_workers
+        self.endpoint = ledger.run.endpoint
+        self.counter = counter_for(ledger.run.model)
+        self.call: Callable[[str, dict[str, Any]], SyncAnswer] | None = None  # the client's, opened by _start
+        self.feed_lock = threading.Lock()  # handing out requests (and starting shards)
+        self.journal_lock = threading.Lock()  # one answer at a time: its line, its count, its crash point
+        self.ledger_lock = threading.Lock()  # commits and events: a shard taken up, a shard completed
+        self.stop: BaseException | None = None  # why the pass ends early; raised once the answers in flight are in
+        self.started: list[_Sending] = []
+        self.handed_out = 0
+        self.finished = 0
+        self.ended: queue.SimpleQueue[None] = queue.SimpleQueue()  # one None per worker that has ended
+
+    def run(self, shards: Iterator[Shard]) -> None:
+        """Send every unanswered request of `shards` (taken up in order, as the feed reaches them)."""
+        self.feed = self._requests(shards)
+        try:
+            with _no_interrupt():  # every worker starts (each is waited for below); a Ctrl-C comes after
+                for n in range(self.max_workers):
+                    threading.Thread(target=self._work, name=f"sync-{n}", daemon=True).start()
+        except KeyboardInterrupt as exc:
+            self.halt(exc)
+        running = self.max_workers
+        while running:
             try:
-                answer = future.result()
-            except SendCancelled:
-                answer = None
-            except ProviderError as exc:
-                answer, stop = None, stop or exc
-            if answer is not None and (problem := _stopping(answer, endpoint, provider.base_url)) is not None:
-                answer, stop = None, stop or problem
-            if answer is not None:
-                line = answer_line(custom_id, answer)
-                with _no_interrupt():  # a Ctrl-C lands after the line is whole and counted, not halfway
-                    fsio.append_line(journal, line)
-                    answered[custom_id] = line
-                    written += 1
-                crash.point("sync:after_answer")
-                on_answer(written, len(in_flight) - 1)
-        del in_flight[future]
+                self.ended.get()  # (a Ctrl-C interrupts the wait)
+                running -= 1
+            except KeyboardInterrupt as exc:  # send nothing more, but keep what was sent
+                self.halt(exc)
+        for sending in self.started:
+            sending.journal.close()
+            if sending.shard.state != ShardState.COMPLETED:
+                self.ledger.log({"event": "remote", "call": "sync", "shard": sending.shard.id,
+                                 "answered": sending.written})
+        if self.stop is not None:
+            raise self.stop
 
-    try:
-        fill()
-        while in_flight:
-            try:
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in done:
-                    take(future)
-                fill()  # only now: a kill at any moment leaves at most max_workers requests unjournaled
-            except KeyboardInterrupt as exc:  # Ctrl-C: send nothing more, but keep what was sent
-                stop = stop or exc
-                gate.close()  # workers still waiting for their turn give up; the others are awaited
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-    ledger.log({"event": "remote", "call": "sync", "shard": shard.id, "answered": written})
-    if stop is not None:
-        raise stop
-    if len(answered) >= shard.requests:
-        _complete(ledger, shard, journal, answered)
-    return written
+    def halt(self, exc: BaseException) -> None:
+        """Hand out nothing more; the first reason is the one raised. Ctrl-C also stops requests not yet sent."""
+        with self.feed_lock:
+            self.stop = self.stop or exc
+        if isinstance(exc, KeyboardInterrupt):
+            self.gate.close()  # workers waiting for their turn give up; those whose request is out are awaited
 
+    def _requests(self, shards: Iterator[Shard]) -> Iterator[tuple[_Sending, str, dict[str, Any], int]]:
+        """(shard, custom_id, body, tokens) of every request to send, read (and counted) as handed out."""
+        model, endpoint = self.ledger.run.model, self.endpoint
+        for shard in shards:
+            sending = self._start(shard)
+            if len(sending.answered) >= shard.requests:  # every answer was in before: only its completion is left
+                self._complete(sending)
+                continue
+            for custom_id, body in _unanswered(self.ledger.verify(shard.file), sending.answered):
+                # tokens as the service counts them against its limit: input plus the output bound
+                tokens = self.counter.body(endpoint, body) + (max_output_tokens(body, model, endpoint) or 0)
+                yield sending, custom_id, body, tokens
 
-def _complete(ledger: Ledger, shard: Shard, journal: Path, answered: dict[str, bytes]) -> None:
-    """The journal's lines become the shard's result file (data before pointer); the shard is completed."""
-    path = ledger.paths.result_file(shard.id, "output")
-    size, sha = fsio.write_lines_atomic(path, iter(answered.values()))
-    crash.point("sync:after_result_file")
-    ledger.advance(shard, ShardState.COMPLETED, outputs=ledger.file_ref(path, size, sha), errors_file=None)
-    journal.unlink(missing_ok=True)
+    def _start(self, shard: Shard) -> _Sending:
+        """Take up a shard (in a worker, under the feed lock): recorded as sync before its first request goes out."""
+        paths = self.ledger.paths
+        journal = paths.journal(shard.id)
+        sending = _Sending(shard, fsio.AppendLog(journal), read_journal(journal))
+        if self.call is None and len(sending.answered) < shard.requests:  # opened once, here, not by every worker
+            self.call = self.provider.call  # at once (it imports `openai`); and only when there is something to send
+        if shard.mode != SYNC:  # from now on this shard is never a batch
+            with self.ledger_lock:
+                shard.mode = SYNC
+                self.ledger.commit({"event": "sync", "shard": shard.id, "requests": shard.requests})
+        paths.results_dir.mkdir(exist_ok=True)
+        self.started.append(sending)
+        self.result.sent.append(shard.id)
+        return sending
+
+    def _next(self) -> tuple[_Sending, str, dict[str, Any], int] | None:
+        with self.feed_lock:
+            if self.stop is not None:
+                return None
+            item = next(self.feed, None)
+            if item is not None:
+                self.handed_out += 1
+            return item
+
+    def _work(self) -> None:
+        try:
+            while (item := self._next()) is not None:
+                try:
+                    self._answer(*item)
+                finally:
+                    with self.journal_lock:
+                        self.finished += 1
+        except BaseException as exc:  # a bad shard file, a full disk: the pass stops, the main thread raises it
+            self.halt(exc)
+        finally:
+            self.ended.put(None)
+
+    def _answer(self, sending: _Sending, custom_id: str, body: dict[str, Any], tokens: int) -> None:
+        """Send one request and journal its answer (durable before this worker takes another)."""
+        try:
+            answer = _send(self.call, self.gate, self.endpoint, body, tokens)
+        except SendCancelled:
+            return
+        except ProviderError as exc:
+            self.halt(exc)
+            return
+        if (problem := _stopping(answer, self.endpoint, self.provider.base_url)) is not None:
+            self.halt(problem)
+            return
+        line = answer_line(custom_id, answer)
+        with self.journal_lock:
+            ticket = sending.journal.write(line)
+            sending.answered[custom_id] = line
+            sending.written += 1
+            self.result.answered += 1
+            crash.point("sync:after_answer")
+            if self.on_answer is not None:  # here, so that the counts it is given only go up
+                self.on_answer(self.result.answered, self.handed_out - self.finished - 1)
+            filled = len(sending.answered) >= sending.shard.requests
+        sending.journal.sync(ticket)  # before this worker takes another request
+        if filled:
+            self._complete(sending)
+
+    def _complete(self, sending: _Sending) -> None:
+        """The journal's lines become the shard's result file (data before pointer); the shard is completed."""
+        shard, ledger = sending.shard, self.ledger
+        path = ledger.paths.result_file(shard.id, "output")
+        size, sha = fsio.write_lines_atomic(path, iter(sending.answered.values()))
+        crash.point("sync:after_result_file")
+        with self.ledger_lock:
+            ledger.advance(shard, ShardState.COMPLETED, outputs=ledger.file_ref(path, size, sha), errors_file=None)
+            ledger.log({"event": "remote", "call": "sync", "shard": shard.id, "answered": sending.written})
+        sending.journal.close()
+        ledger.paths.journal(shard.id).unlink(missing_ok=True)
+        self.result.completed.append(shard.id)
 
 
 def switch_to_sync(ledger: Ledger) -> str | None:
@@ -289,30 +377,27 @@ def send(paths: RunPaths, provider: Provider, options: Any, *, on_answer: Callab
         cfg = run_config(paths)
         schedule = Schedule.of(ledger, ledger.run.budget_usd, None, cfg, options.poll_interval, provider.base_url)
         gate = RateGate(cfg.sync.requests_per_minute, cfg.sync.tokens_per_minute, sleep=sleep)
-        for shard in list(ledger.shards):
-            if shard.state != ShardState.PREPARED:
-                if shard.mode == SYNC:  # a kill between its completion and this cleanup left the journal
-                    paths.journal(shard.id).unlink(missing_ok=True)
-                continue
-            if shard.handoff is not None:  # a person uploads it (ops/handoff.py): never pay twice
-                result.notes.append(f"shard {shard.id} was exported for upload by hand: not sent (bring its results "
-                                    f"in with `batchpipe import {paths.run_id} FILE...`)")
-                continue
-            if waiting and shard.id != ledger.run.canary:
-                result.queued.append(f"shard {shard.id}: {waiting}")
-                continue
-            if shard.mode != SYNC and (why := schedule.over_budget(shard, sync=True)):
-                result.over_budget.append(why)
-                continue
-            result.sent.append(shard.id)
-            done = result.answered
-
-            def counted(n: int, in_flight: int, done: int = done) -> None:
-                result.answered = done + n
-                if on_answer is not None:
-                    on_answer(result.answered, in_flight)
-
-            send_shard(ledger, shard, provider, gate, cfg.sync.max_workers, counted)
-            if shard.state == ShardState.COMPLETED:
-                result.completed.append(shard.id)
+        for shard in ledger.shards:
+            if shard.state != ShardState.PREPARED and shard.mode == SYNC:  # a kill between its completion and
+                paths.journal(shard.id).unlink(missing_ok=True)  # the journal's removal left it behind
+        _Pass(ledger, provider, gate, cfg.sync.max_workers, result, on_answer).run(
+            _to_send(ledger, schedule, waiting, result))
     return result
+
+
+def _to_send(ledger: Ledger, schedule: Schedule, waiting: str | None, result: SyncSent) -> Iterator[Shard]:
+    """The prepared shards this pass may send, in order; each is judged when the feed reaches it (the
+    budget counts every shard taken up before it), and what is kept back is said in `result`."""
+    run_id = ledger.paths.run_id
+    for shard in [s for s in ledger.shards if s.state == ShardState.PREPARED]:
+        if shard.handoff is not None:  # a person uploads it (ops/handoff.py): never pay twice
+            result.notes.append(f"shard {shard.id} was exported for upload by hand: not sent (bring its results "
+                                f"in with `batchpipe import {run_id} FILE...`)")
+            continue
+        if waiting and shard.id != ledger.run.canary:
+            result.queued.append(f"shard {shard.id}: {waiting}")
+            continue
+        if shard.mode != SYNC and (why := schedule.over_budget(shard, sync=True)):
+            result.over_budget.append(why)
+            continue
+        yield shard
