@@ -26,6 +26,7 @@ from batchpipe.errors import ConfigError, InputError, RunExists
 from batchpipe.ledger.index import DuplicateId, Index
 from batchpipe.ledger.model import FileRef, Run, RunState, Shard, ShardState
 from batchpipe.ledger.store import Ledger, encode
+from batchpipe.ops.common import gc_paused
 from batchpipe.paths import RunPaths, check_run_id
 from batchpipe.pipeline.inputs import InputDigest, input_name, input_sha256
 from batchpipe.pipeline.requests import Request, render_requests, token_base_body
@@ -332,7 +333,7 @@ def _build(
     # One pass: each request is rendered, counted and sized once here, and written, hashed and
     # indexed on the writer's thread; the index is a bulk build, as the whole dir is published or
     # thrown away.
-    with Index(paths.index, create=True, bulk=True) as index:
+    with Index(paths.index, create=True, bulk=True) as index, gc_paused():
         writer = _ShardWriter(paths, index)
         try:
             try:

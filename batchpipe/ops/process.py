@@ -39,7 +39,7 @@ from batchpipe.errors import ExitCode, InputError
 from batchpipe.ledger.index import Index, Joined, Outcome, outcome_of
 from batchpipe.ledger.model import FileRef, Shard, ShardState
 from batchpipe.ledger.store import Ledger
-from batchpipe.ops.common import Progress, run_config, usage_tokens
+from batchpipe.ops.common import Progress, gc_paused, run_config, usage_tokens
 from batchpipe.ops.lost import billed_usage, lost_error
 from batchpipe.ops.reindex import intact, open_index, restore_shard_file
 from batchpipe.paths import RunPaths
@@ -518,7 +518,7 @@ def process(paths: RunPaths, *, retry_failed: bool = False) -> Processed:
         ledger = Ledger.load(paths)
         cfg = run_config(paths)
         max_attempts = cfg.limits.max_attempts
-        with open_index(ledger, replay, result.warnings) as index:  # rebuilt first if it is lost or damaged
+        with open_index(ledger, replay, result.warnings) as index, gc_paused():  # index rebuilt first if lost or damaged
             shards = list(ledger.shards)
             # Merging is redone as it was after a crash (the index replaces a shard's outcomes), so the
             # ledger need not be written for every shard: a run of a thousand small shards would
