@@ -4,9 +4,14 @@ the outcome of each request once its results are processed.
 It keeps `create`'s duplicate-id check, the validation-error line mapping and the final merge
 in memory that does not grow with the dataset. It is derived data with a durable commit:
 results are committed here before the ledger marks their shard merged, and re-processing a
-shard replaces its rows, so a crash between the two is repaired by running `process` again.
-A lost or damaged index is rebuilt from the run's files (ops/reindex.py); an sqlite error
-(damage, a full disk) leaves here as an IndexFailure with a message and a hint, never a traceback.
+shard replaces its row, so a crash between the two is repaired by running `process` again.
+A lost or damaged index, or one of an earlier layout, is rebuilt from the run's files
+(ops/reindex.py); an sqlite error (damage, a full disk) leaves here as an IndexFailure with a
+message and a hint, never a traceback.
+
+Layout 2 (SCHEMA): a row per request only where sqlite needs one to find an id (`requests`);
+everything else a row per shard file or per merged attempt, its per-request values in JSON
+arrays, so `create` and `process` pay a statement per shard, not per request.
 """
 
 from __future__ import annotations
