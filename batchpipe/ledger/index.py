@@ -50,18 +50,20 @@ CREATE TABLE IF NOT EXISTS shard_files (   -- which request is on which line of 
 );
 CREATE TABLE IF NOT EXISTS results (       -- the outcomes of one merged shard attempt
     shard     TEXT PRIMARY KEY,
+    file      TEXT NOT NULL,               -- its request file: its shard_files row says whose outcomes these are
     merged    INTEGER NOT NULL,            -- merge order: a later attempt's outcome for a request wins
     lo        INTEGER NOT NULL,            -- the smallest and largest seq among its requests
     hi        INTEGER NOT NULL,
     failed    INTEGER NOT NULL,            -- how many of its outcomes are failures, and of those
     retryable INTEGER NOT NULL,            --   how many another attempt may fix
-    n         INTEGER NOT NULL,            -- its requests, one per line of its request file:
-    ids       BLOB NOT NULL,               -- JSON arrays, in that line order: custom_id, seq,
-    seqs      BLOB NOT NULL,
-    outcomes  BLOB NOT NULL                --   [ok, value, error, retryable, attempt, finish_reason, usage, invalid]
-);
+    n         INTEGER NOT NULL,            -- its requests, one per line of its request file, and
+    outcomes  BLOB NOT NULL                --   in that line order (JSON): [ok, value, error, retryable, attempt,
+);                                         --   finish_reason, usage, invalid]
 """
 
+
+# An attempt's outcomes with the ids and seqs of its request file's lines, in the same order.
+_WITH_FILES = "results r JOIN shard_files f ON f.file = r.file"
 
 # The page cache of a `bulk` build (KiB): bounded, so create's memory does not grow with the run.
 BULK_CACHE_KIB = 16 * 1024
@@ -183,7 +185,7 @@ class Index:
     def _layout(self) -> int:
         """The layout version the file says it has, 0 if its results table is not this layout's."""
         columns = [row[1] for row in self.db.execute("PRAGMA table_info(results)")]
-        if columns != ["shard", "merged", "lo", "hi", "failed", "retryable", "n", "ids", "seqs", "outcomes"]:
+        if columns != ["shard", "file", "merged", "lo", "hi", "failed", "retryable", "n", "outcomes"]:
             return 0
         return self.db.execute("PRAGMA user_version").fetchone()[0]
 
@@ -358,10 +360,9 @@ class Index:
         seqs = orjson.loads(found[1])
         with self.db:  # one statement, one row: all of the shard or none of it, numbered as it lands
             self.db.execute(
-                "INSERT OR REPLACE INTO results SELECT ?, COALESCE(MAX(merged), 0) + 1, ?, ?, ?, ?, ?, ?, ?, ? "
-                "FROM results",
-                (shard, min(seqs, default=0), max(seqs, default=0), counts["failed"], retryable, len(ids), found[0],
-                 found[1], orjson.dumps(rows)),
+                "INSERT OR REPLACE INTO results SELECT ?, ?, COALESCE(MAX(merged), 0) + 1, ?, ?, ?, ?, ?, ? FROM results",
+                (shard, file, min(seqs, default=0), max(seqs, default=0), counts["failed"], retryable, len(ids),
+                 orjson.dumps(rows)),
             )
         return counts
 
@@ -369,14 +370,14 @@ class Index:
         """(line, outcome) of the requests of `shard` whose latest outcome is its own failure that
         may be retried (every failure, with `every_failure`)."""
         which = "failed" if every_failure else "retryable"
-        found = self.db.execute(f"SELECT merged, lo, hi, ids, outcomes, seqs FROM results WHERE shard = ? AND {which}",
-                                (shard,)).fetchone()
+        found = self.db.execute(f"SELECT r.merged, r.lo, r.hi, f.ids, r.outcomes, f.seqs FROM {_WITH_FILES} "
+                                f"WHERE r.shard = ? AND r.{which}", (shard,)).fetchone()
         if found is None:  # no such failure: its arrays are not read
             return []
         merged, lo, hi, ids, outcomes, seqs = found
         later: set[int] = set()  # requests a later attempt answered again
-        for (other,) in self.db.execute("SELECT seqs FROM results WHERE merged > ? AND lo <= ? AND hi >= ?",
-                                        (merged, hi, lo)):
+        for (other,) in self.db.execute(f"SELECT f.seqs FROM {_WITH_FILES} WHERE r.merged > ? AND r.lo <= ? "
+                                        "AND r.hi >= ?", (merged, hi, lo)):
             later.update(orjson.loads(other))
         # row: [ok, value, error, retryable, ...] (see SCHEMA); an Outcome is made for the failures only
         return [
@@ -433,7 +434,8 @@ class Joined:
     @_guarded
     def _load(self, shard: str) -> _Attempt:
         merged, lo, hi, ids, seqs, rows = self._index.db.execute(
-            "SELECT merged, lo, hi, ids, seqs, outcomes FROM results WHERE shard = ?", (shard,)).fetchone()
+            f"SELECT r.merged, r.lo, r.hi, f.ids, f.seqs, r.outcomes FROM {_WITH_FILES} WHERE r.shard = ?",
+            (shard,)).fetchone()
         seqs = orjson.loads(seqs)
         where = None if seqs == list(range(lo, hi + 1)) else {seq: i for i, seq in enumerate(seqs)}
         return _Attempt(merged, lo, hi, orjson.loads(ids), orjson.loads(rows), where)
