@@ -119,25 +119,16 @@ def write_lines_atomic(path: Path, lines: Iterable[bytes]) -> tuple[int, str]:
 
 
 def append_line(path: Path, line: bytes) -> None:
-    """Append one whole line to an append-only log and fsync it.
+    """Append one whole line to an append-only log and fsync it (an AppendLog of one line).
 
     Readers must skip a torn last line (a crash can cut a line short); the log is never
     rewritten in place. A torn last line is ended first, so the new line stays whole on its own.
     """
-    if not line.endswith(b"\n"):
-        line += b"\n"
-    existed = path.exists()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    log = AppendLog(path)
     try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line
-        os.write(fd, line)
-        os.fsync(fd)
+        log.append(line)
     finally:
-        os.close(fd)
-    if not existed:
-        fsync_dir(path.parent)
+        log.close()
 
 
 class AppendLog:
