@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import inspect
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -200,12 +200,13 @@ class Index:
 
     # -- requests (written once, at create) -----------------------------------------------
     @_guarded
-    def add_created(self, ids: list[str], first_seq: int, line_nos: list[int]) -> None:
+    def add_created(self, ids: list[str], first_seq: int, line_nos: Sequence[int]) -> None:
         """Record a batch of new requests: `ids[k]` is the request at seq `first_seq + k`, rendered
         from input line `line_nos[k]`; in the open transaction. Raises DuplicateId for the first id
         of the batch that is already recorded, by an earlier batch or earlier in this one."""
         if not ids:
             return
+        line_nos = line_nos if type(line_nos) is list else list(line_nos)
         try:
             if line_nos == list(range(first_seq, first_seq + len(ids))):  # the usual file: a request per line
                 self.db.execute("INSERT INTO requests SELECT value, ?2 + key, NULL FROM json_each(?1)",

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import multiprocessing
+import os
 import re
 import secrets
+import shutil
 import time
+from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, NamedTuple, NoReturn
+from typing import Any, BinaryIO, NamedTuple
 
 from batchpipe import __version__, crash, fsio
 from batchpipe.config import JobConfig, load_config, snapshot_yaml
@@ -28,8 +32,15 @@ from batchpipe.ledger.model import FileRef, Run, RunState, Shard, ShardState
 from batchpipe.ledger.store import Ledger, encode
 from batchpipe.ops.common import gc_paused
 from batchpipe.paths import RunPaths, check_run_id
-from batchpipe.pipeline.inputs import InputDigest, input_name, input_sha256
-from batchpipe.pipeline.requests import Request, render_requests, token_base_body
+from batchpipe.pipeline.inputs import InputDigest, input_name, input_sha256, json_blocks, rows_in
+from batchpipe.pipeline.requests import (
+    Block,
+    BlockRenderer,
+    Request,
+    block_renderer,
+    render_requests,
+    token_base_body,
+)
 from batchpipe.pipeline.shards import ShardSplit, shard_id
 from batchpipe.pipeline.tokens import TokenCounter, counter_for, max_output_tokens
 from batchpipe.pricing import price_for
@@ -43,6 +54,9 @@ PROGRESS_EVERY = 1000
 CHUNK_BYTES = 1 << 20
 INDEX_BATCH = 10_000
 MAX_PENDING = 8
+# An input of at least this many bytes is rendered by a worker process per core (see _rendered);
+# below it, starting them costs more than they save.
+PARALLEL_MIN_BYTES = 8 << 20
 OnProgress = Callable[[int, int], None]
 
 
@@ -140,6 +154,12 @@ def unbounded_output_tokens(model: str) -> int:
     return bound if bound is not None else DEFAULT_UNBOUNDED_OUTPUT_TOKENS
 
 
+def _output_bound(cfg: JobConfig, body: dict[str, Any]) -> int:
+    """The most output tokens a request of the job can be billed for (the same for all: params)."""
+    bound = max_output_tokens(body, cfg.model, cfg.endpoint)
+    return unbounded_output_tokens(cfg.model) if bound is None else bound
+
+
 def plan_shards(
     cfg: JobConfig, counter: TokenCounter | None = None, digest: InputDigest | None = None
 ) -> Iterator[Planned]:
@@ -165,25 +185,24 @@ def plan_shards(
         tokens = base + text(user) if base is not None else body_tokens(endpoint, body)
         size = len(line)
         if size > max_bytes or (max_tokens is not None and tokens > max_tokens):
-            _refuse(cfg, req, tokens, counter.too_long > too_long)
+            raise _refuse(cfg, req.line_no, req.custom_id, size, tokens, counter.too_long > too_long)
         if output_bound is None:  # the same for every request: it is read from the params alone
-            bound = max_output_tokens(body, cfg.model, endpoint)
-            output_bound = unbounded_output_tokens(cfg.model) if bound is None else bound
+            output_bound = _output_bound(cfg, body)
         yield _planned((split.place(size, tokens), req, tokens, output_bound))
 
 
-def _refuse(cfg: JobConfig, req: Request, tokens: int, by_bytes: bool) -> NoReturn:
+def _refuse(cfg: JobConfig, line_no: int, custom_id: str, size: int, tokens: int, by_bytes: bool) -> InputError:
     """A single request over a per-shard limit: it could never be sent."""
     limits = cfg.limits
-    where = f"{input_name(cfg.input)} line {req.line_no} (row id {req.custom_id})"
-    if len(req.line) > limits.max_bytes_per_shard:
-        raise InputError(
-            f"{where}: the request is {len(req.line)} bytes, more than limits.max_bytes_per_shard "
+    where = f"{input_name(cfg.input)} line {line_no} (row id {custom_id})"
+    if size > limits.max_bytes_per_shard:
+        return InputError(
+            f"{where}: the request is {size} bytes, more than limits.max_bytes_per_shard "
             f"({limits.max_bytes_per_shard})",
             hint=f"shorten the row or raise limits.max_bytes_per_shard in {cfg.source}",
         )
     how = " (counted by bytes: too long for the tokenizer)" if by_bytes else ""
-    raise InputError(
+    return InputError(
         f"{where}: the request is {tokens} tokens{how}, more than limits.enqueued_tokens "
         f"({limits.enqueued_tokens}): it could never be queued",
         hint=f"shorten the row or raise limits.enqueued_tokens in {cfg.source}",
@@ -213,28 +232,42 @@ class _ShardWriter:
         self._new_chunk()
 
     def _new_chunk(self) -> None:
-        self._lines: list[bytes] = []
+        # The lines go straight into one buffer: orjson's results kept alive in a list cost several
+        # times what making them does (their memory is not reused).
+        self._data = bytearray()
         self._ids: list[str] = []
         self._line_nos: list[int] = []
-        self._chunk_bytes = 0
         self._chunk_seq = 0
 
     # -- the caller's side ---------------------------------------------------------------
     def add(self, request: Request, tokens: int, output_bound: int) -> None:
         """Append a request to the current shard; `start` must have opened it."""
         custom_id, _, line_no, line, _, seq, _ = request  # one unpacking: this runs once per request
-        lines = self._lines
-        if not lines:
+        ids = self._ids
+        if not ids:
             self._chunk_seq = seq
-        lines.append(line)
-        self._ids.append(custom_id)
+        self._data += line
+        ids.append(custom_id)
         self._line_nos.append(line_no)
-        self._chunk_bytes += len(line)
         self._count += 1
         self._tokens += tokens
         self._output += output_bound
-        if self._chunk_bytes >= CHUNK_BYTES or len(lines) >= INDEX_BATCH:
+        if len(self._data) >= CHUNK_BYTES or len(ids) >= INDEX_BATCH:
             self._hand_over()
+
+    def add_run(self, data: memoryview, ids: list[str], line_nos: Sequence[int], first_seq: int, tokens: int,
+                output: int) -> None:
+        """Append requests already joined (a rendered block's, or part of one) to the current shard."""
+        if self._ids:
+            self._hand_over()
+        if not self._shard_ids:
+            self._first_seq = first_seq
+        self._shard_ids += ids
+        self._bytes += len(data)
+        self._count += len(ids)
+        self._tokens += tokens
+        self._output += output
+        self._submit(self._write, data, ids, first_seq, line_nos)
 
     def start(self, index: int) -> None:
         """Finish the current shard (if any) and open shard `index`."""
@@ -253,7 +286,7 @@ class _ShardWriter:
 
     def flush(self) -> None:
         """Hand over what is buffered and wait for the thread: raises the first error it met."""
-        if self._lines:
+        if self._ids:
             self._hand_over()
         while self._pending:
             self._pending.popleft().result()
@@ -266,14 +299,14 @@ class _ShardWriter:
         if not self._shard_ids:
             self._first_seq = self._chunk_seq
         self._shard_ids += self._ids
-        self._bytes += self._chunk_bytes
-        self._submit(self._write, b"".join(self._lines), self._ids, self._chunk_seq, self._line_nos)
+        self._bytes += len(self._data)
+        self._submit(self._write, self._data, self._ids, self._chunk_seq, self._line_nos)
         self._new_chunk()
 
     def _finish_shard(self) -> None:
         if not self.shard:
             return
-        if self._lines:
+        if self._ids:
             self._hand_over()
         seqs = list(range(self._first_seq, self._first_seq + self._count))
         self._submit(self._close, self._sid, self._shard_ids, seqs, self._bytes, self._tokens, self._output)
@@ -288,7 +321,7 @@ class _ShardWriter:
         self._file = self._stack.enter_context(fsio.atomic_writer(self.paths.shard_file(sid)))
         self._hash = hashlib.sha256()
 
-    def _write(self, data: bytes, ids: list[str], first_seq: int, line_nos: list[int]) -> None:
+    def _write(self, data: bytes | bytearray | memoryview, ids: list[str], first_seq: int, line_nos: Sequence[int]) -> None:
         assert self._file is not None
         self._file.write(data)
         self._hash.update(data)
@@ -304,6 +337,131 @@ class _ShardWriter:
             file=FileRef(file, size, self._hash.hexdigest()), requests=len(ids), est_tokens=tokens,
             max_output_tokens=output,
         ))
+
+
+def _write_blocks(
+    cfg: JobConfig, render: BlockRenderer, digest: InputDigest, writer: _ShardWriter, on_progress: OnProgress | None,
+) -> int:
+    """plan_shards and the writer's `add` for a job block_renderer renders: each block's requests
+    placed in shards by the same rule (ShardSplit) and handed to the writer a shard's part of a
+    block at a time. Returns the number of requests; raises the first bad row's InputError (or a
+    request over a per-shard limit) once every request above it is with the writer."""
+    limits = cfg.limits
+    split = ShardSplit(limits.max_requests_per_shard, limits.max_bytes_per_shard, limits.enqueued_tokens)
+    bound = _output_bound(cfg, token_base_body(cfg) or {})
+    seq = 0  # requests before the block
+    with closing(_rendered(cfg, render, digest, writer.paths.root / "rendering")) as blocks:  # closed at once on an error: its workers too
+        for block in blocks:
+            n = _refused_at(cfg, block)  # requests of the block that are not over a per-shard limit
+            if not writer.shard and n:
+                writer.start(1)
+            starts = split.starts(block.sizes[:n], block.tokens[:n])
+            if on_progress is not None:  # every PROGRESS_EVERY rows, with the shard each is in
+                for row in range((seq // PROGRESS_EVERY + 1) * PROGRESS_EVERY, seq + n + 1, PROGRESS_EVERY):
+                    on_progress(row, writer.shard + bisect_right(starts, row - seq - 1))
+            edges = [0, *starts, n]
+            data, offset = memoryview(block.data), 0
+            for k, (a, b) in enumerate(zip(edges, edges[1:])):  # each a shard's part of the block
+                if a == b:  # the block's first request starts a shard: nothing before it
+                    continue
+                if k:
+                    writer.start(writer.shard + 1)
+                size = sum(block.sizes[a:b])
+                writer.add_run(data[offset : offset + size], block.ids[a:b], block.line_nos[a:b], seq + a + 1,
+                               sum(block.tokens[a:b]), bound * (b - a))
+                offset += size
+            seq += n
+            if n < len(block.ids) or block.error is not None:
+                writer.flush()  # a duplicate id above the bad row is the file's first error: it wins
+                if n < len(block.ids):
+                    raise _refuse(cfg, block.line_nos[n], block.ids[n], block.sizes[n], block.tokens[n],
+                                  n in block.by_bytes)
+                raise block.error
+    return seq
+
+
+def _refused_at(cfg: JobConfig, block: Block) -> int:
+    """The position in `block` of its first request over a per-shard limit (one that could never be
+    sent), or its length if none is: checked at C speed first."""
+    max_bytes, max_tokens = cfg.limits.max_bytes_per_shard, cfg.limits.enqueued_tokens
+    sizes, tokens = block.sizes, block.tokens
+    if sizes and (max(sizes) > max_bytes or (max_tokens is not None and max(tokens) > max_tokens)):
+        return next(i for i, (s, t) in enumerate(zip(sizes, tokens))
+                    if s > max_bytes or (max_tokens is not None and t > max_tokens))
+    return len(sizes)
+
+
+def _rendered(cfg: JobConfig, render: BlockRenderer, digest: InputDigest, scratch: Path) -> Iterator[Block]:
+    """The input's blocks rendered, in file order: by worker processes, a block each, when the
+    input is big enough to be worth them (forked: they start with the config and the renderer),
+    else here. The caller holds at most a few blocks at a time: memory stays flat.
+
+    A worker reads its block from the input file and leaves its requests in a file under
+    `scratch`: the bytes do not go through a pipe, nor through pickle, twice each.
+    """
+    path = Path(cfg.input.path)
+    numbered = _numbered(json_blocks(path, digest), numbered_rows=cfg.input.id is None)
+    workers = os.cpu_count() or 1
+    if workers < 2 or path.stat().st_size < PARALLEL_MIN_BYTES or "fork" not in multiprocessing.get_all_start_methods():
+        for block, first_line, _, first_row in numbered:
+            yield render(block, first_line, first_row)
+        return
+    scratch.mkdir()
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_renderer_start,
+                               initargs=(render,))
+    try:
+        pending: deque[tuple[Future[Block], Path]] = deque()
+        for n, (block, first_line, offset, first_row) in enumerate(numbered):
+            part = scratch / f"{n}.jsonl"
+            pending.append((pool.submit(_render_in_worker, offset, len(block), first_line, first_row, part), part))
+            if len(pending) > 2 * workers:
+                yield _fetched(render, *pending.popleft())
+        while pending:
+            yield _fetched(render, *pending.popleft())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(scratch, ignore_errors=True)  # what an error left there
+
+
+def _numbered(blocks: Iterator[tuple[bytes, int, int]], numbered_rows: bool) -> Iterator[tuple[bytes, int, int, int]]:
+    """(block, its first line, its offset, its first row number): rows are counted only for a job
+    whose custom_ids are row numbers (without input.id); another's is 0."""
+    row = 1
+    for block, first_line, offset in blocks:
+        yield block, first_line, offset, row if numbered_rows else 0
+        if numbered_rows:
+            row += rows_in(block)
+
+
+def _fetched(render: BlockRenderer, future: Future[Block], part: Path) -> Block:
+    """A block a worker rendered: its requests read from its file (then removed), and the texts
+    its tokenizer refused counted here (for the notes)."""
+    block = future.result()
+    render.counter.too_long += len(block.by_bytes)
+    data = part.read_bytes()
+    part.unlink()
+    return block._replace(data=data)
+
+
+_RENDERER: BlockRenderer | None = None  # a render worker's (see _rendered)
+
+
+def _renderer_start(render: BlockRenderer) -> None:
+    global _RENDERER
+    _RENDERER = render
+
+
+def _render_in_worker(offset: int, size: int, first_line: int, first_row: int, part: Path) -> Block:
+    """Render a block of the input in a worker; its requests go to the file `part`, not into the
+    returned Block."""
+    assert _RENDERER is not None
+    with open(_RENDERER.cfg.input.path, "rb") as f:
+        block = os.pread(f.fileno(), size, offset)
+    rendered = _RENDERER(block, first_line, first_row)
+    with open(part, "wb") as out:
+        out.write(rendered.data)
+    return rendered._replace(data=b"")
+
 
 
 def _id_fields(cfg: JobConfig) -> str:
@@ -333,11 +491,14 @@ def _build(
     # One pass: each request is rendered, counted and sized once here, and written, hashed and
     # indexed on the writer's thread; the index is a bulk build, as the whole dir is published or
     # thrown away.
+    render = block_renderer(cfg, counter)  # the usual JSONL job: rendered in blocks, on every core
     with Index(paths.index, create=True, bulk=True) as index, gc_paused():
         writer = _ShardWriter(paths, index)
         try:
             try:
-                for shard, request, tokens, output_bound in plan_shards(cfg, counter, digest):
+                if render is not None:
+                    rows = _write_blocks(cfg, render, digest, writer, on_progress)
+                for shard, request, tokens, output_bound in () if render is not None else plan_shards(cfg, counter, digest):
                     if shard != writer.shard:
                         writer.start(shard)
                     writer.add(request, tokens, output_bound)

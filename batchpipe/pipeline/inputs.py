@@ -45,7 +45,10 @@ from batchpipe.errors import InputError
 if TYPE_CHECKING:
     from batchpipe.config import InputConfig
 
-__all__ = ["InputDigest", "Row", "count_sha256", "display_path", "dumps_row", "input_name", "input_sha256", "iter_rows"]
+__all__ = [
+    "InputDigest", "Row", "block_lines", "count_sha256", "display_path", "dumps_row", "input_name", "input_sha256",
+    "is_blank", "iter_rows", "json_blocks", "rows_in",
+]
 
 _BOM = b"\xef\xbb\xbf"
 # csv refuses fields over 128 KiB by default; long documents in one cell are normal input.
@@ -55,8 +58,8 @@ _CSV_FIELD_LIMIT = 256 * 1024 * 1024
 # fewer than 19 digits, or 19 or 20; a run of 19 or more digits (in a number, or harmlessly in
 # a string) in a line orjson read a float from sends the line to the stdlib parser, which keeps
 # every integer exact.
-_LONG_DIGITS = re.compile(rb"[0-9]{19,}")
-_DIGITS = b"0123456789"
+_LONGDIGITS = re.compile(rb"[0-9]{19,}")
+DIGITS = b"0123456789"
 
 
 class Row(NamedTuple):
@@ -232,7 +235,7 @@ def _iter_jsonl(path: Path, digest: InputDigest | None) -> Iterator[Row]:
             data = loads(raw)
         except orjson.JSONDecodeError:
             data = None
-        if type(data) is not dict or len(raw) - len(raw.translate(None, _DIGITS)) >= 19:
+        if type(data) is not dict or len(raw) - len(raw.translate(None, DIGITS)) >= 19:
             data = parse_json_line(name, line_no, raw)
         yield _row((row_no, line_no, data))
 
@@ -257,6 +260,63 @@ def json_lines(path: Path, digest: InputDigest | None = None) -> Iterator[tuple[
         source.close()
 
 
+# A block (json_blocks) holds whole lines of about this many bytes.
+BLOCK_BYTES = 1 << 21
+# A line holding only whitespace, between two others (json_blocks' rows_in).
+_BLANK_INSIDE = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")
+
+
+def json_blocks(path: Path, digest: InputDigest | None = None, size: int = BLOCK_BYTES) -> Iterator[tuple[bytes, int, int]]:
+    """(block, line number of its first line, its offset in the file) of a JSONL file: each block
+    whole lines (the last one's newline included, but at the end of a file without one) of about
+    `size` bytes, the byte order mark left out of the first. json_lines' read in big pieces, for a
+    caller that splits the lines itself (create's renderers): the same hashing and the same check
+    for a changed file."""
+    source = _Source(path)
+    try:
+        line_no, offset, rest, first = 1, 0, b"", True
+        while chunk := source.stream.read(size):
+            data = rest + chunk if rest else chunk
+            if first:
+                first = False
+                if data.startswith(_BOM):
+                    data, offset = data[len(_BOM) :], len(_BOM)
+            cut = data.rfind(b"\n") + 1
+            if not cut:  # a line longer than a block: read on
+                rest = data
+                continue
+            block, rest = data[:cut], data[cut:]
+            yield block, line_no, offset
+            line_no, offset = line_no + block.count(b"\n"), offset + cut
+        if rest:
+            yield rest, line_no, offset
+        source.finish(digest)
+    finally:
+        source.close()
+
+
+def block_lines(block: bytes) -> list[bytes]:
+    """The lines of a json_blocks block, without their newlines (a blank one: is_blank)."""
+    lines = block.split(b"\n")
+    if not lines[-1]:  # the block's last newline ends its last line: nothing follows it
+        lines.pop()
+    return lines
+
+
+def is_blank(line: bytes) -> bool:
+    """Is a line of block_lines blank (json_lines skips it)?"""
+    return not line or line.isspace()
+
+
+def rows_in(block: bytes) -> int:
+    """How many rows (lines not blank) a json_blocks block holds: counted at C speed when it has
+    no blank line, the usual case."""
+    framed = b"\n" + block + (b"" if block.endswith(b"\n") else b"\n")  # every line between two newlines
+    if _BLANK_INSIDE.search(framed) is None:
+        return framed.count(b"\n") - 1
+    return sum(not is_blank(line) for line in block_lines(block))
+
+
 def parse_json_line(name: str, line_no: int, raw: bytes) -> dict[str, Any]:
     """A JSONL row's object; an InputError naming `name` and the line if it is not one."""
     try:
@@ -264,7 +324,7 @@ def parse_json_line(name: str, line_no: int, raw: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise _bad_json(name, line_no, raw, exc) from None
     # Fewer than 19 digits in the whole line (the usual row; counted at C speed): none was lost.
-    if len(raw) - len(raw.translate(None, _DIGITS)) >= 19 and _may_have_lost_digits(data) and _LONG_DIGITS.search(raw):
+    if len(raw) - len(raw.translate(None, DIGITS)) >= 19 and _may_have_lost_digits(data) and _LONGDIGITS.search(raw):
         data = json.loads(raw)  # valid JSON (orjson read it); the stdlib keeps big integers exact
     if type(data) is not dict:
         raise InputError(

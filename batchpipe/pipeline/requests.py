@@ -21,15 +21,25 @@ from __future__ import annotations
 import base64
 import functools
 import os
+from array import array
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
 from batchpipe.config import NO_SYSTEM_ENDPOINTS, RESERVED_PARAMS, JobConfig
 from batchpipe.errors import ConfigError, InputError
-from batchpipe.pipeline.inputs import InputDigest, Row, display_path, input_name, iter_rows
+from batchpipe.pipeline.inputs import (
+    DIGITS,
+    InputDigest,
+    Row,
+    block_lines,
+    display_path,
+    input_name,
+    iter_rows,
+    parse_json_line,
+)
 from batchpipe.pipeline.template import (
     MissingField,
     Template,
@@ -39,7 +49,15 @@ from batchpipe.pipeline.template import (
     lookup,
 )
 
-__all__ = ["RECORD_SEPARATOR", "Request", "build_body", "custom_id_for", "line_records", "record_scope", "render_requests"]
+from batchpipe.pipeline.tokens import estimate_tokens
+
+if TYPE_CHECKING:
+    from batchpipe.pipeline.tokens import TokenCounter
+
+__all__ = [
+    "RECORD_SEPARATOR", "Block", "BlockRenderer", "Request", "block_renderer", "build_body", "custom_id_for",
+    "line_records", "record_scope", "render_requests",
+]
 
 
 class Request(NamedTuple):
@@ -166,13 +184,9 @@ def _compile(cfg: JobConfig, key: str, text: str) -> Template:
         ) from None
 
 
-def render_requests(cfg: JobConfig, digest: InputDigest | None = None) -> Iterator[Request]:
-    """Yield one Request per input row, in file order.
-
-    Raises InputError for a bad row (file, line, row id, field) and ConfigError for a
-    config that load_config would have refused (when a JobConfig is built by hand).
-    After the last request, `digest` holds the size and sha256 of the input bytes read.
-    """
+def _check_prompt(cfg: JobConfig) -> tuple[Template | None, Template]:
+    """The system and user templates; a ConfigError for what load_config would have refused (a
+    JobConfig built by hand) before a single row is read."""
     reserved = sorted(k for k in cfg.params if k in RESERVED_PARAMS)
     if reserved:
         raise ConfigError(
@@ -181,8 +195,18 @@ def render_requests(cfg: JobConfig, digest: InputDigest | None = None) -> Iterat
         )
     system_t = _compile(cfg, "system", cfg.prompt.system) if cfg.prompt.system is not None else None
     user_t = _compile(cfg, "user", cfg.prompt.user)
-    # Catch an endpoint/system mismatch before reading a single row.
-    build_body(cfg, "" if system_t is not None else None, "")
+    build_body(cfg, "" if system_t is not None else None, "")  # an endpoint that takes no system prompt
+    return system_t, user_t
+
+
+def render_requests(cfg: JobConfig, digest: InputDigest | None = None) -> Iterator[Request]:
+    """Yield one Request per input row, in file order.
+
+    Raises InputError for a bad row (file, line, row id, field) and ConfigError for a
+    config that load_config would have refused (when a JobConfig is built by hand).
+    After the last request, `digest` holds the size and sha256 of the input bytes read.
+    """
+    system_t, user_t = _check_prompt(cfg)
     image_ts = [_compile(cfg, f"images.{i}", t) for i, t in enumerate(cfg.prompt.images)]
     turns = [(_compile(cfg, f"history.{i}.user", t.user), [_compile(cfg, f"history.{i}.images.{j}", im)
               for j, im in enumerate(t.images)], _compile(cfg, f"history.{i}.assistant", t.assistant))
@@ -257,6 +281,133 @@ def _plain_requests(
         body = make_body(system, user)
         line = dumps({"custom_id": cid, "method": "POST", "url": endpoint, "body": body}, option=newline)
         yield _request((cid, row_no, line_no, line, body, row_no, user))
+
+
+class Block(NamedTuple):
+    """The requests of a block of input lines (BlockRenderer): their lines joined, and for each in
+    order its custom_id, input line, size in bytes and tokens."""
+
+    data: bytearray
+    ids: list[str]
+    line_nos: array[int]
+    sizes: array[int]
+    tokens: array[int]
+    by_bytes: list[int]  # which of them (positions) the tokenizer refused: their tokens are an estimate
+    error: InputError | None  # the block's first bad row, if any: the requests above stop before it
+
+
+def block_renderer(cfg: JobConfig, counter: TokenCounter) -> BlockRenderer | None:
+    """create's renderer of whole blocks of a JSONL input (inputs.json_blocks), for the usual job
+    (a request per row, no images or history, a system prompt without placeholders); None for any
+    other job, which render_requests renders a row at a time."""
+    prompt = cfg.prompt
+    if (cfg.input.count is not None or cfg.input.format != "jsonl" or cfg.input.records is not None
+            or prompt.images or prompt.history):
+        return None
+    system_t, user_t = _check_prompt(cfg)
+    base_body = token_base_body(cfg)
+    if base_body is None:
+        return None
+    system = system_t.render({}) if system_t is not None else None  # it has no placeholders (token_base_body)
+    pieces = _line_pieces(cfg, system)
+    if pieces is None:
+        return None
+    return BlockRenderer(cfg, counter, counter.body(cfg.endpoint, base_body), user_t, pieces)
+
+
+class BlockRenderer:
+    """`(block, first_line, first_row) -> Block`: render_requests' requests of a block of whole
+    JSONL lines, byte for byte, in one loop made for a million rows; a block can be rendered on
+    any core (ops/create.py), as it needs nothing but itself and where it starts. `first_row`
+    matters only to a job without input.id (the row number is the custom_id).
+
+    The first bad row (not JSON, a missing field...) ends the block with the InputError that
+    render_requests would raise for it; whatever is unusual in a row goes to the same functions.
+    """
+
+    def __init__(self, cfg: JobConfig, counter: TokenCounter, base_tokens: int, user_t: Template,
+                 pieces: tuple[bytes, bytes, bytes]) -> None:
+        self.cfg, self.counter, self.base_tokens, self.user_t, self.pieces = cfg, counter, base_tokens, user_t, pieces
+        self.name = input_name(cfg.input)
+        self.segments = _id_segments(cfg)
+        self.output_fields = _output_fields(cfg.output.key)
+        self.tokens_of = counter.text if counter.exact else estimate_tokens  # a call less per row
+
+    def __call__(self, block: bytes, first_line: int, first_row: int) -> Block:
+        cfg, counter, name, segments = self.cfg, self.counter, self.name, self.segments
+        id_name = segments[0] if segments is not None and len(segments) == 1 else None
+        taken, output_fields = frozenset(self.output_fields), self.output_fields
+        render, base, tokens_of = self.user_t.render, self.base_tokens, self.tokens_of
+        head, middle, tail = self.pieces
+        loads, dumps, decode_error = orjson.loads, orjson.dumps, orjson.JSONDecodeError
+        # The lines go straight into one buffer: orjson's results kept alive in a list cost
+        # several times what making them does (their memory is not reused).
+        out = bytearray()
+        ids: list[str] = []
+        line_nos: list[int] = []
+        sizes: list[int] = []
+        tokens: list[int] = []
+        by_bytes: list[int] = []
+        error = None
+        lines = block_lines(block)
+        whole = len(lines) if block.endswith(b"\n") else len(lines) - 1  # lines that had a newline
+        row_no, too_long = first_row - 1, counter.too_long
+        try:
+            for k, raw in enumerate(lines):
+                if not raw or raw.isspace():  # blank: skipped, as json_lines does
+                    continue
+                line_no = first_line + k
+                row_no += 1
+                try:
+                    data = loads(raw)
+                except decode_error:
+                    data = None
+                if type(data) is not dict or len(raw) - len(raw.translate(None, DIGITS)) >= 19:
+                    data = parse_json_line(name, line_no, raw + b"\n" if k < whole else raw)  # the line as in the file
+                if segments is None:
+                    cid = str(row_no)
+                else:
+                    cid = data.get(id_name) if id_name is not None else None
+                    if type(cid) is not str or not cid.strip():
+                        cid = _custom_id(cfg, Row(row_no, line_no, data), segments)  # or an error naming the row
+                if not taken.isdisjoint(data):
+                    _check_output_fields(cfg, Row(row_no, line_no, data), data, cid, output_fields)
+                try:
+                    user = render(data)
+                except MissingField:
+                    user = _render(cfg, self.user_t, "prompt.user", Row(row_no, line_no, data), cid, data)  # raises
+                start = len(out)
+                out += head
+                out += dumps(cid)
+                out += middle
+                out += dumps(user)
+                out += tail
+                ids.append(cid)
+                line_nos.append(line_no)
+                sizes.append(len(out) - start)
+                tokens.append(base + tokens_of(user))
+                if counter.too_long != too_long:
+                    too_long = counter.too_long
+                    by_bytes.append(len(ids) - 1)
+        except InputError as exc:
+            error = exc
+        return Block(out, ids, array("q", line_nos), array("q", sizes), array("q", tokens), by_bytes, error)
+
+
+def _line_pieces(cfg: JobConfig, system: str | None) -> tuple[bytes, bytes, bytes] | None:
+    """(head, middle, tail): a request line of the job is head + the JSON of its custom_id +
+    middle + the JSON of its user text + tail, the very bytes orjson makes of the whole request
+    (it writes a dict as its keys and values, each on its own). Found by rendering a request with
+    two markers; None in the unheard-of case of a config that holds one of them."""
+    cid, user = orjson.dumps("\x00batchpipe custom_id\x00"), orjson.dumps("\x00batchpipe user\x00")
+    request = {"custom_id": orjson.loads(cid), "method": "POST", "url": cfg.endpoint,
+               "body": build_body(cfg, system, orjson.loads(user))}
+    line = orjson.dumps(request, option=orjson.OPT_APPEND_NEWLINE)
+    if line.count(cid) != 1 or line.count(user) != 1 or line.index(cid) > line.index(user):
+        return None
+    head, rest = line.split(cid)
+    middle, tail = rest.split(user)
+    return head, middle, tail
 
 
 def _body_maker(cfg: JobConfig, system_t: Template | None, fixed_system: str | None) -> Any:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Sequence
+from itertools import accumulate
+
 
 def shard_id(index: int, attempt: int) -> str:
     """'00001.a1' for shard 1, attempt 1: sorts by shard, names the attempt."""
@@ -33,3 +37,33 @@ class ShardSplit:
         self.size += nbytes
         self.tokens += ntokens
         return self.index
+
+    def starts(self, sizes: Sequence[int], tokens: Sequence[int]) -> list[int]:
+        """`place` of each of the next requests (their bytes and tokens), at once: where among them
+        a new shard starts. Found by bisecting their running sums, not by a step per request."""
+        max_requests, max_bytes = self.max_requests, self.max_bytes
+        max_tokens = self.max_tokens if self.max_tokens is not None else 1 << 62
+        n = len(sizes)
+        bytes_to = list(accumulate(sizes, initial=0))  # bytes_to[i]: the bytes of requests before i
+        tokens_to = list(accumulate(tokens, initial=0))
+        found: list[int] = []
+        at = 0  # the first request not yet placed
+        count, size, total = self.count, self.size, self.tokens  # what the open shard holds before it
+        while True:
+            # the first request that would pass a limit of the open shard (an empty one takes any)
+            over = min(
+                at + max(max_requests - count, 0),
+                bisect_right(bytes_to, bytes_to[at] + max_bytes - size, at) - 1,
+                bisect_right(tokens_to, tokens_to[at] + max_tokens - total, at) - 1,
+            )
+            if not count:
+                over = max(over, at + 1)
+            if over >= n:
+                break
+            found.append(over)
+            at, count, size, total = over, 0, 0, 0
+        self.index += len(found)
+        self.count = count + n - at
+        self.size = size + bytes_to[n] - bytes_to[at]
+        self.tokens = total + tokens_to[n] - tokens_to[at]
+        return found

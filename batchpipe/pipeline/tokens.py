@@ -135,7 +135,7 @@ def _count_till_limit(name: str) -> Callable[[str, int], int | None]:
     return _bindings().tokenizer_for_encoding(name).count_till_limit
 
 
-def _estimate(text: str) -> int:
+def estimate_tokens(text: str) -> int:
     """ceil(UTF-8 bytes / 4); an ASCII text, the usual one, has as many bytes as characters."""
     size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
     return -(-size // BYTES_PER_TOKEN)
@@ -178,7 +178,7 @@ class TokenCounter:
     def text(self, text: str) -> int:
         """Tokens of one text."""
         if self._count is None:
-            return _estimate(text)
+            return estimate_tokens(text)
         count = self._seen.get(text)
         return self._tokens(text) if count is None else count
 
@@ -194,7 +194,7 @@ class TokenCounter:
             count = self._count(readable, _TOKENIZER_MAX_TOKENS) if len(readable) < _TOKENIZER_MAX_CHARS else None
         if count is None:
             self.too_long += 1  # counted each time it is met: not kept
-            return _estimate(text)
+            return estimate_tokens(text)
         if len(text) <= _CACHED_TEXT_CHARS:
             if len(self._seen) >= _CACHED_TEXTS:
                 self._seen.clear()
@@ -215,7 +215,7 @@ class TokenCounter:
         """Chat messages, with the cookbook's per-message overhead and the reply priming."""
         if not isinstance(messages, list):
             return 0
-        text = _estimate if self._count is None else self.text  # chosen once per body: the estimate keeps no cache
+        text = estimate_tokens if self._count is None else self.text  # chosen once per body: the estimate keeps no cache
         total = REPLY_PRIMING
         for message in messages:
             # Once per message and request, a million times over: a JSON object is a dict, checked
