@@ -19,6 +19,7 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 from batchpipe import __version__, crash, fsio
 from batchpipe.config import JobConfig, load_config, snapshot_yaml
-from batchpipe.errors import ConfigError, InputError, RunExists
+from batchpipe.errors import BatchpipeError, ConfigError, InputError, RunExists
 from batchpipe.ledger.index import DuplicateId, Index
 from batchpipe.ledger.model import FileRef, Run, RunState, Shard, ShardState
 from batchpipe.ledger.store import Ledger, encode
@@ -418,6 +419,11 @@ def _rendered(cfg: JobConfig, render: BlockRenderer, digest: InputDigest, scratc
                 yield _fetched(render, *pending.popleft())
         while pending:
             yield _fetched(render, *pending.popleft())
+    except BrokenProcessPool:
+        raise BatchpipeError(
+            "a process rendering the input died (killed, or out of memory): nothing was created",
+            hint="run the same create again",
+        ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(scratch, ignore_errors=True)  # what an error left there
