@@ -13,7 +13,8 @@ from pathlib import Path
 from conftest import write_config
 
 from batchpipe.config import load_config
-from batchpipe.ops.create import PARALLEL_MIN_BYTES, plan_shards
+from batchpipe.ops.create import plan_shards
+from batchpipe.pipeline.blocks import PARALLEL_MIN_BYTES
 from batchpipe.pipeline.inputs import BLOCK_BYTES
 from batchpipe.pipeline.tokens import counter_for
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from batchpipe.ops.create import INDEX_BATCH
+from batchpipe.ops.shard_writer import INDEX_BATCH
 from conftest import review_rows, write_job
 
 # Run the real `batchpipe` in a fresh interpreter, then report which modules it loaded.

@@ -9,40 +9,29 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import multiprocessing
-import os
 import re
 import secrets
-import shutil
 import time
 from bisect import bisect_right
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import ExitStack, closing
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, NamedTuple
 
 from batchpipe import __version__, crash, fsio
 from batchpipe.config import JobConfig, load_config, snapshot_yaml
-from batchpipe.errors import BatchpipeError, ConfigError, InputError, RunExists
+from batchpipe.errors import ConfigError, InputError, RunExists
 from batchpipe.ledger.index import DuplicateId, Index
-from batchpipe.ledger.model import FileRef, Run, RunState, Shard, ShardState
+from batchpipe.ledger.model import Run, RunState
 from batchpipe.ledger.store import Ledger, encode
 from batchpipe.ops.common import gc_paused
+from batchpipe.ops.shard_writer import ShardWriter
 from batchpipe.paths import RunPaths, check_run_id
-from batchpipe.pipeline.inputs import InputDigest, input_name, input_sha256, json_blocks, rows_in
-from batchpipe.pipeline.requests import (
-    Block,
-    BlockRenderer,
-    Request,
-    block_renderer,
-    render_requests,
-    token_base_body,
-)
-from batchpipe.pipeline.shards import ShardSplit, shard_id
+from batchpipe.pipeline.blocks import rendered_blocks
+from batchpipe.pipeline.inputs import InputDigest, input_name, input_sha256
+from batchpipe.pipeline.requests import Block, BlockRenderer, Request, block_renderer, render_requests, token_base_body
+from batchpipe.pipeline.shards import ShardSplit
 from batchpipe.pipeline.tokens import TokenCounter, counter_for, max_output_tokens
 from batchpipe.pricing import price_for
 
@@ -50,14 +39,6 @@ from batchpipe.pricing import price_for
 DEFAULT_UNBOUNDED_OUTPUT_TOKENS = 16_384
 # `on_progress(rows, shards)` is called after every this many rows (and once at the end).
 PROGRESS_EVERY = 1000
-# Requests are handed to the writer thread in chunks of this many bytes or INDEX_BATCH requests,
-# whichever comes first; at most MAX_PENDING chunks wait for it.
-CHUNK_BYTES = 1 << 20
-INDEX_BATCH = 10_000
-MAX_PENDING = 8
-# An input of at least this many bytes is rendered by a worker process per core (see _rendered);
-# below it, starting them costs more than they save.
-PARALLEL_MIN_BYTES = 8 << 20
 OnProgress = Callable[[int, int], None]
 
 
@@ -210,138 +191,8 @@ def _refuse(cfg: JobConfig, line_no: int, custom_id: str, size: int, tokens: int
     )
 
 
-class _ShardWriter:
-    """Writes the shard files and their index rows on a thread of its own while the caller renders
-    the next requests: writes, sha256, fsync and sqlite release the GIL, so on a second core they
-    cost the render loop next to nothing.
-
-    Requests are handed over in order, in chunks of about CHUNK_BYTES, with at most MAX_PENDING
-    chunks in flight (memory stays flat). An error in the thread (a duplicate id, a full disk) is
-    raised in the caller at a later hand-over, or at `finish`/`flush`; chunks are handed over in
-    file order, so the first error raised is the one earliest in the file.
-    """
-
-    def __init__(self, paths: RunPaths, index: Index) -> None:
-        self.paths, self.index = paths, index
-        self.shards: list[Shard] = []  # finished shards (appended by the thread)
-        self.shard = 0  # the shard being filled (0: none yet)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="batchpipe-create")
-        self._pending: deque[Future[None]] = deque()
-        self._stack = ExitStack()  # the open shard file (the thread's)
-        self._file: BinaryIO | None = None
-        self._hash = hashlib.sha256()
-        self._new_chunk()
-
-    def _new_chunk(self) -> None:
-        # The lines go straight into one buffer: orjson's results kept alive in a list cost several
-        # times what making them does (their memory is not reused).
-        self._data = bytearray()
-        self._ids: list[str] = []
-        self._line_nos: list[int] = []
-        self._chunk_seq = 0
-
-    # -- the caller's side ---------------------------------------------------------------
-    def add(self, request: Request, tokens: int, output_bound: int) -> None:
-        """Append a request to the current shard; `start` must have opened it."""
-        custom_id, _, line_no, line, _, seq, _ = request  # one unpacking: this runs once per request
-        ids = self._ids
-        if not ids:
-            self._chunk_seq = seq
-        self._data += line
-        ids.append(custom_id)
-        self._line_nos.append(line_no)
-        self._count += 1
-        self._tokens += tokens
-        self._output += output_bound
-        if len(self._data) >= CHUNK_BYTES or len(ids) >= INDEX_BATCH:
-            self._hand_over()
-
-    def add_run(self, data: memoryview, ids: list[str], line_nos: Sequence[int], first_seq: int, tokens: int,
-                output: int) -> None:
-        """Append requests already joined (a rendered block's, or part of one) to the current shard."""
-        if self._ids:
-            self._hand_over()
-        if not self._shard_ids:
-            self._first_seq = first_seq
-        self._shard_ids += ids
-        self._bytes += len(data)
-        self._count += len(ids)
-        self._tokens += tokens
-        self._output += output
-        self._submit(self._write, data, ids, first_seq, line_nos)
-
-    def start(self, index: int) -> None:
-        """Finish the current shard (if any) and open shard `index`."""
-        self._finish_shard()
-        self.shard = index
-        self._sid = shard_id(index, 1)
-        self._shard_ids: list[str] = []
-        self._first_seq = 0
-        self._bytes = self._count = self._tokens = self._output = 0
-        self._submit(self._open, self._sid)
-
-    def finish(self) -> None:
-        """Finish the last shard and wait until everything is on disk and in the index."""
-        self._finish_shard()
-        self.flush()
-
-    def flush(self) -> None:
-        """Hand over what is buffered and wait for the thread: raises the first error it met."""
-        if self._ids:
-            self._hand_over()
-        while self._pending:
-            self._pending.popleft().result()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._stack.close()  # the thread is done: an unfinished shard file is removed here
-
-    def _hand_over(self) -> None:
-        if not self._shard_ids:
-            self._first_seq = self._chunk_seq
-        self._shard_ids += self._ids
-        self._bytes += len(self._data)
-        self._submit(self._write, self._data, self._ids, self._chunk_seq, self._line_nos)
-        self._new_chunk()
-
-    def _finish_shard(self) -> None:
-        if not self.shard:
-            return
-        if self._ids:
-            self._hand_over()
-        seqs = list(range(self._first_seq, self._first_seq + self._count))
-        self._submit(self._close, self._sid, self._shard_ids, seqs, self._bytes, self._tokens, self._output)
-
-    def _submit(self, work: Callable[..., None], *args: object) -> None:
-        self._pending.append(self._pool.submit(work, *args))
-        while self._pending and (len(self._pending) > MAX_PENDING or self._pending[0].done()):
-            self._pending.popleft().result()
-
-    # -- the thread's side ---------------------------------------------------------------
-    def _open(self, sid: str) -> None:
-        self._file = self._stack.enter_context(fsio.atomic_writer(self.paths.shard_file(sid)))
-        self._hash = hashlib.sha256()
-
-    def _write(self, data: bytes | bytearray | memoryview, ids: list[str], first_seq: int, line_nos: Sequence[int]) -> None:
-        assert self._file is not None
-        self._file.write(data)
-        self._hash.update(data)
-        self.index.add_created(ids, first_seq, line_nos)
-
-    def _close(self, sid: str, ids: list[str], seqs: list[int], size: int, tokens: int, output: int) -> None:
-        self._stack.close()  # fsync + rename: the data is on disk before the ledger names it
-        self._file = None
-        file = f"shards/{sid}.jsonl"
-        self.index.add_shard_file(file, ids, seqs)
-        self.shards.append(Shard(
-            id=sid, index=len(self.shards) + 1, attempt=1, state=ShardState.PREPARED,
-            file=FileRef(file, size, self._hash.hexdigest()), requests=len(ids), est_tokens=tokens,
-            max_output_tokens=output,
-        ))
-
-
 def _write_blocks(
-    cfg: JobConfig, render: BlockRenderer, digest: InputDigest, writer: _ShardWriter, on_progress: OnProgress | None,
+    cfg: JobConfig, render: BlockRenderer, digest: InputDigest, writer: ShardWriter, on_progress: OnProgress | None,
 ) -> int:
     """plan_shards and the writer's `add` for a job block_renderer renders: each block's requests
     placed in shards by the same rule (ShardSplit) and handed to the writer a shard's part of a
@@ -351,7 +202,7 @@ def _write_blocks(
     split = ShardSplit(limits.max_requests_per_shard, limits.max_bytes_per_shard, limits.enqueued_tokens)
     bound = _output_bound(cfg, token_base_body(cfg) or {})
     seq = 0  # requests before the block
-    with closing(_rendered(cfg, render, digest, writer.paths.root / "rendering")) as blocks:  # closed at once on an error: its workers too
+    with closing(rendered_blocks(cfg, render, digest, writer.paths.root / "rendering")) as blocks:  # closed at once on an error: its workers too
         for block in blocks:
             n = _refused_at(cfg, block)  # requests of the block that are not over a per-shard limit
             if not writer.shard and n:
@@ -392,84 +243,6 @@ def _refused_at(cfg: JobConfig, block: Block) -> int:
     return len(sizes)
 
 
-def _rendered(cfg: JobConfig, render: BlockRenderer, digest: InputDigest, scratch: Path) -> Iterator[Block]:
-    """The input's blocks rendered, in file order: by worker processes, a block each, when the
-    input is big enough to be worth them (forked: they start with the config and the renderer),
-    else here. The caller holds at most a few blocks at a time: memory stays flat.
-
-    A worker reads its block from the input file and leaves its requests in a file under
-    `scratch`: the bytes do not go through a pipe, nor through pickle, twice each.
-    """
-    path = Path(cfg.input.path)
-    numbered = _numbered(json_blocks(path, digest), numbered_rows=cfg.input.id is None)
-    workers = os.cpu_count() or 1
-    if workers < 2 or path.stat().st_size < PARALLEL_MIN_BYTES or "fork" not in multiprocessing.get_all_start_methods():
-        for block, first_line, _, first_row in numbered:
-            yield render(block, first_line, first_row)
-        return
-    scratch.mkdir()
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_renderer_start,
-                               initargs=(render,))
-    try:
-        pending: deque[tuple[Future[Block], Path]] = deque()
-        for n, (block, first_line, offset, first_row) in enumerate(numbered):
-            part = scratch / f"{n}.jsonl"
-            pending.append((pool.submit(_render_in_worker, offset, len(block), first_line, first_row, part), part))
-            if len(pending) > 2 * workers:
-                yield _fetched(render, *pending.popleft())
-        while pending:
-            yield _fetched(render, *pending.popleft())
-    except BrokenProcessPool:
-        raise BatchpipeError(
-            "a process rendering the input died (killed, or out of memory): nothing was created",
-            hint="run the same create again",
-        ) from None
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        shutil.rmtree(scratch, ignore_errors=True)  # what an error left there
-
-
-def _numbered(blocks: Iterator[tuple[bytes, int, int]], numbered_rows: bool) -> Iterator[tuple[bytes, int, int, int]]:
-    """(block, its first line, its offset, its first row number): rows are counted only for a job
-    whose custom_ids are row numbers (without input.id); another's is 0."""
-    row = 1
-    for block, first_line, offset in blocks:
-        yield block, first_line, offset, row if numbered_rows else 0
-        if numbered_rows:
-            row += rows_in(block)
-
-
-def _fetched(render: BlockRenderer, future: Future[Block], part: Path) -> Block:
-    """A block a worker rendered: its requests read from its file (then removed), and the texts
-    its tokenizer refused counted here (for the notes)."""
-    block = future.result()
-    render.counter.too_long += len(block.by_bytes)
-    data = part.read_bytes()
-    part.unlink()
-    return block._replace(data=data)
-
-
-_RENDERER: BlockRenderer | None = None  # a render worker's (see _rendered)
-
-
-def _renderer_start(render: BlockRenderer) -> None:
-    global _RENDERER
-    _RENDERER = render
-
-
-def _render_in_worker(offset: int, size: int, first_line: int, first_row: int, part: Path) -> Block:
-    """Render a block of the input in a worker; its requests go to the file `part`, not into the
-    returned Block."""
-    assert _RENDERER is not None
-    with open(_RENDERER.cfg.input.path, "rb") as f:
-        block = os.pread(f.fileno(), size, offset)
-    rendered = _RENDERER(block, first_line, first_row)
-    with open(part, "wb") as out:
-        out.write(rendered.data)
-    return rendered._replace(data=b"")
-
-
-
 def _id_fields(cfg: JobConfig) -> str:
     """Which config fields make a custom_id, for a message about a duplicate one."""
     if cfg.input.records is None:
@@ -499,7 +272,7 @@ def _build(
     # thrown away.
     render = block_renderer(cfg, counter)  # the usual JSONL job: rendered in blocks, on every core
     with Index(paths.index, create=True, bulk=True) as index, gc_paused():
-        writer = _ShardWriter(paths, index)
+        writer = ShardWriter(paths, index)
         try:
             try:
                 if render is not None:
