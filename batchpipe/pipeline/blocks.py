@@ -18,6 +18,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import orjson
+
 from batchpipe.config import JobConfig
 from batchpipe.errors import BatchpipeError
 from batchpipe.pipeline.inputs import InputDigest, json_blocks, rows_in
@@ -49,7 +51,7 @@ def rendered_blocks(cfg: JobConfig, render: BlockRenderer, digest: InputDigest, 
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_renderer_start,
                                initargs=(render,))
     try:
-        pending: deque[tuple[Future[Block], Path]] = deque()
+        pending: deque[tuple[Future[tuple[Block, bytes]], Path]] = deque()
         for n, (block, first_line, offset, first_row) in enumerate(numbered):
             part = scratch / f"{n}.jsonl"
             pending.append((pool.submit(_render_in_worker, offset, len(block), first_line, first_row, part), part))
@@ -77,14 +79,14 @@ def _numbered(blocks: Iterator[tuple[bytes, int, int]], numbered_rows: bool) -> 
             row += rows_in(block)
 
 
-def _fetched(render: BlockRenderer, future: Future[Block], part: Path) -> Block:
-    """A block a worker rendered: its requests read from its file (then removed), and the texts
-    its tokenizer refused counted here (for the notes)."""
-    block = future.result()
+def _fetched(render: BlockRenderer, future: Future[tuple[Block, bytes]], part: Path) -> Block:
+    """A block a worker rendered: its requests read from its file (then removed), its ids from
+    their JSON, and the texts its tokenizer refused counted here (for the notes)."""
+    block, ids = future.result()
     render.counter.too_long += len(block.by_bytes)
     data = part.read_bytes()
     part.unlink()
-    return block._replace(data=data)
+    return block._replace(data=data, ids=orjson.loads(ids))
 
 
 _RENDERER: BlockRenderer | None = None  # a render worker's (see rendered_blocks)
@@ -95,13 +97,13 @@ def _renderer_start(render: BlockRenderer) -> None:
     _RENDERER = render
 
 
-def _render_in_worker(offset: int, size: int, first_line: int, first_row: int, part: Path) -> Block:
-    """Render a block of the input in a worker; its requests go to the file `part`, not into the
-    returned Block."""
+def _render_in_worker(offset: int, size: int, first_line: int, first_row: int, part: Path) -> tuple[Block, bytes]:
+    """Render a block of the input in a worker: its requests go to the file `part`, its ids as
+    one JSON array (cheaper to send than a pickled list), the rest in the Block."""
     assert _RENDERER is not None
     with open(_RENDERER.cfg.input.path, "rb") as f:
         block = os.pread(f.fileno(), size, offset)
     rendered = _RENDERER(block, first_line, first_row)
     with open(part, "wb") as out:
         out.write(rendered.data)
-    return rendered._replace(data=b"")
+    return rendered._replace(data=b"", ids=[]), orjson.dumps(rendered.ids)
