@@ -42,8 +42,12 @@ def rendered_blocks(cfg: JobConfig, render: BlockRenderer, digest: InputDigest, 
     """
     path = Path(cfg.input.path)
     numbered = _numbered(json_blocks(path, digest), numbered_rows=cfg.input.id is None)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0  # read here: json_blocks says what is wrong with the file
     workers = os.cpu_count() or 1
-    if workers < 2 or path.stat().st_size < PARALLEL_MIN_BYTES or "fork" not in multiprocessing.get_all_start_methods():
+    if workers < 2 or size < PARALLEL_MIN_BYTES or "fork" not in multiprocessing.get_all_start_methods():
         for block, first_line, _, first_row in numbered:
             yield render(block, first_line, first_row)
         return
