@@ -712,7 +712,9 @@ def _merge_completed(ledger: Ledger, index: Index, cfg: JobConfig, result: Proce
             pool = stack.enter_context(ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_start,
                 initargs=(ledger, cfg)))
-            futures = {s.id: pool.submit(_merge_in_worker, ledger.shards.index(s)) for s in apart}
+            # the biggest first: the workers end close together, whatever the mix of attempts' sizes
+            futures = {s.id: pool.submit(_merge_in_worker, ledger.shards.index(s))
+                       for s in sorted(apart, key=lambda s: -s.requests)}
         for shard in completed:
             if shard.id not in futures:
                 yield shard, _merge(ledger, shard, index, cfg, result)
