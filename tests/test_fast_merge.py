@@ -88,6 +88,11 @@ def merged_run(cli, tmp_path: Path, run: str, lines: list[bytes], **output: Any)
     downloaded = tmp_path / run / "output.jsonl"
     downloaded.write_bytes(b"".join(lines))
     cli("import", run, str(downloaded), "--partial")
+    return processed_run(cli, run)
+
+
+def processed_run(cli, run: str) -> dict[str, Any]:
+    """`process` the run: what it says, and what it leaves in the index, the ledger and the output."""
     processed = cli.json("process", run, code=None)
     root = Path("runs") / run
     with sqlite3.connect(root / "index.sqlite") as db:
@@ -151,3 +156,25 @@ def test_recover_rebuilds_the_same_index_from_the_result_files(cli, tmp_path):
         after = db.execute("SELECT shard, file, lo, hi, failed, retryable, n, outcomes FROM results "
                            "ORDER BY shard").fetchall()
     assert after == before["index"]
+
+
+def test_blank_lines_unknown_ids_and_a_line_twice_are_met_as_by_the_general_path(cli, emulator, tmp_path):
+    emulator.options.stray_result_lines = True  # each output file: a blank line, a stranger's line, a line twice
+    runs = {}
+    for run, output in (("fast", {}), ("general", {"validate": {"function": "hooks:accept"}})):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "hooks.py").write_text("def accept(value):\n    return True\n", encoding="utf-8")
+        config = write_job(tmp_path / run, review_rows(12), output={"key": "verdict", **output})
+        cli("create", str(config), "--run", run)
+        cli("submit", run)
+        cli("download", run)
+        runs[run] = processed_run(cli, run)
+    fast, general = runs["fast"], runs["general"]
+
+    assert fast == general
+    assert fast["counts"] == {"ok": 12, "failed": 0, "truncated": 0}  # the line twice is one answer
+    assert [s["answers"]["answers"] for s in fast["shards"]] == [5, 5, 2]
+    assert [s["usage"]["output_tokens"] > 0 for s in fast["shards"]] == [True, True, True]
+    strangers = [w for w in fast["warnings"] if "-stranger' ignored" in w]
+    assert len(strangers) == 3 and all("result for unknown custom_id" in w for w in strangers)
+    assert not any("unreadable" in w for w in fast["warnings"])  # a blank line is no line
