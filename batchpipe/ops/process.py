@@ -160,7 +160,7 @@ def _outcomes(
     judged = Rows.of(_judged([(ids[i], kept[i]) for i in rest], shard, cfg, interpret, usage, stats,
                              read.tokens_in, read.tokens_out, read.answered))
     for i, row in zip(rest, judged.rows):
-        kept[i] = orjson.dumps(row)
+        kept[i] = _encoded(row)
     counts = judged.counts
     counts["ok"] += read.answered
     counts["truncated"] += read.truncated
@@ -168,6 +168,12 @@ def _outcomes(
 
 
 CHAT = "/v1/chat/completions"
+
+
+def _encoded(row: Any) -> bytes:
+    """`row` in JSON, in bytes of its own size: what orjson.dumps returns keeps a buffer of some
+    kilobytes behind it, too much to keep one per request of a shard."""
+    return bytes(memoryview(orjson.dumps(row)))
 
 
 class _Read(NamedTuple):
@@ -228,8 +234,8 @@ def _read_results(
                                 and type(tin) is int and tin >= 0 and type(tout) is int and tout >= 0
                                 and "input_tokens" not in used and "output_tokens" not in used):
                             # The row, [true, content, null, false, attempt, reason, usage, false] (index.SCHEMA),
-                            # encoded while its answer is at hand. Joined from pieces: what orjson.dumps returns
-                            # keeps a buffer of some kilobytes, too much to keep one per request.
+                            # encoded while its answer is at hand, joined from pieces (see _encoded): the
+                            # end is the same for every answer of the same finish reason.
                             tail = tails.get(reason) if not keep_usage else None
                             if tail is None:
                                 tail = b"," + dumps([None, False, attempt, reason, used if keep_usage else None,
