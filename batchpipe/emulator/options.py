@@ -96,6 +96,9 @@ class EmulatorOptions:
     # Every /v1 call is answered 200 with an HTML page, as a captive portal, a proxy's login page
     # or a web server at the wrong URL would answer.
     html_answer: bool = False
+    # Every output file also holds what a careless service or a proxy might add: a blank line, a
+    # line for a custom_id that is no request of the batch, and its first line a second time.
+    stray_result_lines: bool = False
     # Accept `Authorization: Basic` (credentials in the base URL, `http://user:pass@host/v1`) like a
     # key, as a gateway in front of the service would; the real service accepts only Bearer keys.
     accept_basic_auth: bool = False

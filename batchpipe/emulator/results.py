@@ -132,5 +132,11 @@ def shuffled(lines: list[dict[str, Any]], seed: int | None, salt: str) -> list[d
     return [lines[i] for i in order]
 
 
+def stray_lines(first: dict[str, Any]) -> bytes:
+    """The `stray_result_lines` of an output file whose first line is `first`."""
+    stranger = {**first, "id": f"batch_req_{uuid.uuid4().hex}", "custom_id": f"{first['custom_id']}-stranger"}
+    return b"\n" + to_jsonl([stranger, first])
+
+
 def to_jsonl(lines: list[dict[str, Any]]) -> bytes:
     return b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\n" for line in lines)

@@ -427,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--batch-list-lag", type=int, default=defaults.batch_list_lag,
                         help="a new batch is missing from the batch list for its first N list calls")
     faults.add_argument("--html-answer", action="store_true", help="answer every API call with an HTML page")
+    faults.add_argument("--stray-result-lines", action="store_true",
+                        help="output files also hold a blank line, a line of an unknown custom_id and a line twice")
     faults.add_argument("--accept-basic-auth", action="store_true",
                         help="accept credentials in the base URL (Basic auth), as a gateway would")
     faults.add_argument("--sync-rate-limit-first", type=int, default=defaults.sync_rate_limit_first,
@@ -472,6 +474,7 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         lose_uploads=tuple(args.lose_upload),
         batch_list_lag=args.batch_list_lag,
         html_answer=args.html_answer,
+        stray_result_lines=args.stray_result_lines,
         accept_basic_auth=args.accept_basic_auth,
         foreign_batches=args.foreign_batches,
         sync_rate_limit_first=args.sync_rate_limit_first,

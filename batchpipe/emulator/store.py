@@ -36,7 +36,9 @@ from .apierror import APIError, not_found
 from .checks import after_cursor, check_create, invalid_value, page, parse_expiry
 from .faults import Faults, retry_headers
 from .options import DAY, EmulatorOptions
-from .results import Outcome, injected_failure, response_line, run_request, shuffled, to_jsonl, unrun_line
+from .results import (
+    Outcome, injected_failure, response_line, run_request, shuffled, stray_lines, to_jsonl, unrun_line,
+)
 from .sync import SyncService
 from .timeline import CANCELLABLE, Phase, Timeline
 from .validation import Validation, batch_error, validate_input
@@ -430,7 +432,8 @@ class Store:
         seed = self.options.shuffle_seed
         expires = record.output_expires_seconds or 30 * DAY
         if ok:
-            content = to_jsonl(shuffled(ok, seed, record.shuffle_salt + ":output"))
+            lines = shuffled(ok, seed, record.shuffle_salt + ":output")
+            content = to_jsonl(lines) + (stray_lines(lines[0]) if self.options.stray_result_lines else b"")
             name = f"{record.id}_output.jsonl"
             output = self._new_file(name, "batch_output", content, phase.terminal_at, expires)
             record.output_file_id = output.id

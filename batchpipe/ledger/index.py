@@ -87,6 +87,57 @@ class Outcome(NamedTuple):
 outcome_of = functools.partial(tuple.__new__, Outcome)
 
 
+class Rows:
+    """A shard attempt's outcomes in the shape `put_results` stores them: `rows[i]` is the outcome of
+    `ids[i]` without its id, [ok, value, error, retryable, attempt, finish_reason, usage, invalid]
+    (see SCHEMA), as a list or tuple or, when `encoded`, every row already that array in JSON
+    (bytes, as orjson.dumps writes it); `counts` and `retryable` are what put_results returns and
+    records for them.
+
+    `process` makes the usual job's outcomes straight into encoded rows: an Outcome per request,
+    walked once more to be counted and cut into a row, then encoded with the whole shard's
+    rows, is most of the cost of recording it.
+    """
+
+    __slots__ = ("ids", "rows", "counts", "retryable", "encoded")
+
+    def __init__(self, ids: list[str], rows: list[Any], counts: dict[str, int], retryable: int,
+                 encoded: bool = False) -> None:
+        self.ids = ids
+        self.rows = rows
+        self.counts = counts
+        self.retryable = retryable
+        self.encoded = encoded
+
+    @classmethod
+    def of(cls, outcomes: Iterable[Outcome]) -> Rows:
+        """The rows and counts of some outcomes, in their order (see put_results for the counts)."""
+        counts = {"ok": 0, "failed": 0, "truncated": 0}
+        ids: list[str] = []
+        rows: list[tuple[Any, ...]] = []
+        retryable = 0
+        for o in outcomes:
+            ids.append(o.custom_id)
+            rows.append(o[1:])
+            counts["ok" if o.ok else "failed"] += 1
+            retryable += o.retryable
+            if o.finish_reason is not None:
+                counts["truncated"] += o.finish_reason == "length"
+            if o.invalid and o.error is not None:
+                code = str(o.error.get("code"))
+                counts[code] = counts.get(code, 0) + 1
+        return cls(ids, rows, counts, retryable)
+
+    def __iter__(self) -> Iterator[Outcome]:
+        """The outcomes again (Rows is an Iterable[Outcome], as put_results takes)."""
+        rows = map(orjson.loads, self.rows) if self.encoded else self.rows
+        return (outcome_of((custom_id, *row)) for custom_id, row in zip(self.ids, rows))
+
+    def blob(self) -> bytes:
+        """The rows as put_results stores them: one JSON array."""
+        return b"[" + b",".join(self.rows) + b"]" if self.encoded else orjson.dumps(self.rows)
+
+
 class DuplicateId(Exception):
     """`custom_id` is the id of the request from input line `line`, and already of the one from `first_line`."""
 
@@ -330,29 +381,17 @@ class Index:
 
     # -- results (written at process) -----------------------------------------------------
     @_guarded
-    def put_results(self, shard: str, file: str, outcomes: Iterable[Outcome]) -> dict[str, int]:
-        """Record the outcomes of one shard attempt, one per line of its request `file` in line order,
-        in one transaction; return {"ok": n, "failed": n, "truncated": n} (truncated: answers cut at
-        the output limit, kept or failed), and for each code of an invalid answer (`invalid_json`,
-        ...; batchpipe.pipeline.interpret) how many.
+    def put_results(self, shard: str, file: str, outcomes: Iterable[Outcome] | Rows) -> dict[str, int]:
+        """Record the outcomes of one shard attempt, one per line of its request `file` in line order
+        (or those outcomes already made Rows), in one transaction; return {"ok": n, "failed": n,
+        "truncated": n} (truncated: answers cut at the output limit, kept or failed), and for each
+        code of an invalid answer (`invalid_json`, ...; batchpipe.pipeline.interpret) how many.
 
         An attempt's outcome replaces the request's earlier ones: a retry only holds requests
         whose earlier attempt failed, so the newest outcome is the one that counts.
         """
-        counts = {"ok": 0, "failed": 0, "truncated": 0}
-        ids: list[str] = []
-        rows: list[tuple[Any, ...]] = []
-        retryable = 0
-        for o in outcomes:
-            ids.append(o.custom_id)
-            rows.append(o[1:])
-            counts["ok" if o.ok else "failed"] += 1
-            retryable += o.retryable
-            if o.finish_reason is not None:
-                counts["truncated"] += o.finish_reason == "length"
-            if o.invalid and o.error is not None:
-                code = str(o.error.get("code"))
-                counts[code] = counts.get(code, 0) + 1
+        made = outcomes if isinstance(outcomes, Rows) else Rows.of(outcomes)
+        ids, counts, retryable = made.ids, dict(made.counts), made.retryable
         found = self.db.execute("SELECT ids, seqs FROM shard_files WHERE file = ?", (file,)).fetchone()
         if found is None or orjson.loads(found[0]) != ids:
             raise IndexFailure(
@@ -363,7 +402,7 @@ class Index:
             self.db.execute(
                 "INSERT OR REPLACE INTO results SELECT ?, ?, COALESCE(MAX(merged), 0) + 1, ?, ?, ?, ?, ?, ? FROM results",
                 (shard, file, min(seqs, default=0), max(seqs, default=0), counts["failed"], retryable, len(ids),
-                 orjson.dumps(rows)),
+                 made.blob()),
             )
         return counts
 

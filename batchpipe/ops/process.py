@@ -25,18 +25,18 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from batchpipe import crash, fsio
 from batchpipe.config import JobConfig, OutputConfig
 from batchpipe.errors import ExitCode, InputError
-from batchpipe.ledger.index import Index, Joined, Outcome, outcome_of
+from batchpipe.ledger.index import Index, Joined, Outcome, Rows, outcome_of
 from batchpipe.ledger.model import FileRef, Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import Progress, gc_paused, run_config, usage_tokens
@@ -50,7 +50,7 @@ from batchpipe.pipeline.inputs import (
 )
 from batchpipe.pipeline.interpret import Interpreter, is_invalid
 from batchpipe.pipeline.requests import custom_id_for, line_records
-from batchpipe.pipeline.results import TRUNCATED, BadLine, Parsed, is_retryable, parse_lines
+from batchpipe.pipeline.results import TRUNCATED, Parsed, is_retryable, parse_record
 from batchpipe.pipeline.shards import shard_id
 
 MISSING = {"code": "missing_result", "message": "the service returned no result for this request"}
@@ -98,12 +98,10 @@ class Processed:
         return ExitCode.DONE_WITH_FAILURES if self.failed and self.target_reached is None else ExitCode.OK
 
 
-def _lines(ledger: Ledger, shard: Shard) -> Iterator[bytes]:
-    pieces = shard.handoff.pieces if shard.handoff is not None else []  # results imported by hand (ops/handoff.py)
-    for ref in (shard.outputs, shard.errors_file, *pieces):
-        if ref is not None:
-            with open(ledger.verify(ref), "rb") as f:
-                yield from f
+def _result_refs(shard: Shard) -> list[FileRef]:
+    """The shard attempt's result files: output, errors, and any imported by hand (ops/handoff.py)."""
+    pieces = shard.handoff.pieces if shard.handoff is not None else []
+    return [ref for ref in (shard.outputs, shard.errors_file, *pieces) if ref is not None]
 
 
 def _batch_failed(shard: Shard) -> bool:
@@ -131,7 +129,7 @@ def _validation_failure(shard: Shard, index: Index, result: Processed) -> Iterat
 def _outcomes(
     ledger: Ledger, shard: Shard, index: Index, result: Processed, usage: dict[str, int], cfg: JobConfig,
     stats: dict[str, int] | None = None,
-) -> Iterator[Outcome]:
+) -> Iterable[Outcome]:
     """Each request's outcome; adds the tokens the service reported for the successful ones to `usage`.
 
     Failed requests are not billed (and report no usage): only successful lines count, truncated
@@ -139,34 +137,153 @@ def _outcomes(
     answers that do not mean anything usable (batchpipe.pipeline.interpret): those are failed
     outcomes with their reason (counted per code), retried like a failed request unless
     `output.on_invalid` makes them final (drop, fallback).
+
+    The usual job (chat completions, the answer taken as is) gets its outcomes as Rows: each
+    answer of the usual shape goes from its line straight to its row in the index (_read_results),
+    and only the other requests (failed, missing, answered in another shape) are judged one by one.
+    """
+    stats = {} if stats is None else stats  # the shard's summary counts (see summary())
+    if _batch_failed(shard):
+        return _validation_failure(shard, index, result)
+    interpret = Interpreter(cfg.output, cfg.hook_directory())
+    # One shard holds at most 50,000 requests: its lists are bounded, whatever the dataset size.
+    ids = index.ids_of(shard.file.path)  # in the order of the shard file's lines, as the index keeps outcomes
+    as_rows = ledger.run.endpoint == CHAT and interpret.as_is and cfg.output.explode is False
+    read = _read_results(ledger, shard, ids, cfg, result, as_rows)
+    kept = read.kept
+    if not as_rows:
+        return _judged(zip(ids, kept), shard, cfg, interpret, usage, stats)
+    # The requests without a row yet, judged as the general path does; the rows' answers counted with theirs.
+    rest = sorted(read.judged)
+    if read.answered + len(rest) < len(ids):  # some have no result line at all: look for them
+        rest = sorted(read.judged.union(i for i, row in enumerate(kept) if row is None))
+    judged = Rows.of(_judged([(ids[i], kept[i]) for i in rest], shard, cfg, interpret, usage, stats,
+                             read.tokens_in, read.tokens_out, read.answered))
+    for i, row in zip(rest, judged.rows):
+        kept[i] = _encoded(row)
+    counts = judged.counts
+    counts["ok"] += read.answered
+    counts["truncated"] += read.truncated
+    return Rows(ids, kept, counts, judged.retryable, encoded=True)
+
+
+CHAT = "/v1/chat/completions"
+
+
+def _encoded(row: Any) -> bytes:
+    """`row` in JSON, in bytes of its own size: what orjson.dumps returns keeps a buffer of some
+    kilobytes behind it, too much to keep one per request of a shard."""
+    return bytes(memoryview(orjson.dumps(row)))
+
+
+class _Read(NamedTuple):
+    """What _read_results found in a shard attempt's result files."""
+
+    kept: list[Any]  # per line of the shard file: its row (encoded, see below), Parsed, or None (no result)
+    judged: set[int]  # the lines whose kept result is a Parsed
+    answered: int = 0  # the rows made, and of their answers: the tokens, and how many were cut at the limit
+    tokens_in: int = 0
+    tokens_out: int = 0
+    truncated: int = 0
+
+
+def _read_results(
+    ledger: Ledger, shard: Shard, ids: list[str], cfg: JobConfig, result: Processed, as_rows: bool,
+) -> _Read:
+    """The result line kept for each request of the shard attempt (`ids`, in line order): the
+    first line of its custom_id, or the first answer if an earlier line failed. Unreadable lines
+    and unknown ids are warned about in `result`.
+
+    With `as_rows` (the usual job, see _outcomes) an answer of the usual shape (status 200, a
+    string finish reason, a usage of whole prompt_tokens and completion_tokens, the first line of
+    its id) is kept as its row in the index, read by direct subscripts: no Parsed, no Outcome, its
+    usage summed here. A line of any other shape raises on a subscript or fails a check and goes
+    the general way (parse_record), so each request ends with the outcome the general path gives.
+    """
+    endpoint = ledger.run.endpoint
+    attempt = shard.attempt
+    keep_usage = cfg.output.meta  # an answer's own usage is only ever written by output.meta: not kept else
+    cut = TRUNCATED if cfg.output.truncated == "fail" else None  # a finish reason the general way must judge
+    line_of = {custom_id: i for i, custom_id in enumerate(ids)}
+    kept: list[Any] = [None] * len(ids)
+    judged: set[int] = set()
+    answered = tokens_in = tokens_out = truncated = 0
+    loads, dumps = orjson.loads, orjson.dumps
+    tails: dict[str, bytes] = {}  # a row's encoded end, by finish reason (see below)
+    for ref in _result_refs(shard):
+        with open(ledger.verify(ref), "rb") as f:
+            for raw in f:
+                try:
+                    record = loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    if raw.strip():  # a blank line is skipped
+                        result.warnings.append(f"shard {shard.id}: a result line is unreadable (not valid JSON ({exc}))")
+                    continue
+                if as_rows:
+                    try:
+                        i = line_of[record["custom_id"]]
+                        response = record["response"]
+                        body = response["body"]
+                        first = body["choices"][0]
+                        reason = first["finish_reason"]
+                        used = body["usage"]
+                        tin = used["prompt_tokens"]
+                        tout = used["completion_tokens"]
+                        if (kept[i] is None and response["status_code"] == 200 and record["error"] is None
+                                and type(reason) is str and reason != cut
+                                and type(tin) is int and tin >= 0 and type(tout) is int and tout >= 0
+                                and "input_tokens" not in used and "output_tokens" not in used):
+                            # The row, [true, content, null, false, attempt, reason, usage, false] (index.SCHEMA),
+                            # encoded while its answer is at hand, joined from pieces (see _encoded): the
+                            # end is the same for every answer of the same finish reason.
+                            tail = tails.get(reason) if not keep_usage else None
+                            if tail is None:
+                                tail = b"," + dumps([None, False, attempt, reason, used if keep_usage else None,
+                                                     False])[1:]
+                                if not keep_usage:
+                                    tails[reason] = tail
+                            kept[i] = b"[true," + dumps(first["message"]["content"]) + tail
+                            answered += 1
+                            tokens_in += tin
+                            tokens_out += tout
+                            truncated += reason == TRUNCATED
+                            continue
+                    except (KeyError, TypeError, IndexError):
+                        pass  # another shape: the general way below
+                try:
+                    parsed = parse_record(endpoint, record)
+                except ValueError as exc:
+                    result.warnings.append(f"shard {shard.id}: a result line is unreadable ({exc})")
+                    continue
+                i = line_of.get(parsed.custom_id)
+                if i is None:
+                    result.warnings.append(f"shard {shard.id}: result for unknown custom_id {parsed.custom_id!r} ignored")
+                elif (had := kept[i]) is None or (parsed.ok and type(had) is not bytes and not had.ok):
+                    kept[i] = parsed
+                    judged.add(i)
+    return _Read(kept, judged, answered, tokens_in, tokens_out, truncated)
+
+
+def _judged(
+    results: Iterable[tuple[str, Parsed | None]], shard: Shard, cfg: JobConfig, interpret: Interpreter,
+    usage: dict[str, int], stats: dict[str, int], tokens_in: int = 0, tokens_out: int = 0, answers: int = 0,
+) -> Iterator[Outcome]:
+    """The outcome of each (custom_id, its kept result line or None), in that order; once
+    all are yielded, the tokens of the answers go into `usage` and the summary counts into `stats`.
+
+    `tokens_in`, `tokens_out`, `answers`: those of the answers already made rows (_read_results),
+    each a valid record, added in.
     """
     fail_truncated = cfg.output.truncated == "fail"
-    interpret = Interpreter(cfg.output, cfg.hook_directory())
     retry_invalid = cfg.output.on_invalid == "retry"
-    stats = {} if stats is None else stats  # the shard's summary counts (see summary())
     explode = cfg.output.explode is not False
-    if _batch_failed(shard):
-        yield from _validation_failure(shard, index, result)
-        return
     # A request with no result line: missing, or (if one of the files was lost) perhaps in it.
     absent = lost_error(shard) or MISSING
-    # One shard holds at most 50,000 requests: a per-shard map is bounded, whatever the dataset size.
-    ids = index.ids_of(shard.file.path)  # in the order of the shard file's lines, as the index keeps outcomes
-    expected = set(ids)
-    found: dict[str, Parsed] = {}
-    for parsed in parse_lines(ledger.run.endpoint, _lines(ledger, shard)):
-        if isinstance(parsed, BadLine):
-            result.warnings.append(f"shard {shard.id}: a result line is unreadable ({parsed.reason})")
-        elif parsed.custom_id not in expected:
-            result.warnings.append(f"shard {shard.id}: result for unknown custom_id {parsed.custom_id!r} ignored")
-        elif parsed.custom_id not in found or (parsed.ok and not found[parsed.custom_id].ok):
-            found[parsed.custom_id] = parsed
     attempt = shard.attempt
     keep_usage = cfg.output.meta  # an answer's own usage is only ever written by output.meta: not kept else
     as_is = interpret.as_is and not explode  # the usual job: the answer is the value
-    tokens_in = tokens_out = answers = valid = 0  # summed here, added to usage and stats at the end
-    for custom_id in ids:
-        p = found.get(custom_id)
+    valid = answers  # summed here, added to usage and stats at the end
+    for custom_id, p in results:
         if p is not None and p.ok:
             used = p.usage
             if used is not None:
@@ -601,7 +718,9 @@ def _merge_completed(ledger: Ledger, index: Index, cfg: JobConfig, result: Proce
             pool = stack.enter_context(ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_start,
                 initargs=(ledger, cfg)))
-            futures = {s.id: pool.submit(_merge_in_worker, ledger.shards.index(s)) for s in apart}
+            # the biggest first: the workers end close together, whatever the mix of attempts' sizes
+            futures = {s.id: pool.submit(_merge_in_worker, ledger.shards.index(s))
+                       for s in sorted(apart, key=lambda s: -s.requests)}
         for shard in completed:
             if shard.id not in futures:
                 yield shard, _merge(ledger, shard, index, cfg, result)

@@ -1,4 +1,4 @@
-"""Parse the service's output and error files into per-request outcomes. Pure: no I/O.
+"""Parse the service's output and error lines (decoded from JSON) into per-request outcomes. Pure: no I/O.
 
 Lines come in any order and are joined by custom_id, never by position. One unreadable line
 never aborts a file: it is reported, and its request counts as missing.
@@ -7,11 +7,7 @@ never aborts a file: it is reported, and its request counts as missing.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any, NamedTuple
-
-import orjson
 
 
 class Parsed(NamedTuple):
@@ -30,12 +26,6 @@ _parsed = functools.partial(tuple.__new__, Parsed)  # Parsed((...)) at a plain t
 
 # The finish reason of an answer cut at the output limit (max_tokens and its kin).
 TRUNCATED = "length"
-
-
-@dataclass(frozen=True)
-class BadLine:
-    line_no: int
-    reason: str
 
 
 def answer(endpoint: str, body: dict[str, Any]) -> Any:
@@ -98,12 +88,8 @@ def _error_of(record: dict[str, Any]) -> dict[str, Any]:
     return {"code": err.get("code") or "unknown_error", "message": err.get("message") or "request failed"}
 
 
-def parse_line(endpoint: str, raw: bytes) -> Parsed:
-    """One line of an output or error file. Raises ValueError if it cannot be understood."""
-    try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc})") from None
+def parse_record(endpoint: str, record: Any) -> Parsed:
+    """One line of an output or error file, decoded from JSON. Raises ValueError if it cannot be understood."""
     if not isinstance(record, dict) or not isinstance(record.get("custom_id"), str):
         raise ValueError("no custom_id")
     cid = record["custom_id"]
@@ -125,15 +111,6 @@ def parse_line(endpoint: str, raw: bytes) -> Parsed:
             return Parsed(cid, False, None, {"code": "unreadable_response", "message": "response body has no answer"})
         return _parsed((cid, True, value, None, body.get("usage"), finish_reason(endpoint, body)))
     return Parsed(cid, False, None, _error_of(record))
-
-
-def parse_lines(endpoint: str, lines: Iterable[bytes]) -> Iterator[Parsed | BadLine]:
-    for n, raw in enumerate(lines, 1):
-        try:
-            yield parse_line(endpoint, raw)
-        except ValueError as exc:
-            if raw.strip():  # a blank line is skipped (checked here, off the path every line takes)
-                yield BadLine(n, str(exc))
 
 
 # Errors of requests that never ran or that the service failed on its side: another attempt
