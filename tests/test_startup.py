@@ -5,15 +5,12 @@ Checked by what the commands answer and what a process loaded, never by timing."
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_config, write_job
+from conftest import write_job
+from test_instant_cli import loaded
 
 from batchpipe.config import load_config, snapshot_config, snapshot_yaml
 
@@ -110,24 +107,14 @@ def test_what_is_not_a_snapshot_as_create_writes_it_is_left_to_validation(tmp_pa
     assert fast(text) is None
 
 
-def test_status_and_process_of_a_run_load_no_models(tmp_path, cli, emulator, runs_dir):
+def test_status_and_process_of_a_run_load_no_models_and_reading_takes_no_lock(tmp_path, cli, emulator, runs_dir):
     run_id = cli.json("run", write_job(tmp_path / "job"), "--wait", "--poll-interval", "0")["data"]["run"]
-    report = tmp_path / "modules.json"
-    probe = ("import json, runpy, sys\n"
-             "report, runs = sys.argv[1], json.loads(sys.argv[2])\n"
-             "for args in runs:\n"
-             "    sys.argv = ['batchpipe', *args]\n"
-             "    try:\n"
-             "        runpy.run_module('batchpipe', run_name='__main__')\n"
-             "    except SystemExit as exc:\n"
-             "        assert not exc.code, (args, exc.code)\n"
-             "json.dump(sorted(sys.modules), open(report, 'w'))\n")
-    runs = [["status", run_id], ["status", run_id, "--json"], ["process", run_id], ["list"]]
-    subprocess.run([sys.executable, "-c", probe, str(report), json.dumps(runs)], env=os.environ.copy(),
-                   check=True, capture_output=True, timeout=120)
-    modules = set(json.loads(report.read_text()))
-    assert "batchpipe.ops.process" in modules  # (the probe sees what ran)
-    assert not {"pydantic", "batchpipe.config.models", "jsonschema"} & modules
+    read_only = loaded(tmp_path, [["status", run_id], ["status", run_id, "--json"], ["list"], ["list", "--json"]])
+    assert "batchpipe.render" in read_only  # (the probe sees what ran)
+    assert not {"pydantic", "batchpipe.config.models", "jsonschema", "filelock", "dotenv"} & read_only
+    processed = loaded(tmp_path, [["process", run_id], ["process", run_id, "--json"]])
+    assert "batchpipe.ops.process" in processed
+    assert not {"pydantic", "batchpipe.config.models", "jsonschema", "batchpipe.ops.create"} & processed
 
 
 def test_a_snapshot_changed_since_create_is_still_validated(tmp_path, cli, runs_dir):
