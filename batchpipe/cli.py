@@ -77,11 +77,15 @@ class _Coercion(RuntimeParam):
 
 
 def _plain_coercion(params: list[Any]) -> list[Any]:
-    """`params`, each of typer's (not a file) given a _Coercion unless it has its coercion already."""
+    """`params`, each of typer's given a _Coercion unless it has its coercion already (or is a file,
+    or has a parser or a path_type of its own: typer's own coercion then, as it is)."""
     for param in params:
         descriptor = getattr(param, "type_descriptor", None)
-        if descriptor is not None and descriptor.file_annotation is None and param._runtime_param is None:
-            param._runtime_param = _Coercion(parameter_info=descriptor.parameter_info, annotation=descriptor.annotation)
+        if descriptor is None or param._runtime_param is not None or descriptor.file_annotation is not None:
+            continue
+        info = descriptor.parameter_info
+        if info.parser is None and info.path_type is None:
+            param._runtime_param = _Coercion(parameter_info=info, annotation=descriptor.annotation)
     return params
 
 
