@@ -26,7 +26,9 @@ import typer
 # typer ships its own copy of click; its parse errors are these classes
 from typer._click.exceptions import NoArgsIsHelpError
 from typer._click.exceptions import UsageError as ClickUsageError
-from typer.core import TyperGroup
+from typer._coercion import RuntimeParam, build_runtime_param
+from typer._param_types import coerce_cli_path
+from typer.core import TyperCommand, TyperGroup
 
 from batchpipe import __version__, ops
 from batchpipe.errors import BatchpipeError, ExitCode, MissingApiKey, UsageError
@@ -48,9 +50,56 @@ def _lazy_module(name: str):
 render = _lazy_module("batchpipe.render")  # `--help` draws nothing of ours: not loaded until a command prints
 
 
+class _Coercion(RuntimeParam):
+    """typer's coercion of one parameter's value, without pydantic where it has nothing to check (issue 9).
+
+    typer 0.29 turns every value, a missing one included, with a pydantic TypeAdapter built when
+    the command runs: that imported pydantic (about 0.1 s) into `status`, `list` and `CMD --help`,
+    which have no other use for it. Here a missing value stays missing (typer's RuntimeParam.coerce);
+    text for a `str` is that text; text for a `Path` is `Path(text)`, then typer's own path checks;
+    a number of the right type within the option's bounds (a default) is itself: what the adapters
+    give for these, unchanged. Any other value (a number typed in, a list) goes to typer's own
+    coercion, so its checks and messages are typer's. (typer is pinned below 0.30: RuntimeParam and
+    coerce_cli_path are its internals; tests/test_instant_cli.py fails if this stops working.)"""
+
+    def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, str) and self.annotation is str:
+            return value
+        if isinstance(value, str) and self.annotation is Path:
+            return coerce_cli_path(Path(value), self.parameter_info, path_type=Path, param=param, ctx=ctx)
+        if self.annotation in (int, float) and type(value) is self.annotation and self._in_bounds(value):  # a default
+            return value
+        return build_runtime_param(param.type_descriptor)._coerce_value(value, param, ctx)
+
+    def _in_bounds(self, number: float) -> bool:
+        low, high = self.parameter_info.min, self.parameter_info.max
+        return (low is None or number >= low) and (high is None or number <= high)
+
+
+def _plain_coercion(params: list[Any]) -> list[Any]:
+    """`params`, each of typer's given a _Coercion unless it has its coercion already (or is a file,
+    or has a parser or a path_type of its own: typer's own coercion then, as it is)."""
+    for param in params:
+        descriptor = getattr(param, "type_descriptor", None)
+        if descriptor is None or param._runtime_param is not None or descriptor.file_annotation is not None:
+            continue
+        info = descriptor.parameter_info
+        if info.parser is None and info.path_type is None:
+            param._runtime_param = _Coercion(parameter_info=info, annotation=descriptor.annotation)
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_coercion(super().get_params(ctx))  # its own, and --help
+
+
 class _Group(TyperGroup):
     """The command group. With `--json` on the line, a usage error (unknown option, missing
     argument, bad value) is the same JSON envelope on stdout as any other error, exit 2."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_coercion(super().get_params(ctx))  # (not in __init__: typer adds some after it)
 
     def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
         json_wanted = "--json" in args
@@ -137,7 +186,7 @@ def command(name: str | None = None) -> Callable:
                                       annotation=RunsDirAfterOpt)
             wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), extra])
             wrapper.__annotations__ = {**fn.__annotations__, "runs_dir_after": RunsDirAfterOpt}
-        return app.command(cmd)(wrapper)
+        return app.command(cmd, cls=_Command)(wrapper)
 
     return decorate
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from filelock import FileLock, Timeout
-
+# (filelock is imported by the functions that lock: `status`, `list` and `--help` take no lock, and
+# do not load it; issue 9)
 from batchpipe.errors import RunLocked
 
 TEMP_SUFFIX = ".tmp"
@@ -274,6 +274,8 @@ def building_dir(parent: Path, name: str) -> Iterator[Path]:
     (`.lock` inside, which becomes the published run's own lock file) is taken before the dir gets
     its `.tmp` name, so no live build is ever seen without its lock held. On error the dir is removed.
     """
+    from filelock import FileLock
+
     parent.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=NEW_SUFFIX))
     lock = FileLock(fresh / LOCK_NAME)
@@ -320,6 +322,8 @@ def remove_stale_build_dirs(parent: Path, name: str = "*") -> list[BuildDir]:
     holds the lock from the start) is never touched. A dir without a lock file was left by an
     older batchpipe; a dir still named `.new` by a create killed before it took its `.tmp` name.
     """
+    from filelock import FileLock, Timeout
+
     removed = []
     for stray in build_dirs(parent, name):
         lock_file = stray.path / LOCK_NAME
@@ -345,6 +349,8 @@ def remove_stale_build_dirs(parent: Path, name: str = "*") -> list[BuildDir]:
 
 
 def _is_locked(lock_file: Path) -> bool | None:
+    from filelock import FileLock, Timeout
+
     if not lock_file.exists():
         return False
     lock = FileLock(lock_file)
@@ -389,6 +395,8 @@ def lock_timeout() -> float:
 @contextlib.contextmanager
 def file_lock(path: Path, what: str, timeout: float | None = None) -> Iterator[None]:
     """Hold a sidecar lock file for a short read-modify-write of a shared file (not a run)."""
+    from filelock import FileLock, Timeout
+
     lock = FileLock(path, is_singleton=True)
     try:
         lock.acquire(timeout=lock_timeout() if timeout is None else timeout)
@@ -410,6 +418,8 @@ def run_lock(run_dir: Path, timeout: float | None = None) -> Iterator[None]:
     A Unix lock file left behind is harmless and is never deleted. Correctness does not
     depend on the lock: every write above is atomic on its own.
     """
+    from filelock import FileLock, Timeout
+
     timeout = lock_timeout() if timeout is None else timeout
     lock = FileLock(run_dir / LOCK_NAME, is_singleton=True)
     try:

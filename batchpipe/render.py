@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from rich.console import Console
-from rich.measure import Measurement
-from rich.table import Table
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 from batchpipe.errors import BatchpipeError, ExitCode
 from batchpipe.pricing import format_usd
@@ -123,6 +124,8 @@ STATE_STYLE = {"prepared": "dim", "uploaded": "cyan", "submitted": "blue", "comp
 
 def shard_table(title: str, shards: list[dict[str, Any]], caption: str | None = None) -> None:
     """One row per shard attempt; `caption` (e.g. cost_summary()) goes under the table."""
+    from rich.table import Table  # here: tables are drawn by few commands (issue 9: a faster start)
+
     table = Table(title=title, title_justify="left", caption=escape(caption) if caption else None,
                   caption_justify="left")
     # At 80 columns something has to give: the (long, random) batch id and the remote status, not
@@ -238,6 +241,8 @@ def runs_table(runs: list[dict[str, Any]]) -> None:
     if not runs:
         line("no runs yet: start one with `batchpipe run CONFIG --wait`")
         return
+    from rich.table import Table
+
     table = Table()
     for col in ("run", "created", "model", "shards", "requests", "finished", "state"):
         table.add_column(col, justify="right" if col in ("shards", "requests", "finished") else "left")
@@ -255,6 +260,8 @@ def remote_batches_table(batches: list[dict[str, Any]]) -> None:
     if not batches:
         line("no batches at the provider")
         return
+    from rich.table import Table
+
     table = Table()
     for col in ("batch", "status", "created", "total", "done", "failed", "endpoint", "batchpipe"):
         table.add_column(col, justify="right" if col in ("total", "done", "failed") else "left",
@@ -274,6 +281,8 @@ def _print_table(table: Table) -> None:
     if out.is_terminal:
         out.print(table)
         return
+    from rich.measure import Measurement
+
     natural = Measurement.get(out, out.options.update_width(100_000), table).maximum
     Console(highlight=False, soft_wrap=True, emoji=False, width=max(out.width, natural)).print(table)
 

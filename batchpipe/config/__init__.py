@@ -26,12 +26,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import ValidationError
 
-from batchpipe.config.models import (
+# The models (pydantic) are imported where a config is validated, not here: a run's own snapshot
+# is read without them (snapshot_config), and `status` and `process` start faster for it (issue 9).
+from batchpipe.config.constants import (
     DEFAULT_ENDPOINT,
     ENDPOINTS,
     INPUT_FORMATS,
@@ -40,11 +41,8 @@ from batchpipe.config.models import (
     NO_SYSTEM_ENDPOINTS,
     RESERVED_PARAMS,
     TRUNCATED_POLICIES,
-    JobFile,
     asks_for_json,
-    step_prompt,
 )
-from batchpipe.config.problems import Translator
 from batchpipe.config.yamlfile import (
     MAX_ALIAS_VALUES,
     Locator,
@@ -56,6 +54,10 @@ from batchpipe.config.yamlfile import (
     show,
 )
 from batchpipe.errors import ConfigError
+from batchpipe.pipeline.hooks import is_hook
+
+if TYPE_CHECKING:
+    from batchpipe.config.models import JobFile
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -81,6 +83,7 @@ __all__ = [
     "config_to_dict",
     "json_schema",
     "load_config",
+    "snapshot_config",
     "snapshot_yaml",
     "step_config",
 ]
@@ -243,6 +246,11 @@ def load_config(path: Path | str, *, check_hooks: bool = False) -> JobConfig:
 
     `check_hooks`: also import every `module:function` hook it names (create does; a run's
     snapshot is read without importing them, so a finished run's status needs no hook code)."""
+    from pydantic import ValidationError
+
+    from batchpipe.config.models import JobFile
+    from batchpipe.config.problems import Translator
+
     path = Path(path)
     name = str(path)
     root, data = parse_yaml(read_text(path, name), name)
@@ -327,6 +335,8 @@ def _prompt_config(prompt: Any, source: Path, history: tuple[TurnConfig, ...] = 
 def _steps(job: JobFile, source: Path) -> tuple[StepConfig, ...]:
     """Each step with the top-level defaults filled in, and `history: true` expanded into the
     earlier steps' turns: each one's user message (and images), then its answer."""
+    from batchpipe.config.models import step_prompt
+
     steps: list[StepConfig] = []
     for step in job.steps or ():
         earlier = tuple(TurnConfig(s.prompt.user, "{" + s.output.key + "}", s.prompt.images) for s in steps)
@@ -404,6 +414,8 @@ def step_config(cfg: JobConfig, index: int, input_cfg: InputConfig) -> JobConfig
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a job config file (draft 2020-12), for editors and other tools."""
+    from batchpipe.config.models import JobFile
+
     schema = JobFile.model_json_schema()
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
@@ -570,3 +582,91 @@ def snapshot_yaml(cfg: JobConfig) -> str:
         width=100_000,
     )
     return _SNAPSHOT_HEADER + body
+
+
+# --------------------------------------------------------------------------------------
+# Reading a run's snapshot back, without validating it again
+
+
+def snapshot_config(content: bytes, source: Path) -> JobConfig | None:
+    """The config of a run's snapshot `content` (read from `source`), without the models (pydantic).
+
+    It validates nothing: it is for a snapshot `create` validated and wrote, unchanged since (its
+    caller checks that: the sha256 the run's ledger recorded). Of that, it gives what load_config
+    gives, without importing pydantic. None for what it cannot read so: a text that is not what
+    snapshot_yaml writes for the config it describes (an older batchpipe's, say), a multi-step job
+    (its steps inherit from the top level), an input file that is not there now (load_config checks
+    that each time). Then call load_config, which says what is wrong, with file, line and field.
+    """
+    try:
+        text = content.decode("utf-8-sig")  # (as read_text)
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml when there
+        cfg = _snapshot_job(data, source)
+    except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):  # (UnicodeDecodeError is a ValueError)
+        return None
+    if cfg is None or config_to_dict(cfg) != data:
+        return None
+    if cfg.input.path is not None and not cfg.input.path.is_file():  # (load_config checks it on every read)
+        return None
+    return cfg
+
+
+def _snapshot_job(data: dict[str, Any], source: Path) -> JobConfig | None:
+    """A one-step snapshot's data as load_config builds it (from the models, via _job_config)."""
+    if not isinstance(data, dict) or "steps" in data:
+        return None  # a multi-step job's steps inherit from the top level: load_config knows how
+    data = _set(data)
+    inp, out, params = _set(data["input"]), _set(data["output"]), data["params"]
+    check = _set(out["validate"]) if "validate" in out else None
+    names_hook = any(isinstance(ref, str) and is_hook(ref)
+                     for ref in (out.get("parse"), out.get("fallback"), (check or {}).get("function")))
+    return JobConfig(
+        model=data["model"],
+        endpoint=data["endpoint"],
+        input=InputConfig(
+            path=Path(inp["path"]) if "path" in inp else None,
+            format=inp.get("format", ""),
+            id=inp.get("id", "index" if "count" in inp else None),
+            count=inp.get("count"),
+            records=inp.get("records"),
+            record_id=inp.get("record_id"),
+        ),
+        prompt=_snapshot_prompt(_set(data["prompt"]), source),
+        params=MappingProxyType(params),
+        output=OutputConfig(
+            key=out.get("key", OutputConfig.key),
+            truncated=out.get("truncated", OutputConfig.truncated),
+            parse=out.get("parse", _default_parse(params)),
+            fields=tuple(out.get("fields", ())),
+            meta=out.get("meta", False),
+            validate=None if check is None else ValidateConfig(
+                json=check.get("json", False), json_schema=check.get("json_schema"), regex=check.get("regex"),
+                choices=tuple(check["choices"]) if "choices" in check else None, function=check.get("function"),
+            ),
+            on_invalid=out.get("on_invalid", OutputConfig.on_invalid),
+            fallback=out.get("fallback"),
+            explode=out.get("explode", False),
+        ),
+        limits=Limits(**_set(data["limits"])),
+        provider=ProviderConfig(**_set(data["provider"])),
+        source=source,
+        pricing=Pricing(**_set(data["pricing"])) if "pricing" in data else None,
+        hooks_dir=Path(data["hooks_dir"]) if data.get("hooks_dir") else source.parent if names_hook else None,
+        mode=data.get("mode", JobConfig.mode),
+        sync=SyncConfig(**_set(data["sync"])) if "sync" in data else SyncConfig(),
+    )  # fmt: skip
+
+
+def _set(section: dict[str, Any]) -> dict[str, Any]:
+    """A section's fields without those written null: not set, as the models read them."""
+    return {key: value for key, value in section.items() if value is not None}
+
+
+def _snapshot_prompt(prompt: dict[str, Any], source: Path) -> PromptConfig:
+    """As _prompt_config."""
+    turns = tuple(TurnConfig(t["user"], t["assistant"], tuple(t.get("images") or ())) for t in prompt.get("history", ()))
+    images = tuple(prompt.get("images", ()))
+    has_images = images or any(t.images for t in turns)
+    images_dir = Path(prompt["images_dir"]) if prompt.get("images_dir") else source.parent
+    return PromptConfig(system=prompt.get("system"), user=prompt["user"], images=images, history=turns,
+                        images_dir=images_dir if has_images else None)

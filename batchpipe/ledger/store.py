@@ -113,6 +113,18 @@ def restore_previous(paths: RunPaths) -> str:
     )
 
 
+# The config_sha256 of every ledger this process has read or made: each is the sha256 of a config
+# snapshot that `create` validated before it wrote it. A snapshot with one of these shas is read
+# without validating it again (ops/common.py run_config), which spares `status` and `process` the
+# models (pydantic); a snapshot changed since create has another sha and is validated as before.
+_created_configs: set[str] = set()
+
+
+def created_config(sha256: str) -> bool:
+    """Is `sha256` that of a config snapshot as `create` wrote it, for a ledger read in this process?"""
+    return sha256 in _created_configs
+
+
 class Ledger:
     """A run's ledger in memory, committed to disk after every change (or, for a change its caller
     can redo after a crash, with the next commit: see advance)."""
@@ -120,6 +132,7 @@ class Ledger:
     def __init__(self, paths: RunPaths, state: RunState, raw: bytes | None = None) -> None:
         self.paths = paths
         self.state = state
+        _created_configs.add(state.run.config_sha256)
         self._raw = raw  # state.json as loaded or last committed: what the next commit keeps as .prev
         self._unlogged: list[dict[str, Any]] = []  # events of changes the next commit writes (see advance)
 

@@ -24,7 +24,6 @@ from batchpipe.ledger.index import Index, IndexFailure, Outcome
 from batchpipe.ledger.model import Shard, ShardState
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.common import run_config
-from batchpipe.ops.create import plan_shards
 from batchpipe.pipeline.requests import render_requests
 from batchpipe.pipeline.shards import shard_id
 
@@ -161,6 +160,8 @@ def _rendered(ledger: Ledger, shard: Shard, index: Index) -> Iterator[bytes]:
     n = canary.requests if canary is not None else 0
     wanted_shard = 1 if shard.index == 0 else shard.index
     seen = 0
+    from batchpipe.ops.create import plan_shards  # here: `process` loads create's code only to re-render a lost file
+
     for planned in plan_shards(run_config(ledger.paths)):
         if planned.shard < wanted_shard:
             continue

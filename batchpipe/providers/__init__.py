@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dotenv import dotenv_values
-
 from batchpipe.errors import MissingApiKey
 from batchpipe.providers.base import Provider, RemoteBatch, RemoteFile, SyncAnswer
 from batchpipe.providers.lazy import LazyOpenAIProvider
@@ -19,6 +17,8 @@ def _dotenv(path: Path) -> dict[str, str]:
     `export` and quotes as the shells and other tools that read .env files understand them)."""
     if not path.is_file():
         return {}
+    from dotenv import dotenv_values  # here: only a .env that is there is read (issue 9: a faster start)
+
     try:
         values = dotenv_values(path, encoding="utf-8")
     except (OSError, UnicodeDecodeError):
