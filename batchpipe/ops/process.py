@@ -22,13 +22,16 @@ when the output is written, and marks each row's `<key>_source`.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
+import operator
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -46,7 +49,7 @@ from batchpipe.paths import RunPaths
 from batchpipe.ops.summary import not_needed, summary
 from batchpipe.pipeline.fallback import Fallback
 from batchpipe.pipeline.inputs import (
-    InputDigest, dumps_row, input_name, input_sha256, iter_rows, json_lines, parse_json_line,
+    InputDigest, block_rows, dumps_row, input_name, input_sha256, iter_rows, json_blocks, parse_json_line,
 )
 from batchpipe.pipeline.interpret import Interpreter, is_invalid
 from batchpipe.pipeline.requests import custom_id_for, line_records
@@ -329,19 +332,15 @@ def _merged_rows(ledger: Ledger, index: Index, result: Processed) -> Iterator[by
     A row whose invalid answer `output.on_invalid: drop` drops is not written.
     """
     cfg = run_config(ledger.paths)
+    if _splices(cfg):  # the usual job: a row gets its answer and its attempt count; the rest, below
+        yield from _spliced_rows(ledger, cfg, index, result)
+        return
     out = cfg.output
     fallback = Fallback(out.fallback, cfg.hook_directory()) if out.fallback is not None else None
     joined = index.joined()
     digest = InputDigest()
     explode = cfg.output.explode is not False
     target = cfg.limits.target
-    # The usual job: a row gets its answer and its attempt count (_spliced_rows); the rest, below.
-    simple = (cfg.input.records is None and not explode and target is None and fallback is None
-              and not out.fields and not out.meta)
-    if simple and cfg.input.count is None and cfg.input.format == "jsonl":
-        yield from _spliced_rows(cfg, joined, digest, result)
-        _check_every_request_has_a_row(ledger, cfg, joined, digest)
-        return
     seq = 0
     for row in iter_rows(cfg.input, digest):
         data = row.data  # parsed for this row alone: filled in place, not copied
@@ -381,41 +380,130 @@ def _merged_rows(ledger: Ledger, index: Index, result: Processed) -> Iterator[by
             continue
         result.written += 1
         yield dumps_row(data)
-    _check_every_request_has_a_row(ledger, cfg, joined, digest)
+    _check_every_request_has_a_row(ledger, cfg, joined)
+    if digest.sha256 != ledger.run.input["sha256"]:  # changed since the check in _write_output
+        raise InputError(
+            f"{input_name(cfg.input)} has changed since the run was created: its rows can no longer be matched",
+            hint="restore the original input file (same content) and run `batchpipe process` again",
+        )
 
 
-def _spliced_rows(cfg: JobConfig, joined: Joined, digest: InputDigest, result: Processed) -> Iterator[bytes]:
-    """The output of the usual JSONL job (no records, explode, target, fallback, fields or meta).
+def _splices(cfg: JobConfig) -> bool:
+    """Is this the usual JSONL job, whose rows _spliced_rows writes (no records, explode, target,
+    fallback, fields or meta)?"""
+    out = cfg.output
+    return (cfg.input.format == "jsonl" and cfg.input.count is None and cfg.input.records is None
+            and out.explode is False and cfg.limits.target is None and out.fallback is None and not out.fields
+            and not out.meta)
+
+
+def _spliced_rows(ledger: Ledger, cfg: JobConfig, index: Index, result: Processed) -> Iterator[bytes]:
+    """The output of the usual JSONL job (_splices), in blocks of lines (_splice).
+
+    The input is read once: hashed as it is read, and its hash compared with the run's at the end
+    (before that, nothing is published). A row that does not read as it did at create is an input
+    that changed, if its hash says so: the message is the one a change found before the pass gets.
+    """
+    recorded = ledger.run.input["sha256"]
+    digest = InputDigest()
+    joined = index.joined()
+    try:
+        yield from _splice(cfg, joined, json_blocks(Path(cfg.input.path), digest), 1, 1, result)
+    except InputError:
+        if input_sha256(cfg.input) != recorded:
+            raise _input_changed(ledger) from None
+        raise
+    if digest.sha256 != recorded:
+        raise _input_changed(ledger)
+    _check_every_request_has_a_row(ledger, cfg, joined)
+
+
+# The last byte of a row's text before its closing brace, when the row cannot be spliced at block
+# speed: it is "{" (the row is an empty object: no comma before the answer) or whitespace (left
+# out before the answer, as bytes.rstrip does), or the line is a lone brace.
+_ODD_ENDS = frozenset((b"", b"{", b" ", b"\t", b"\n", b"\r", b"\x0b", b"\x0c"))
+_LAST_BYTE = operator.itemgetter(slice(-1, None))
+
+
+class _AttemptsTails(dict[int, bytes]):
+    """`,"<key>_attempts":<n>}` and the line's end, made once per attempt number n."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = b"," + orjson.dumps(f"{key}_attempts") + b":"
+
+    def __missing__(self, attempt: int) -> bytes:
+        self[attempt] = tail = b"%s%d}\n" % (self.key, attempt)
+        return tail
+
+
+def _splice(cfg: JobConfig, joined: Joined, blocks: Iterable[bytes], row_no: int, line_no: int,
+            result: Processed) -> Iterator[bytes]:
+    """The output lines of the usual JSONL job for `blocks` of its input (json_blocks), whose first
+    line is row `row_no` and line `line_no` of the file: a block of output lines per block.
 
     A row whose answer came back as it should (finish reason "stop") is its input line with the
     answer and the attempt count appended: nothing parsed or encoded again, the row's own bytes
     kept as they are. Any other row is parsed and filled by _fill_row, as for every other job.
+    A block whose every line ends with "}" right after the row's last value (the usual file) is
+    cut at those braces in one call, and its outcomes joined as one list (Joined.span); any other
+    block is read a row at a time (_splice_rows).
     """
     out = cfg.output
     name = input_name(cfg.input)
-    value_key = orjson.dumps(out.key) + b":"
-    attempts_key = b"," + orjson.dumps(f"{out.key}_attempts") + b":"
+    key = b"," + orjson.dumps(out.key) + b":"
+    tails = _AttemptsTails(out.key)
     dumps = orjson.dumps
-    spliced = 0
-    for row_no, line_no, raw in json_lines(cfg.input.path, digest):
-        outcome = joined.at(row_no)
-        if outcome is not None and outcome.ok and (outcome.finish_reason is None or outcome.finish_reason == "stop"):
+    for block in blocks:
+        lines = block.count(b"\n")
+        heads = block.split(b"}\n")  # each row's line without its closing brace
+        heads.pop()  # what follows the last brace: nothing, if every line ends with one
+        if len(heads) != lines or not _ODD_ENDS.isdisjoint(map(_LAST_BYTE, heads)):
+            rows = block_rows(block, row_no, line_no)
+            yield b"".join(_splice_rows(rows, joined, out, name, key, tails, result))
+            row_no, line_no = row_no + len(rows), line_no + lines
+            continue
+        parts: list[bytes] = []
+        put = parts.extend
+        others = 0  # rows not spliced
+        for seq, head, row in zip(itertools.count(row_no), heads, joined.span(row_no, lines)):
+            if row is not None and row[0] and (row[5] is None or row[5] == "stop"):
+                try:
+                    put((head, key, dumps(row[1]), tails[row[4]]))
+                    continue
+                except orjson.JSONEncodeError:  # an integer beyond 64 bits: the slow, exact way below
+                    pass
+            others += 1
+            data = parse_json_line(name, line_no + seq - row_no, head + b"}\n")
+            if _fill_row(data, joined.outcome(seq), out, None, result) != "dropped":
+                result.written += 1
+                put((dumps_row(data),))
+        result.ok += lines - others
+        result.written += lines - others
+        yield b"".join(parts)
+        row_no, line_no = row_no + lines, line_no + lines
+
+
+def _splice_rows(rows: list[tuple[int, int, bytes]], joined: Joined, out: OutputConfig, name: str, key: bytes,
+                 tails: _AttemptsTails, result: Processed) -> Iterator[bytes]:
+    """_splice's lines for `rows` (block_rows), a row at a time: any line of a JSONL file."""
+    outcomes = joined.span(rows[0][0], len(rows)) if rows else []
+    for (row_no, line_no, raw), row in zip(rows, outcomes):
+        if row is not None and row[0] and (row[5] is None or row[5] == "stop"):
             try:
-                value = dumps(outcome.value)
+                value = orjson.dumps(row[1])
             except orjson.JSONEncodeError:  # an integer beyond 64 bits: the slow, exact way below
                 value = b""
             if value:
                 head = raw.rstrip()[:-1].rstrip()  # the row without its closing brace
-                comma = b"" if head.endswith(b"{") else b","  # an empty object {} has nothing before
-                spliced += 1
-                yield b"".join((head, comma, value_key, value, attempts_key, str(outcome.attempt).encode(), b"}\n"))
+                result.ok += 1
+                result.written += 1
+                yield b"".join((head, key[1:] if head.endswith(b"{") else key, value, tails[row[4]]))
                 continue
         data = parse_json_line(name, line_no, raw)
-        if _fill_row(data, outcome, out, None, result) != "dropped":
+        if _fill_row(data, joined.outcome(row_no), out, None, result) != "dropped":
             result.written += 1
             yield dumps_row(data)
-    result.ok += spliced
-    result.written += spliced
 
 
 def _fill_row(data: dict[str, Any], outcome: Outcome | None, out: OutputConfig, fallback: Fallback | None,
@@ -465,7 +553,7 @@ def _fill_meta(data: dict[str, Any], value: Any, outcome: Outcome | None, out: O
         data[f"{key}_source"] = source
 
 
-def _check_every_request_has_a_row(ledger: Ledger, cfg: JobConfig, joined: Joined, digest: InputDigest) -> None:
+def _check_every_request_has_a_row(ledger: Ledger, cfg: JobConfig, joined: Joined) -> None:
     """Raised inside the output's writer, so no output is published: a paid answer whose row is
     gone must never be dropped while the run reports done."""
     first, orphans = None, 0
@@ -478,21 +566,20 @@ def _check_every_request_has_a_row(ledger: Ledger, cfg: JobConfig, joined: Joine
             hint="restore the input file the run was created from and run `batchpipe process` again; "
             "the answers are kept until then",
         )
-    if digest.sha256 != ledger.run.input["sha256"]:  # changed since the check in _write_output
-        raise InputError(
-            f"{input_name(cfg.input)} has changed since the run was created: its rows can no longer be matched",
-            hint="restore the original input file (same content) and run `batchpipe process` again",
-        )
+
+
+def _input_changed(ledger: Ledger) -> InputError:
+    return InputError(
+        f"{ledger.run.input['path']} has changed since the run was created: its rows can no longer be matched",
+        hint="restore the original input file (same content) and run `batchpipe process` again",
+    )
 
 
 def _write_output(ledger: Ledger, index: Index, result: Processed) -> None:
     run = ledger.run
     cfg = run_config(ledger.paths)
-    if input_sha256(cfg.input) != run.input["sha256"]:
-        raise InputError(
-            f"{run.input['path']} has changed since the run was created: its rows can no longer be matched",
-            hint="restore the original input file (same content) and run `batchpipe process` again",
-        )
+    if not _splices(cfg) and input_sha256(cfg.input) != run.input["sha256"]:  # _spliced_rows: in its one read
+        raise _input_changed(ledger)
     result.ok = result.failed = result.truncated = result.written = result.dropped = result.fallback = 0
     result.invalid = {}
     out_size, out_sha = fsio.write_lines_atomic(ledger.paths.output, _merged_rows(ledger, index, result))

@@ -45,9 +45,13 @@ from batchpipe.errors import InputError
 if TYPE_CHECKING:
     from batchpipe.config import InputConfig
 
-__all__ = ["InputDigest", "Row", "count_sha256", "display_path", "dumps_row", "input_name", "input_sha256", "iter_rows"]
+__all__ = ["InputDigest", "Row", "block_rows", "count_rows", "count_sha256", "display_path", "dumps_row", "input_name",
+           "input_sha256", "iter_rows", "json_blocks", "json_range_blocks"]
 
 _BOM = b"\xef\xbb\xbf"
+# The bytes json_blocks reads at a time: enough that the work per block is paid rarely, few
+# enough that a block stays in the CPU's caches while it is worked on.
+BLOCK_BYTES = 1 << 20
 # csv refuses fields over 128 KiB by default; long documents in one cell are normal input.
 # 256 MiB is beyond the 200 MB a whole batch file may hold, so nothing useful is refused.
 _CSV_FIELD_LIMIT = 256 * 1024 * 1024
@@ -255,6 +259,76 @@ def json_lines(path: Path, digest: InputDigest | None = None) -> Iterator[tuple[
         source.finish(digest)
     finally:
         source.close()
+
+
+def json_blocks(path: Path, digest: InputDigest | None = None) -> Iterator[bytes]:
+    """The lines of a JSONL file as json_lines reads them, in blocks of whole lines (BLOCK_BYTES or
+    so): each ends with a newline (the file's last line is given one if it has none), a byte order
+    mark at the start of the file is left out. Which of the lines are rows: block_rows. `digest`
+    and a file that changes while it is read: as json_lines."""
+    source = _Source(path)
+    try:
+        yield from _blocks(source.stream, None, bom=True)
+        source.finish(digest)
+    finally:
+        source.close()
+
+
+def json_range_blocks(path: Path, start: int, end: int) -> Iterator[bytes]:
+    """json_blocks of the bytes `start` to `end` of a JSONL file, each the start of a line (or its
+    end), read as they are: neither hashed nor checked for a change (the caller reads the whole
+    file for that)."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    with f:
+        f.seek(start)
+        yield from _blocks(f, end - start, bom=start == 0)
+
+
+def _blocks(f: io.BufferedIOBase, size: int | None, *, bom: bool) -> Iterator[bytes]:
+    """The next `size` bytes of `f` (all that is left if None) in blocks of whole lines (json_blocks)."""
+    carry = b""  # a line begun in the last read
+    while size is None or size > 0:
+        chunk = f.read(BLOCK_BYTES if size is None else min(BLOCK_BYTES, size))  # all of it, but at the end
+        if not chunk:
+            break
+        if size is not None:
+            size -= len(chunk)
+        if bom:  # the first read: a mark at the start of the file is whole in it
+            chunk, bom = chunk.removeprefix(_BOM), False
+        cut = chunk.rfind(b"\n") + 1
+        if cut:
+            yield carry + chunk[:cut]
+            carry = chunk[cut:]
+        else:
+            carry += chunk  # a line longer than a block
+    if carry:
+        yield carry + b"\n"
+
+
+def block_rows(block: bytes, row_no: int, line_no: int) -> list[tuple[int, int, bytes]]:
+    """(row_no, line_no, line) of the rows of a block of whole lines (json_blocks), as json_lines
+    yields them (a blank or whitespace-only line is no row), numbered on from the row and line
+    numbers of the block's first line."""
+    rows = []
+    for line_no, line in enumerate(block.split(b"\n")[:-1], line_no):  # noqa: B020 - numbered on from it
+        if line and not line.isspace():
+            rows.append((row_no, line_no, line + b"\n"))
+            row_no += 1
+    return rows
+
+
+def count_rows(path: Path, end: int) -> tuple[int, int]:
+    """(rows, lines) of a JSONL file before byte `end` (the start of a line), as json_lines counts them."""
+    rows = lines = 0
+    for block in json_range_blocks(path, 0, end):
+        n = block.count(b"\n")
+        # A block whose every line ends with "}" has no blank line: its rows counted at C speed.
+        rows += n if block.count(b"}\n") == n else len(block_rows(block, 1, 1))
+        lines += n
+    return rows, lines
 
 
 def parse_json_line(name: str, line_no: int, raw: bytes) -> dict[str, Any]:
