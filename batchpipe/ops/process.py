@@ -22,23 +22,26 @@ when the output is written, and marks each row's `<key>_source`.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
+import multiprocessing.connection
 import operator
 import os
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from batchpipe import crash, fsio
 from batchpipe.config import JobConfig, OutputConfig
-from batchpipe.errors import ExitCode, InputError
+from batchpipe.errors import BatchpipeError, ExitCode, InputError
 from batchpipe.ledger.index import Index, Joined, Outcome, outcome_of
 from batchpipe.ledger.model import FileRef, Shard, ShardState
 from batchpipe.ledger.store import Ledger
@@ -49,7 +52,8 @@ from batchpipe.paths import RunPaths
 from batchpipe.ops.summary import not_needed, summary
 from batchpipe.pipeline.fallback import Fallback
 from batchpipe.pipeline.inputs import (
-    InputDigest, block_rows, dumps_row, input_name, input_sha256, iter_rows, json_blocks, parse_json_line,
+    InputDigest, WholeRead, block_rows, count_rows, dumps_row, input_name, input_sha256, iter_rows, json_blocks,
+    json_range_blocks, parse_json_line,
 )
 from batchpipe.pipeline.interpret import Interpreter, is_invalid
 from batchpipe.pipeline.requests import custom_id_for, line_records
@@ -397,18 +401,32 @@ def _splices(cfg: JobConfig) -> bool:
             and not out.meta)
 
 
+# The usual job's output is written by worker processes, a range of the input's bytes each on every
+# core, once the input holds this many bytes: reading, splicing and writing the rows is most of
+# the output pass, and a Python process does it on one core. Below it, starting the workers costs
+# more than they save.
+PARALLEL_OUTPUT_BYTES = 16 << 20
+
+
 def _spliced_rows(ledger: Ledger, cfg: JobConfig, index: Index, result: Processed) -> Iterator[bytes]:
-    """The output of the usual JSONL job (_splices), in blocks of lines (_splice).
+    """The output of the usual JSONL job (_splices), in blocks of lines (_splice); by worker
+    processes for a big input (_spliced_in_parallel).
 
     The input is read once: hashed as it is read, and its hash compared with the run's at the end
     (before that, nothing is published). A row that does not read as it did at create is an input
     that changed, if its hash says so: the message is the one a change found before the pass gets.
     """
+    path = Path(cfg.input.path)
     recorded = ledger.run.input["sha256"]
     digest = InputDigest()
-    joined = index.joined()
     try:
-        yield from _splice(cfg, joined, json_blocks(Path(cfg.input.path), digest), 1, 1, result)
+        workers = _output_workers(path)
+        if workers > 1:
+            rows = yield from _spliced_in_parallel(ledger, cfg, path, workers, digest, result)
+            joined = index.joined(rows + 1)  # only the requests after the last row are asked for: none
+        else:
+            joined = index.joined()
+            yield from _splice(cfg, joined, json_blocks(path, digest), 1, 1, result)
     except InputError:
         if input_sha256(cfg.input) != recorded:
             raise _input_changed(ledger) from None
@@ -416,6 +434,167 @@ def _spliced_rows(ledger: Ledger, cfg: JobConfig, index: Index, result: Processe
     if digest.sha256 != recorded:
         raise _input_changed(ledger)
     _check_every_request_has_a_row(ledger, cfg, joined)
+
+
+def _output_workers(path: Path) -> int:
+    """How many processes write the output of a JSONL input (1: this one alone)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return 1  # the read says what is wrong with the file
+    if size < PARALLEL_OUTPUT_BYTES or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return os.cpu_count() or 1
+
+
+def _spliced_in_parallel(ledger: Ledger, cfg: JobConfig, path: Path, count: int, digest: InputDigest,
+                         result: Processed) -> Generator[bytes, None, int]:
+    """_spliced_rows by `count` worker processes, a range of the input's lines each (_output_worker);
+    return how many rows the input has.
+
+    Each writes its range's output lines to a part file beside the output. The first starts at
+    once; the others once the rows and lines before their ranges are counted (each counts the
+    range before its own, at C speed). This process hashes the whole input meanwhile, in a thread
+    (a sha256 cannot be put together from the workers'; hashing and reading let go of the GIL),
+    then hands the parts on in input order to the output's writer, which hashes what it writes.
+    Nothing is published if any of it fails; the parts are removed in any case.
+    """
+    ranges = _line_ranges(path, count)
+    rows = 0
+    with ExitStack() as stack:
+        whole = stack.enter_context(WholeRead(path))  # opened before any worker reads
+        parts = stack.enter_context(fsio.scratch_files(ledger.paths.output, len(ranges)))
+        workers = [stack.enter_context(_Worker(_output_worker, ledger, cfg, ranges, k, str(part)))
+                   for k, part in enumerate(parts)]
+        hashed = stack.enter_context(ThreadPoolExecutor(1)).submit(whole.hash)
+        row_no, line_no = 1, 1  # where the next range starts
+        for worker in workers[1:]:
+            rows_before, lines_before = worker.receive()  # of the range before its own
+            row_no, line_no = row_no + rows_before, line_no + lines_before
+            worker.send((row_no, line_no))
+        for worker, part in zip(workers, parts):
+            counts = worker.receive()
+            rows += counts.pop("rows")
+            for code, n in counts.pop("invalid").items():
+                result.invalid[code] = result.invalid.get(code, 0) + n
+            for name, n in counts.items():
+                setattr(result, name, getattr(result, name) + n)
+            with open(part, "rb") as f:
+                while chunk := f.read(fsio.WRITE_CHUNK):
+                    yield chunk
+        hashed.result()
+        whole.finish(digest)  # the workers are done: refuses a file that changed while they read it
+    return rows
+
+
+def _line_ranges(path: Path, count: int) -> list[tuple[int, int]]:
+    """`count` ranges of bytes of the file (fewer if its lines are few), about as long as each
+    other, each starting at a line."""
+    size = path.stat().st_size
+    cuts = [0]
+    with open(path, "rb") as f:
+        for k in range(1, count):
+            at = max(size * k // count, cuts[-1])
+            f.seek(at)
+            while (chunk := f.read(1 << 16)) and (nl := chunk.find(b"\n")) < 0:
+                at += len(chunk)
+            at = at + nl + 1 if chunk else size
+            if cuts[-1] < at < size:
+                cuts.append(at)
+    return list(zip(cuts, [*cuts[1:], size]))
+
+
+def _output_worker(conn: Connection, ledger: Ledger, cfg: JobConfig, ranges: list[tuple[int, int]], k: int,
+                   part: str) -> None:
+    """Write the output lines of the input's range `k` to `part` and send back the counts (and how
+    many rows it read); first, but for the first range, count the rows and lines of the range
+    before it, send them, and receive the row and line numbers its own range starts at."""
+    path = Path(cfg.input.path)
+    row_no, line_no = 1, 1
+    if k:
+        conn.send(count_rows(path, *ranges[k - 1]))
+        row_no, line_no = conn.recv()
+    result = Processed(ledger.run.id)
+    with Index(ledger.paths.index) as index, open(part, "wb") as f:  # its own connection: never one across a fork
+        spliced = _splice(cfg, index.joined(row_no), json_range_blocks(path, *ranges[k]), row_no, line_no, result)
+        while True:
+            try:
+                f.write(next(spliced))
+            except StopIteration as done:
+                rows = done.value
+                break
+    conn.send({"rows": rows, "ok": result.ok, "failed": result.failed, "truncated": result.truncated,
+               "written": result.written, "dropped": result.dropped, "fallback": result.fallback,
+               "invalid": result.invalid})
+
+
+class _Worker:
+    """A forked process (it starts with this process's ledger, config and modules) running
+    `target(conn, *args)` once, talked to over a pipe; what it raises is raised by `receive`.
+
+    One process per task, not a pool: a pool's idle worker waits for its next task forever once
+    the process that started it is killed, while this one ends with its task. Leaving the block
+    on an error stops it at once.
+    """
+
+    def __init__(self, target: Callable[..., None], *args: Any) -> None:
+        context = multiprocessing.get_context("fork")
+        self.conn, theirs = context.Pipe()
+        self.process = context.Process(target=_run_worker, args=(theirs, target, *args), daemon=True)
+        self.process.start()
+        theirs.close()
+
+    def send(self, value: Any) -> None:
+        self.conn.send(value)
+
+    def receive(self) -> Any:
+        multiprocessing.connection.wait([self.conn, self.process.sentinel])
+        if not self.conn.poll():
+            self.process.join()
+            raise BatchpipeError(
+                f"a worker process writing the output stopped (exit code {self.process.exitcode}); nothing was written",
+                hint="run the same command again",
+            )
+        value = self.conn.recv()
+        if isinstance(value, _Raised):
+            raise value.error()
+        return value
+
+    def __enter__(self) -> _Worker:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is not None:
+            self.process.terminate()
+        self.process.join()
+        self.conn.close()
+
+
+def _run_worker(conn: Connection, target: Callable[..., None], *args: Any) -> None:
+    try:
+        target(conn, *args)
+    except BaseException as exc:  # noqa: BLE001 - carried to the process that waits for it, not printed here
+        with contextlib.suppress(Exception):
+            conn.send(_Raised.of(exc))
+
+
+class _Raised(NamedTuple):
+    """An error a worker raised, carried back whole: a BatchpipeError whose __init__ takes keyword
+    arguments (IndexFailure) cannot be unpickled as it is."""
+
+    kind: type[BaseException]
+    args: tuple[Any, ...]
+    state: dict[str, Any]
+
+    @classmethod
+    def of(cls, exc: BaseException) -> _Raised:
+        return cls(type(exc), exc.args, dict(vars(exc)))
+
+    def error(self) -> BaseException:
+        exc = self.kind.__new__(self.kind, *self.args)
+        exc.args = self.args
+        vars(exc).update(self.state)
+        return exc
 
 
 # The last byte of a row's text before its closing brace, when the row cannot be spliced at block
@@ -438,9 +617,10 @@ class _AttemptsTails(dict[int, bytes]):
 
 
 def _splice(cfg: JobConfig, joined: Joined, blocks: Iterable[bytes], row_no: int, line_no: int,
-            result: Processed) -> Iterator[bytes]:
+            result: Processed) -> Generator[bytes, None, int]:
     """The output lines of the usual JSONL job for `blocks` of its input (json_blocks), whose first
-    line is row `row_no` and line `line_no` of the file: a block of output lines per block.
+    line is row `row_no` and line `line_no` of the file: a block of output lines per block; return
+    how many rows they hold.
 
     A row whose answer came back as it should (finish reason "stop") is its input line with the
     answer and the attempt count appended: nothing parsed or encoded again, the row's own bytes
@@ -454,6 +634,7 @@ def _splice(cfg: JobConfig, joined: Joined, blocks: Iterable[bytes], row_no: int
     key = b"," + orjson.dumps(out.key) + b":"
     tails = _AttemptsTails(out.key)
     dumps = orjson.dumps
+    first = row_no
     for block in blocks:
         lines = block.count(b"\n")
         heads = block.split(b"}\n")  # each row's line without its closing brace
@@ -482,6 +663,7 @@ def _splice(cfg: JobConfig, joined: Joined, blocks: Iterable[bytes], row_no: int
         result.written += lines - others
         yield b"".join(parts)
         row_no, line_no = row_no + lines, line_no + lines
+    return row_no - first
 
 
 def _splice_rows(rows: list[tuple[int, int, bytes]], joined: Joined, out: OutputConfig, name: str, key: bytes,

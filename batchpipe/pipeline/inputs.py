@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from batchpipe.config import InputConfig
 
 __all__ = ["InputDigest", "Row", "block_rows", "count_rows", "count_sha256", "display_path", "dumps_row", "input_name",
-           "input_sha256", "iter_rows", "json_blocks", "json_range_blocks"]
+           "input_sha256", "iter_rows", "json_blocks", "json_range_blocks", "WholeRead"]
 
 _BOM = b"\xef\xbb\xbf"
 # The bytes json_blocks reads at a time: enough that the work per block is paid rarely, few
@@ -320,15 +320,41 @@ def block_rows(block: bytes, row_no: int, line_no: int) -> list[tuple[int, int, 
     return rows
 
 
-def count_rows(path: Path, end: int) -> tuple[int, int]:
-    """(rows, lines) of a JSONL file before byte `end` (the start of a line), as json_lines counts them."""
+def count_rows(path: Path, start: int, end: int) -> tuple[int, int]:
+    """(rows, lines) of a JSONL file between bytes `start` and `end` (json_range_blocks), as
+    json_lines counts them."""
     rows = lines = 0
-    for block in json_range_blocks(path, 0, end):
+    for block in json_range_blocks(path, start, end):
         n = block.count(b"\n")
         # A block whose every line ends with "}" has no blank line: its rows counted at C speed.
         rows += n if block.count(b"}\n") == n else len(block_rows(block, 1, 1))
         lines += n
     return rows, lines
+
+
+class WholeRead:
+    """A file read whole to hash it while other processes read ranges of it (json_range_blocks).
+
+    Open it before they start, then `hash` it; `finish`, once they are done, refuses a file that
+    changed since it was opened (as json_lines does) and fills `digest`: what they read is what
+    was hashed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._source = _Source(path)
+
+    def hash(self) -> None:
+        while self._source.stream.read(BLOCK_BYTES):  # hashed by the source as it is read
+            pass
+
+    def finish(self, digest: InputDigest) -> None:
+        self._source.finish(digest)
+
+    def __enter__(self) -> WholeRead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._source.close()
 
 
 def parse_json_line(name: str, line_no: int, raw: bytes) -> dict[str, Any]:
