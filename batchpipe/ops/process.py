@@ -444,7 +444,7 @@ def _output_workers(path: Path) -> int:
         return 1  # the read says what is wrong with the file
     if size < PARALLEL_OUTPUT_BYTES or "fork" not in multiprocessing.get_all_start_methods():
         return 1
-    return os.cpu_count() or 1
+    return min(os.cpu_count() or 1, size // (PARALLEL_OUTPUT_BYTES // 2))  # half the threshold each, at least
 
 
 def _spliced_in_parallel(ledger: Ledger, cfg: JobConfig, path: Path, count: int, digest: InputDigest,
@@ -633,7 +633,7 @@ def _splice(cfg: JobConfig, joined: Joined, blocks: Iterable[bytes], row_no: int
     name = input_name(cfg.input)
     key = b"," + orjson.dumps(out.key) + b":"
     tails = _AttemptsTails(out.key)
-    dumps = orjson.dumps
+    dumps, join = orjson.dumps, b"".join
     first = row_no
     for block in blocks:
         lines = block.count(b"\n")
@@ -645,12 +645,13 @@ def _splice(cfg: JobConfig, joined: Joined, blocks: Iterable[bytes], row_no: int
             row_no, line_no = row_no + len(rows), line_no + lines
             continue
         parts: list[bytes] = []
-        put = parts.extend
+        put = parts.append
         others = 0  # rows not spliced
         for seq, head, row in zip(itertools.count(row_no), heads, joined.span(row_no, lines)):
             if row is not None and row[0] and (row[5] is None or row[5] == "stop"):
                 try:
-                    put((head, key, dumps(row[1]), tails[row[4]]))
+                    # joined at once: orjson's result holds a few KiB until it is freed
+                    put(join((head, key, dumps(row[1]), tails[row[4]])))
                     continue
                 except orjson.JSONEncodeError:  # an integer beyond 64 bits: the slow, exact way below
                     pass
@@ -658,10 +659,10 @@ def _splice(cfg: JobConfig, joined: Joined, blocks: Iterable[bytes], row_no: int
             data = parse_json_line(name, line_no + seq - row_no, head + b"}\n")
             if _fill_row(data, joined.outcome(seq), out, None, result) != "dropped":
                 result.written += 1
-                put((dumps_row(data),))
+                put(dumps_row(data))
         result.ok += lines - others
         result.written += lines - others
-        yield b"".join(parts)
+        yield join(parts)
         row_no, line_no = row_no + lines, line_no + lines
     return row_no - first
 
