@@ -6,15 +6,19 @@ input or a failed worker publishes nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import resource
 import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import batchpipe, expected_answer, write_job
+from conftest import PYTHON, batchpipe, expected_answer, write_job
 
 from batchpipe.ledger.store import Ledger
 from batchpipe.ops.process import PARALLEL_OUTPUT_BYTES
@@ -234,3 +238,42 @@ def test_a_worker_that_fails_leaves_no_output_and_the_next_process_writes_it(cli
     output = (run / "output.jsonl").read_bytes()
     assert output == expected_output(data, output)
     assert check_outcomes(data, output) == {"answered": 300, "failed": 60, "truncated": 40, "retried": 0}
+
+
+def test_a_killed_process_leaves_no_worker_behind_and_the_next_one_writes_the_output(cli, emulator, runs_dir,
+                                                                                       tmp_path):
+    n = 400
+    config, data = shaped_job(tmp_path, n, pad="x" * (PARALLEL_OUTPUT_BYTES // (n - 20)), per_shard=150, every=50)
+    run_id = f"killed-{os.getpid()}"  # names its processes (their command line) among the suite's
+    cli("create", config, "--run", run_id)
+    for step in ("submit", "status", "download"):
+        cli(step, run_id)
+    cli("process", run_id, code=6)
+    run = runs_dir / run_id
+    written = (run / "output.jsonl").read_bytes()
+    (run / "output.jsonl").unlink()  # the next process writes it again, and nothing else
+
+    proc = subprocess.Popen([PYTHON, "-m", "batchpipe", "process", run_id], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(p.stat().st_size for p in run.glob(".output.jsonl.*.tmp")):  # the workers are writing
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)  # looked at again: this loop must not take a core from them
+    proc.kill()  # as kill -9: no cleanup in the process that started the workers
+    proc.wait()
+
+    def ours() -> list[str]:  # processes of this run still alive: the workers, if they outlived it
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                if run_id.encode() in cmdline.read_bytes().split(b"\0"):
+                    found.append(cmdline.parent.name)
+        return found
+
+    while ours():  # a worker stops once it sees the process that started it is gone
+        assert time.monotonic() < deadline, f"workers left behind: {ours()}"
+        time.sleep(0.005)
+    cli("process", run_id, code=6)  # not "run is busy": no worker holds the run's lock
+    assert (run / "output.jsonl").read_bytes() == written
+    cli("recover", run_id)  # the killed pass's parts are removed
+    assert temp_files(run) == []

@@ -513,8 +513,13 @@ def _output_worker(conn: Connection, ledger: Ledger, cfg: JobConfig, ranges: lis
     row_no, line_no = 1, 1
     if k:
         conn.send(count_rows(path, *ranges[k - 1]))
+        parent = multiprocessing.parent_process()
+        multiprocessing.connection.wait([conn, parent.sentinel] if parent is not None else [conn])
+        if not conn.poll():
+            return  # the process that started it is gone (killed): nobody waits for this range
         row_no, line_no = conn.recv()
     result = Processed(ledger.run.id)
+    parent = os.getppid()
     with Index(ledger.paths.index) as index, open(part, "wb") as f:  # its own connection: never one across a fork
         spliced = _splice(cfg, index.joined(row_no), json_range_blocks(path, *ranges[k]), row_no, line_no, result)
         while True:
@@ -523,6 +528,8 @@ def _output_worker(conn: Connection, ledger: Ledger, cfg: JobConfig, ranges: lis
             except StopIteration as done:
                 rows = done.value
                 break
+            if os.getppid() != parent:
+                return  # the process that started it is gone (killed): it would hold the run's lock on
     conn.send({"rows": rows, "ok": result.ok, "failed": result.failed, "truncated": result.truncated,
                "written": result.written, "dropped": result.dropped, "fallback": result.fallback,
                "invalid": result.invalid})
