@@ -456,8 +456,9 @@ def _spliced_in_parallel(ledger: Ledger, cfg: JobConfig, path: Path, count: int,
     once; the others once the rows and lines before their ranges are counted (each counts the
     range before its own, at C speed). This process hashes the whole input meanwhile, in a thread
     (a sha256 cannot be put together from the workers'; hashing and reading let go of the GIL),
-    then hands the parts on in input order to the output's writer, which hashes what it writes.
-    Nothing is published if any of it fails; the parts are removed in any case.
+    and hands the parts on in input order, as they are written, to the output's writer, which
+    hashes what it writes. Nothing is published if any of it fails; the parts are removed in any
+    case.
     """
     ranges = _line_ranges(path, count)
     rows = 0
@@ -473,15 +474,17 @@ def _spliced_in_parallel(ledger: Ledger, cfg: JobConfig, path: Path, count: int,
             row_no, line_no = row_no + rows_before, line_no + lines_before
             worker.send((row_no, line_no))
         for worker, part in zip(workers, parts):
-            counts = worker.receive()
+            with open(part, "rb") as f:
+                # handed on as it is written (the worker says how far it got): the next part's
+                # work goes on meanwhile, and little is left to do once the last worker is done
+                while isinstance(written := worker.receive(), int):
+                    yield f.read(written - f.tell())
+            counts = written
             rows += counts.pop("rows")
             for code, n in counts.pop("invalid").items():
                 result.invalid[code] = result.invalid.get(code, 0) + n
             for name, n in counts.items():
                 setattr(result, name, getattr(result, name) + n)
-            with open(part, "rb") as f:
-                while chunk := f.read(fsio.WRITE_CHUNK):
-                    yield chunk
         hashed.result()
         whole.finish(digest)  # the workers are done: refuses a file that changed while they read it
     return rows
@@ -506,9 +509,10 @@ def _line_ranges(path: Path, count: int) -> list[tuple[int, int]]:
 
 def _output_worker(conn: Connection, ledger: Ledger, cfg: JobConfig, ranges: list[tuple[int, int]], k: int,
                    part: str) -> None:
-    """Write the output lines of the input's range `k` to `part` and send back the counts (and how
-    many rows it read); first, but for the first range, count the rows and lines of the range
-    before it, send them, and receive the row and line numbers its own range starts at."""
+    """Write the output lines of the input's range `k` to `part`, sending how many bytes of it are
+    written after each block, then the counts (and how many rows it read); first, but for the
+    first range, count the rows and lines of the range before it, send them, and receive the row
+    and line numbers its own range starts at."""
     path = Path(cfg.input.path)
     row_no, line_no = 1, 1
     if k:
@@ -530,6 +534,8 @@ def _output_worker(conn: Connection, ledger: Ledger, cfg: JobConfig, ranges: lis
                 break
             if os.getppid() != parent:
                 return  # the process that started it is gone (killed): it would hold the run's lock on
+            f.flush()
+            conn.send(f.tell())  # how many bytes of the part can be read
     conn.send({"rows": rows, "ok": result.ok, "failed": result.failed, "truncated": result.truncated,
                "written": result.written, "dropped": result.dropped, "fallback": result.fallback,
                "invalid": result.invalid})
