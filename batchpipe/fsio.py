@@ -85,6 +85,23 @@ def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
     fsync_dir(path.parent)
 
 
+@contextlib.contextmanager
+def scratch_files(path: Path, count: int) -> Iterator[list[Path]]:
+    """`count` empty temp files beside `path`, for pieces of it that other processes write before
+    one writer puts them together (write_lines_atomic): named as the temp files above, so that
+    `recover` removes any a crash leaves, and removed when the block ends, whatever happens."""
+    made: list[Path] = []
+    try:
+        for _ in range(count):
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+            os.close(fd)
+            made.append(Path(name))
+        yield made
+    finally:
+        for tmp in made:
+            tmp.unlink(missing_ok=True)
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data`, atomically and durably. Serialize before calling."""
     with atomic_writer(path) as f:

@@ -15,7 +15,7 @@ from conftest import write_config
 from batchpipe.config import load_config
 from batchpipe.ops.create import plan_shards
 from batchpipe.pipeline.blocks import PARALLEL_MIN_BYTES
-from batchpipe.pipeline.inputs import BLOCK_BYTES
+from batchpipe.pipeline.inputs import RENDER_BLOCK_BYTES
 from batchpipe.pipeline.tokens import counter_for
 
 ROWS = 4_000
@@ -31,7 +31,7 @@ def big_rows(n: int = ROWS) -> list[str]:
 def big_job(tmp_path: Path, lines: list[str], prefix: bytes = b"", **overrides) -> Path:
     data = tmp_path / "big.jsonl"
     data.write_bytes(prefix + "".join(lines).encode())
-    assert data.stat().st_size > max(PARALLEL_MIN_BYTES, 4 * BLOCK_BYTES)  # several blocks, rendered by workers
+    assert data.stat().st_size > max(PARALLEL_MIN_BYTES, 4 * RENDER_BLOCK_BYTES)  # several blocks, rendered by workers
     config = {
         "model": "gpt-4o-mini",
         "input": {"path": data.name, "id": "review_id"},

@@ -16,6 +16,7 @@ arrays, so `create` and `process` pay a statement per shard, not per request.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import inspect
 import sqlite3
@@ -438,15 +439,16 @@ class Index:
         return sum(o.finish_reason == "length" for _, o in self._failures(shard, every_failure))
 
     @_guarded
-    def joined(self) -> Joined:
-        """Every request's latest outcome, for a walk of the requests in seq order."""
-        return Joined(self)
+    def joined(self, start: int = 1) -> Joined:
+        """Every request's latest outcome, for a walk of the requests in seq order from seq `start`."""
+        return Joined(self, start)
 
 
 class _Attempt(NamedTuple):
     """A merged attempt's outcomes, as Joined holds them: `rows[i]` is the outcome of `ids[i]`, the
     request at seq `lo + i` when `where` is None (attempt 1: its requests are consecutive), else at
-    the seq `where` maps to i (a retry holds some requests of its range)."""
+    the seq `where` maps to i (a retry holds some requests of its range); `seqs`: then the keys of
+    `where`, in order."""
 
     merged: int
     lo: int
@@ -454,22 +456,25 @@ class _Attempt(NamedTuple):
     ids: list[str]
     rows: list[list[Any]]
     where: dict[int, int] | None
+    seqs: list[int] | None
 
 
 class Joined:
-    """The latest outcome of each request, asked for in increasing seq order (`at`).
+    """The latest outcome of each request, asked for in increasing seq order: one at a time (`at`),
+    or a run of consecutive seqs at once (`span`, then `outcome` for a seq of it).
 
-    Only the attempts whose range of seqs holds the one asked for are in memory: a shard's worth
+    Only the attempts whose range of seqs holds the ones asked for are in memory: a shard's worth
     (and its retries'), whatever the size of the run.
     """
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, start: int = 1) -> None:
         self._index = index
         self.path = index.path  # for _guarded's messages
-        rows = index.db.execute("SELECT shard, lo FROM results ORDER BY lo DESC").fetchall()
-        self._pending: list[tuple[str, int]] = rows  # popped from the end: smallest lo first
+        # an attempt that ends before `start` is never asked for: not even read
+        rows = index.db.execute("SELECT shard, lo, hi FROM results WHERE hi >= ? ORDER BY lo DESC", (start,)).fetchall()
+        self._pending: list[tuple[str, int, int]] = rows  # popped from the end: smallest lo first
         self._active: list[_Attempt] = []  # newest first
-        self._last = 0
+        self._last = start - 1
 
     @_guarded
     def _load(self, shard: str) -> _Attempt:
@@ -478,16 +483,25 @@ class Joined:
             (shard,)).fetchone()
         seqs = orjson.loads(seqs)
         where = None if seqs == list(range(lo, hi + 1)) else {seq: i for i, seq in enumerate(seqs)}
-        return _Attempt(merged, lo, hi, orjson.loads(ids), orjson.loads(rows), where)
+        return _Attempt(merged, lo, hi, orjson.loads(ids), orjson.loads(rows), where,
+                        None if where is None else sorted(where))
+
+    def _advance(self, first: int, last: int) -> None:
+        """Hold the attempts that have outcomes between seqs `first` and `last`, none that ends before."""
+        self._active = [a for a in self._active if a.hi >= first]
+        while self._pending and self._pending[-1][1] <= last:
+            self._active.append(self._load(self._pending.pop()[0]))
+        self._active.sort(key=lambda a: -a.merged)
 
     def at(self, seq: int) -> Outcome | None:
         """The latest outcome of the request at `seq` (None: it has none); seqs only ever increase."""
         self._last = seq
         if self._pending and self._pending[-1][1] <= seq:
-            self._active = [a for a in self._active if a.hi >= seq]
-            while self._pending and self._pending[-1][1] <= seq:
-                self._active.append(self._load(self._pending.pop()[0]))
-            self._active.sort(key=lambda a: -a.merged)
+            self._advance(seq, seq)
+        return self.outcome(seq)
+
+    def outcome(self, seq: int) -> Outcome | None:
+        """The latest outcome of the request at `seq`, a seq of the last `at` or `span` asked for."""
         for attempt in self._active:
             if attempt.where is None:
                 i = seq - attempt.lo
@@ -497,9 +511,28 @@ class Joined:
                 return outcome_of((attempt.ids[i], *attempt.rows[i]))
         return None
 
+    def span(self, first: int, count: int) -> list[list[Any] | None]:
+        """The latest outcomes of the `count` requests from seq `first` on, as the index keeps them
+        ([ok, value, error, retryable, attempt, finish_reason, usage, invalid]: an Outcome but its
+        custom_id) or None (it has none): a block of rows joined at list speed, not a call per row.
+        Seqs only ever increase, as with `at`."""
+        last = first + count - 1
+        self._last = last
+        self._advance(first, last)
+        rows: list[list[Any] | None] = [None] * count
+        for a in reversed(self._active):  # oldest first: a later attempt's outcome replaces an earlier one's
+            if a.seqs is None:  # its requests are consecutive: its rows are copied as a slice
+                lo, hi = max(first, a.lo), min(last, a.lo + len(a.rows) - 1)
+                if lo <= hi:
+                    rows[lo - first : hi - first + 1] = a.rows[lo - a.lo : hi - a.lo + 1]
+            else:
+                for seq in a.seqs[bisect.bisect_left(a.seqs, first) : bisect.bisect_right(a.seqs, last)]:
+                    rows[seq - first] = a.rows[a.where[seq]]
+        return rows
+
     def rest(self) -> Iterator[tuple[int, str]]:
         """(seq, custom_id) of the outcomes after the last seq asked for, in no particular order."""
-        attempts = [*self._active, *(self._load(shard) for shard, _ in self._pending)]
-        for a in attempts:
+        later = (self._load(shard) for shard, _, hi in self._pending if hi > self._last)
+        for a in (*self._active, *later):
             places = enumerate(range(a.lo, a.hi + 1)) if a.where is None else ((i, seq) for seq, i in a.where.items())
             yield from ((seq, a.ids[i]) for i, seq in places if seq > self._last)

@@ -22,20 +22,26 @@ when the output is written, and marks each row's `<key>_source`.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import multiprocessing
+import multiprocessing.connection
+import operator
 import os
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
 
 from batchpipe import crash, fsio
 from batchpipe.config import JobConfig, OutputConfig
-from batchpipe.errors import ExitCode, InputError
+from batchpipe.errors import BatchpipeError, ExitCode, InputError
 from batchpipe.ledger.index import Index, Joined, Outcome, Rows, outcome_of
 from batchpipe.ledger.model import FileRef, Shard, ShardState
 from batchpipe.ledger.store import Ledger
@@ -46,7 +52,8 @@ from batchpipe.paths import RunPaths
 from batchpipe.ops.summary import not_needed, summary
 from batchpipe.pipeline.fallback import Fallback
 from batchpipe.pipeline.inputs import (
-    InputDigest, dumps_row, input_name, input_sha256, iter_rows, json_lines, parse_json_line,
+    InputDigest, WholeRead, block_rows, count_rows, dumps_row, input_name, input_sha256, iter_rows, json_blocks,
+    json_range_blocks, parse_json_line,
 )
 from batchpipe.pipeline.interpret import Interpreter, is_invalid
 from batchpipe.pipeline.requests import custom_id_for, line_records
@@ -446,19 +453,15 @@ def _merged_rows(ledger: Ledger, index: Index, result: Processed) -> Iterator[by
     A row whose invalid answer `output.on_invalid: drop` drops is not written.
     """
     cfg = run_config(ledger.paths)
+    if _splices(cfg):  # the usual job: a row gets its answer and its attempt count; the rest, below
+        yield from _spliced_rows(ledger, cfg, index, result)
+        return
     out = cfg.output
     fallback = Fallback(out.fallback, cfg.hook_directory()) if out.fallback is not None else None
     joined = index.joined()
     digest = InputDigest()
     explode = cfg.output.explode is not False
     target = cfg.limits.target
-    # The usual job: a row gets its answer and its attempt count (_spliced_rows); the rest, below.
-    simple = (cfg.input.records is None and not explode and target is None and fallback is None
-              and not out.fields and not out.meta)
-    if simple and cfg.input.count is None and cfg.input.format == "jsonl":
-        yield from _spliced_rows(cfg, joined, digest, result)
-        _check_every_request_has_a_row(ledger, cfg, joined, digest)
-        return
     seq = 0
     for row in iter_rows(cfg.input, digest):
         data = row.data  # parsed for this row alone: filled in place, not copied
@@ -498,41 +501,322 @@ def _merged_rows(ledger: Ledger, index: Index, result: Processed) -> Iterator[by
             continue
         result.written += 1
         yield dumps_row(data)
-    _check_every_request_has_a_row(ledger, cfg, joined, digest)
+    _check_every_request_has_a_row(ledger, cfg, joined)
+    if digest.sha256 != ledger.run.input["sha256"]:  # changed since the check in _write_output
+        raise InputError(
+            f"{input_name(cfg.input)} has changed since the run was created: its rows can no longer be matched",
+            hint="restore the original input file (same content) and run `batchpipe process` again",
+        )
 
 
-def _spliced_rows(cfg: JobConfig, joined: Joined, digest: InputDigest, result: Processed) -> Iterator[bytes]:
-    """The output of the usual JSONL job (no records, explode, target, fallback, fields or meta).
+def _splices(cfg: JobConfig) -> bool:
+    """Is this the usual JSONL job, whose rows _spliced_rows writes (no records, explode, target,
+    fallback, fields or meta)?"""
+    out = cfg.output
+    return (cfg.input.format == "jsonl" and cfg.input.count is None and cfg.input.records is None
+            and out.explode is False and cfg.limits.target is None and out.fallback is None and not out.fields
+            and not out.meta)
+
+
+# The usual job's output is written by worker processes, a range of the input's bytes each on every
+# core, once the input holds this many bytes: reading, splicing and writing the rows is most of
+# the output pass, and a Python process does it on one core. Below it, starting the workers costs
+# more than they save.
+PARALLEL_OUTPUT_BYTES = 16 << 20
+
+
+def _spliced_rows(ledger: Ledger, cfg: JobConfig, index: Index, result: Processed) -> Iterator[bytes]:
+    """The output of the usual JSONL job (_splices), in blocks of lines (_splice); by worker
+    processes for a big input (_spliced_in_parallel).
+
+    The input is read once: hashed as it is read, and its hash compared with the run's at the end
+    (before that, nothing is published). A row that does not read as it did at create is an input
+    that changed, if its hash says so: the message is the one a change found before the pass gets.
+    """
+    path = Path(cfg.input.path)
+    recorded = ledger.run.input["sha256"]
+    digest = InputDigest()
+    try:
+        workers = _output_workers(path)
+        if workers > 1:
+            rows = yield from _spliced_in_parallel(ledger, cfg, path, workers, digest, result)
+            joined = index.joined(rows + 1)  # only the requests after the last row are asked for: none
+        else:
+            joined = index.joined()
+            yield from _splice(cfg, joined, json_blocks(path, digest), 1, 1, result)
+    except InputError:
+        if input_sha256(cfg.input) != recorded:
+            raise _input_changed(ledger) from None
+        raise
+    if digest.sha256 != recorded:
+        raise _input_changed(ledger)
+    _check_every_request_has_a_row(ledger, cfg, joined)
+
+
+def _output_workers(path: Path) -> int:
+    """How many processes write the output of a JSONL input (1: this one alone)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return 1  # the read says what is wrong with the file
+    if size < PARALLEL_OUTPUT_BYTES or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return min(os.cpu_count() or 1, size // (PARALLEL_OUTPUT_BYTES // 2))  # half the threshold each, at least
+
+
+def _spliced_in_parallel(ledger: Ledger, cfg: JobConfig, path: Path, count: int, digest: InputDigest,
+                         result: Processed) -> Generator[bytes, None, int]:
+    """_spliced_rows by `count` worker processes, a range of the input's lines each (_output_worker);
+    return how many rows the input has.
+
+    Each writes its range's output lines to a part file beside the output. The first starts at
+    once; the others once the rows and lines before their ranges are counted (each counts the
+    range before its own, at C speed). This process hashes the whole input meanwhile, in a thread
+    (a sha256 cannot be put together from the workers'; hashing and reading let go of the GIL),
+    and hands the parts on in input order, as they are written, to the output's writer, which
+    hashes what it writes. Nothing is published if any of it fails; the parts are removed in any
+    case.
+    """
+    ranges = _line_ranges(path, count)
+    rows = 0
+    with ExitStack() as stack:
+        whole = stack.enter_context(WholeRead(path))  # opened before any worker reads
+        parts = stack.enter_context(fsio.scratch_files(ledger.paths.output, len(ranges)))
+        workers = [stack.enter_context(_Worker(_output_worker, ledger, cfg, ranges, k, str(part)))
+                   for k, part in enumerate(parts)]
+        hashed = stack.enter_context(ThreadPoolExecutor(1)).submit(whole.hash)
+        row_no, line_no = 1, 1  # where the next range starts
+        for worker in workers[1:]:
+            rows_before, lines_before = worker.receive()  # of the range before its own
+            row_no, line_no = row_no + rows_before, line_no + lines_before
+            worker.send((row_no, line_no))
+        for worker, part in zip(workers, parts):
+            with open(part, "rb") as f:
+                # handed on as it is written (the worker says how far it got): the next part's
+                # work goes on meanwhile, and little is left to do once the last worker is done
+                while isinstance(written := worker.receive(), int):
+                    yield f.read(written - f.tell())
+            counts = written
+            rows += counts.pop("rows")
+            for code, n in counts.pop("invalid").items():
+                result.invalid[code] = result.invalid.get(code, 0) + n
+            for name, n in counts.items():
+                setattr(result, name, getattr(result, name) + n)
+        hashed.result()
+        whole.finish(digest)  # the workers are done: refuses a file that changed while they read it
+    return rows
+
+
+def _line_ranges(path: Path, count: int) -> list[tuple[int, int]]:
+    """`count` ranges of bytes of the file (fewer if its lines are few), about as long as each
+    other, each starting at a line."""
+    size = path.stat().st_size
+    cuts = [0]
+    with open(path, "rb") as f:
+        for k in range(1, count):
+            at = max(size * k // count, cuts[-1])
+            f.seek(at)
+            while (chunk := f.read(1 << 16)) and (nl := chunk.find(b"\n")) < 0:
+                at += len(chunk)
+            at = at + nl + 1 if chunk else size
+            if cuts[-1] < at < size:
+                cuts.append(at)
+    return list(zip(cuts, [*cuts[1:], size]))
+
+
+def _output_worker(conn: Connection, ledger: Ledger, cfg: JobConfig, ranges: list[tuple[int, int]], k: int,
+                   part: str) -> None:
+    """Write the output lines of the input's range `k` to `part`, sending how many bytes of it are
+    written after each block, then the counts (and how many rows it read); first, but for the
+    first range, count the rows and lines of the range before it, send them, and receive the row
+    and line numbers its own range starts at."""
+    path = Path(cfg.input.path)
+    row_no, line_no = 1, 1
+    if k:
+        conn.send(count_rows(path, *ranges[k - 1]))
+        parent = multiprocessing.parent_process()
+        multiprocessing.connection.wait([conn, parent.sentinel] if parent is not None else [conn])
+        if not conn.poll():
+            return  # the process that started it is gone (killed): nobody waits for this range
+        row_no, line_no = conn.recv()
+    result = Processed(ledger.run.id)
+    parent = os.getppid()
+    with Index(ledger.paths.index) as index, open(part, "wb") as f:  # its own connection: never one across a fork
+        spliced = _splice(cfg, index.joined(row_no), json_range_blocks(path, *ranges[k]), row_no, line_no, result)
+        while True:
+            try:
+                f.write(next(spliced))
+            except StopIteration as done:
+                rows = done.value
+                break
+            if os.getppid() != parent:
+                return  # the process that started it is gone (killed): it would hold the run's lock on
+            f.flush()
+            conn.send(f.tell())  # how many bytes of the part can be read
+    conn.send({"rows": rows, "ok": result.ok, "failed": result.failed, "truncated": result.truncated,
+               "written": result.written, "dropped": result.dropped, "fallback": result.fallback,
+               "invalid": result.invalid})
+
+
+class _Worker:
+    """A forked process (it starts with this process's ledger, config and modules) running
+    `target(conn, *args)` once, talked to over a pipe; what it raises is raised by `receive`.
+
+    One process per task, not a pool: a pool's idle worker waits for its next task forever once
+    the process that started it is killed, while this one ends with its task. Leaving the block
+    on an error stops it at once.
+    """
+
+    def __init__(self, target: Callable[..., None], *args: Any) -> None:
+        context = multiprocessing.get_context("fork")
+        self.conn, theirs = context.Pipe()
+        self.process = context.Process(target=_run_worker, args=(theirs, target, *args), daemon=True)
+        self.process.start()
+        theirs.close()
+
+    def send(self, value: Any) -> None:
+        self.conn.send(value)
+
+    def receive(self) -> Any:
+        multiprocessing.connection.wait([self.conn, self.process.sentinel])
+        if not self.conn.poll():
+            self.process.join()
+            raise BatchpipeError(
+                f"a worker process writing the output stopped (exit code {self.process.exitcode}); nothing was written",
+                hint="run the same command again",
+            )
+        value = self.conn.recv()
+        if isinstance(value, _Raised):
+            raise value.error()
+        return value
+
+    def __enter__(self) -> _Worker:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is not None:
+            self.process.terminate()
+        self.process.join()
+        self.conn.close()
+
+
+def _run_worker(conn: Connection, target: Callable[..., None], *args: Any) -> None:
+    try:
+        target(conn, *args)
+    except BaseException as exc:  # noqa: BLE001 - carried to the process that waits for it, not printed here
+        with contextlib.suppress(Exception):
+            conn.send(_Raised.of(exc))
+
+
+class _Raised(NamedTuple):
+    """An error a worker raised, carried back whole: a BatchpipeError whose __init__ takes keyword
+    arguments (IndexFailure) cannot be unpickled as it is."""
+
+    kind: type[BaseException]
+    args: tuple[Any, ...]
+    state: dict[str, Any]
+
+    @classmethod
+    def of(cls, exc: BaseException) -> _Raised:
+        return cls(type(exc), exc.args, dict(vars(exc)))
+
+    def error(self) -> BaseException:
+        exc = self.kind.__new__(self.kind, *self.args)
+        exc.args = self.args
+        vars(exc).update(self.state)
+        return exc
+
+
+# The last byte of a row's text before its closing brace, when the row cannot be spliced at block
+# speed: it is "{" (the row is an empty object: no comma before the answer) or whitespace (left
+# out before the answer, as bytes.rstrip does), or the line is a lone brace.
+_ODD_ENDS = frozenset((b"", b"{", b" ", b"\t", b"\n", b"\r", b"\x0b", b"\x0c"))
+_LAST_BYTE = operator.itemgetter(slice(-1, None))
+
+
+class _AttemptsTails(dict[int, bytes]):
+    """`,"<key>_attempts":<n>}` and the line's end, made once per attempt number n."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = b"," + orjson.dumps(f"{key}_attempts") + b":"
+
+    def __missing__(self, attempt: int) -> bytes:
+        self[attempt] = tail = b"%s%d}\n" % (self.key, attempt)
+        return tail
+
+
+def _splice(cfg: JobConfig, joined: Joined, blocks: Iterable[bytes], row_no: int, line_no: int,
+            result: Processed) -> Generator[bytes, None, int]:
+    """The output lines of the usual JSONL job for `blocks` of its input (json_blocks), whose first
+    line is row `row_no` and line `line_no` of the file: a block of output lines per block; return
+    how many rows they hold.
 
     A row whose answer came back as it should (finish reason "stop") is its input line with the
     answer and the attempt count appended: nothing parsed or encoded again, the row's own bytes
     kept as they are. Any other row is parsed and filled by _fill_row, as for every other job.
+    A block whose every line ends with "}" right after the row's last value (the usual file) is
+    cut at those braces in one call, and its outcomes joined as one list (Joined.span); any other
+    block is read a row at a time (_splice_rows).
     """
     out = cfg.output
     name = input_name(cfg.input)
-    value_key = orjson.dumps(out.key) + b":"
-    attempts_key = b"," + orjson.dumps(f"{out.key}_attempts") + b":"
-    dumps = orjson.dumps
-    spliced = 0
-    for row_no, line_no, raw in json_lines(cfg.input.path, digest):
-        outcome = joined.at(row_no)
-        if outcome is not None and outcome.ok and (outcome.finish_reason is None or outcome.finish_reason == "stop"):
+    key = b"," + orjson.dumps(out.key) + b":"
+    tails = _AttemptsTails(out.key)
+    dumps, join = orjson.dumps, b"".join
+    first = row_no
+    for block in blocks:
+        lines = block.count(b"\n")
+        heads = block.split(b"}\n")  # each row's line without its closing brace
+        heads.pop()  # what follows the last brace: nothing, if every line ends with one
+        if len(heads) != lines or not _ODD_ENDS.isdisjoint(map(_LAST_BYTE, heads)):
+            rows = block_rows(block, row_no, line_no)
+            yield b"".join(_splice_rows(rows, joined, out, name, key, tails, result))
+            row_no, line_no = row_no + len(rows), line_no + lines
+            continue
+        parts: list[bytes] = []
+        put = parts.append
+        others = 0  # rows not spliced
+        for seq, head, row in zip(itertools.count(row_no), heads, joined.span(row_no, lines)):
+            if row is not None and row[0] and (row[5] is None or row[5] == "stop"):
+                try:
+                    # joined at once: orjson's result holds a few KiB until it is freed
+                    put(join((head, key, dumps(row[1]), tails[row[4]])))
+                    continue
+                except orjson.JSONEncodeError:  # an integer beyond 64 bits: the slow, exact way below
+                    pass
+            others += 1
+            data = parse_json_line(name, line_no + seq - row_no, head + b"}\n")
+            if _fill_row(data, joined.outcome(seq), out, None, result) != "dropped":
+                result.written += 1
+                put(dumps_row(data))
+        result.ok += lines - others
+        result.written += lines - others
+        yield join(parts)
+        row_no, line_no = row_no + lines, line_no + lines
+    return row_no - first
+
+
+def _splice_rows(rows: list[tuple[int, int, bytes]], joined: Joined, out: OutputConfig, name: str, key: bytes,
+                 tails: _AttemptsTails, result: Processed) -> Iterator[bytes]:
+    """_splice's lines for `rows` (block_rows), a row at a time: any line of a JSONL file."""
+    outcomes = joined.span(rows[0][0], len(rows)) if rows else []
+    for (row_no, line_no, raw), row in zip(rows, outcomes):
+        if row is not None and row[0] and (row[5] is None or row[5] == "stop"):
             try:
-                value = dumps(outcome.value)
+                value = orjson.dumps(row[1])
             except orjson.JSONEncodeError:  # an integer beyond 64 bits: the slow, exact way below
                 value = b""
             if value:
                 head = raw.rstrip()[:-1].rstrip()  # the row without its closing brace
-                comma = b"" if head.endswith(b"{") else b","  # an empty object {} has nothing before
-                spliced += 1
-                yield b"".join((head, comma, value_key, value, attempts_key, str(outcome.attempt).encode(), b"}\n"))
+                result.ok += 1
+                result.written += 1
+                yield b"".join((head, key[1:] if head.endswith(b"{") else key, value, tails[row[4]]))
                 continue
         data = parse_json_line(name, line_no, raw)
-        if _fill_row(data, outcome, out, None, result) != "dropped":
+        if _fill_row(data, joined.outcome(row_no), out, None, result) != "dropped":
             result.written += 1
             yield dumps_row(data)
-    result.ok += spliced
-    result.written += spliced
 
 
 def _fill_row(data: dict[str, Any], outcome: Outcome | None, out: OutputConfig, fallback: Fallback | None,
@@ -582,7 +866,7 @@ def _fill_meta(data: dict[str, Any], value: Any, outcome: Outcome | None, out: O
         data[f"{key}_source"] = source
 
 
-def _check_every_request_has_a_row(ledger: Ledger, cfg: JobConfig, joined: Joined, digest: InputDigest) -> None:
+def _check_every_request_has_a_row(ledger: Ledger, cfg: JobConfig, joined: Joined) -> None:
     """Raised inside the output's writer, so no output is published: a paid answer whose row is
     gone must never be dropped while the run reports done."""
     first, orphans = None, 0
@@ -595,21 +879,20 @@ def _check_every_request_has_a_row(ledger: Ledger, cfg: JobConfig, joined: Joine
             hint="restore the input file the run was created from and run `batchpipe process` again; "
             "the answers are kept until then",
         )
-    if digest.sha256 != ledger.run.input["sha256"]:  # changed since the check in _write_output
-        raise InputError(
-            f"{input_name(cfg.input)} has changed since the run was created: its rows can no longer be matched",
-            hint="restore the original input file (same content) and run `batchpipe process` again",
-        )
+
+
+def _input_changed(ledger: Ledger) -> InputError:
+    return InputError(
+        f"{ledger.run.input['path']} has changed since the run was created: its rows can no longer be matched",
+        hint="restore the original input file (same content) and run `batchpipe process` again",
+    )
 
 
 def _write_output(ledger: Ledger, index: Index, result: Processed) -> None:
     run = ledger.run
     cfg = run_config(ledger.paths)
-    if input_sha256(cfg.input) != run.input["sha256"]:
-        raise InputError(
-            f"{run.input['path']} has changed since the run was created: its rows can no longer be matched",
-            hint="restore the original input file (same content) and run `batchpipe process` again",
-        )
+    if not _splices(cfg) and input_sha256(cfg.input) != run.input["sha256"]:  # _spliced_rows: in its one read
+        raise _input_changed(ledger)
     result.ok = result.failed = result.truncated = result.written = result.dropped = result.fallback = 0
     result.invalid = {}
     out_size, out_sha = fsio.write_lines_atomic(ledger.paths.output, _merged_rows(ledger, index, result))

@@ -1,8 +1,8 @@
 """A JSONL input rendered in blocks (requests.BlockRenderer), by a worker process per core when
 it is big: `create`'s render pass, the one part of it that needs the CPU more than the disk.
 
-Blocks are whole lines of about inputs.BLOCK_BYTES, read and hashed here in file order; a worker
-(forked: it starts with the config and the renderer) reads its block again from the file and
+Blocks are whole lines of about inputs.RENDER_BLOCK_BYTES, read and hashed here in file order; a
+worker (forked: it starts with the config and the renderer) reads its block again from the file and
 leaves its requests in a file of the build dir, so that the bytes go through neither a pipe nor
 pickle. At most a few blocks are in flight: memory stays flat.
 """
@@ -22,7 +22,7 @@ import orjson
 
 from batchpipe.config import JobConfig
 from batchpipe.errors import BatchpipeError
-from batchpipe.pipeline.inputs import InputDigest, json_blocks, rows_in
+from batchpipe.pipeline.inputs import InputDigest, numbered_blocks, rows_in
 from batchpipe.pipeline.requests import Block, BlockRenderer
 
 __all__ = ["PARALLEL_MIN_BYTES", "rendered_blocks"]
@@ -41,11 +41,11 @@ def rendered_blocks(cfg: JobConfig, render: BlockRenderer, digest: InputDigest, 
     `scratch`: the bytes do not go through a pipe, nor through pickle, twice each.
     """
     path = Path(cfg.input.path)
-    numbered = _numbered(json_blocks(path, digest), numbered_rows=cfg.input.id is None)
+    numbered = _numbered(numbered_blocks(path, digest), numbered_rows=cfg.input.id is None)
     try:
         size = path.stat().st_size
     except OSError:
-        size = 0  # read here: json_blocks says what is wrong with the file
+        size = 0  # read here: numbered_blocks says what is wrong with the file
     workers = os.cpu_count() or 1
     if workers < 2 or size < PARALLEL_MIN_BYTES or "fork" not in multiprocessing.get_all_start_methods():
         for block, first_line, _, first_row in numbered:

@@ -46,11 +46,15 @@ if TYPE_CHECKING:
     from batchpipe.config import InputConfig
 
 __all__ = [
-    "InputDigest", "Row", "block_lines", "count_sha256", "display_path", "dumps_row", "input_name", "input_sha256",
-    "is_blank", "iter_rows", "json_blocks", "rows_in",
+    "InputDigest", "Row", "WholeRead", "block_lines", "block_rows", "count_rows", "count_sha256", "display_path",
+    "dumps_row", "input_name", "input_sha256", "is_blank", "iter_rows", "json_blocks", "json_range_blocks",
+    "numbered_blocks", "rows_in",
 ]
 
 _BOM = b"\xef\xbb\xbf"
+# The bytes json_blocks reads at a time: enough that the work per block is paid rarely, few
+# enough that a block stays in the CPU's caches while it is worked on.
+BLOCK_BYTES = 1 << 20
 # csv refuses fields over 128 KiB by default; long documents in one cell are normal input.
 # 256 MiB is beyond the 200 MB a whole batch file may hold, so nothing useful is refused.
 _CSV_FIELD_LIMIT = 256 * 1024 * 1024
@@ -58,7 +62,7 @@ _CSV_FIELD_LIMIT = 256 * 1024 * 1024
 # fewer than 19 digits, or 19 or 20; a run of 19 or more digits (in a number, or harmlessly in
 # a string) in a line orjson read a float from sends the line to the stdlib parser, which keeps
 # every integer exact.
-_LONGDIGITS = re.compile(rb"[0-9]{19,}")
+_LONG_DIGITS = re.compile(rb"[0-9]{19,}")
 DIGITS = b"0123456789"
 
 
@@ -260,18 +264,117 @@ def json_lines(path: Path, digest: InputDigest | None = None) -> Iterator[tuple[
         source.close()
 
 
-# A block (json_blocks) holds whole lines of about this many bytes.
-BLOCK_BYTES = 1 << 21
-# A line holding only whitespace, between two others (json_blocks' rows_in).
+def json_blocks(path: Path, digest: InputDigest | None = None) -> Iterator[bytes]:
+    """The lines of a JSONL file as json_lines reads them, in blocks of whole lines (BLOCK_BYTES or
+    so): each ends with a newline (the file's last line is given one if it has none), a byte order
+    mark at the start of the file is left out. Which of the lines are rows: block_rows. `digest`
+    and a file that changes while it is read: as json_lines."""
+    source = _Source(path)
+    try:
+        yield from _blocks(source.stream, None, bom=True)
+        source.finish(digest)
+    finally:
+        source.close()
+
+
+def json_range_blocks(path: Path, start: int, end: int) -> Iterator[bytes]:
+    """json_blocks of the bytes `start` to `end` of a JSONL file, each the start of a line (or its
+    end), read as they are: neither hashed nor checked for a change (the caller reads the whole
+    file for that)."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    with f:
+        f.seek(start)
+        yield from _blocks(f, end - start, bom=start == 0)
+
+
+def _blocks(f: io.BufferedIOBase, size: int | None, *, bom: bool) -> Iterator[bytes]:
+    """The next `size` bytes of `f` (all that is left if None) in blocks of whole lines (json_blocks)."""
+    carry = b""  # a line begun in the last read
+    while size is None or size > 0:
+        chunk = f.read(BLOCK_BYTES if size is None else min(BLOCK_BYTES, size))  # all of it, but at the end
+        if not chunk:
+            break
+        if size is not None:
+            size -= len(chunk)
+        if bom:  # the first read: a mark at the start of the file is whole in it
+            chunk, bom = chunk.removeprefix(_BOM), False
+        cut = chunk.rfind(b"\n") + 1
+        if cut:
+            yield carry + chunk[:cut]
+            carry = chunk[cut:]
+        else:
+            carry += chunk  # a line longer than a block
+    if carry:
+        yield carry + b"\n"
+
+
+def block_rows(block: bytes, row_no: int, line_no: int) -> list[tuple[int, int, bytes]]:
+    """(row_no, line_no, line) of the rows of a block of whole lines (json_blocks), as json_lines
+    yields them (a blank or whitespace-only line is no row), numbered on from the row and line
+    numbers of the block's first line."""
+    rows = []
+    for line_no, line in enumerate(block.split(b"\n")[:-1], line_no):  # noqa: B020 - numbered on from it
+        if line and not line.isspace():
+            rows.append((row_no, line_no, line + b"\n"))
+            row_no += 1
+    return rows
+
+
+def count_rows(path: Path, start: int, end: int) -> tuple[int, int]:
+    """(rows, lines) of a JSONL file between bytes `start` and `end` (json_range_blocks), as
+    json_lines counts them."""
+    rows = lines = 0
+    for block in json_range_blocks(path, start, end):
+        n = block.count(b"\n")
+        # A block whose every line ends with "}" has no blank line: its rows counted at C speed.
+        rows += n if block.count(b"}\n") == n else len(block_rows(block, 1, 1))
+        lines += n
+    return rows, lines
+
+
+class WholeRead:
+    """A file read whole to hash it while other processes read ranges of it (json_range_blocks).
+
+    Open it before they start, then `hash` it; `finish`, once they are done, refuses a file that
+    changed since it was opened (as json_lines does) and fills `digest`: what they read is what
+    was hashed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._source = _Source(path)
+
+    def hash(self) -> None:
+        while self._source.stream.read(BLOCK_BYTES):  # hashed by the source as it is read
+            pass
+
+    def finish(self, digest: InputDigest) -> None:
+        self._source.finish(digest)
+
+    def __enter__(self) -> WholeRead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._source.close()
+
+
+# A block of numbered_blocks holds whole lines of about this many bytes.
+RENDER_BLOCK_BYTES = 1 << 21
+# A line holding only whitespace, between two others (rows_in).
 _BLANK_INSIDE = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")
 
 
-def json_blocks(path: Path, digest: InputDigest | None = None, size: int = BLOCK_BYTES) -> Iterator[tuple[bytes, int, int]]:
+def numbered_blocks(
+    path: Path, digest: InputDigest | None = None, size: int = RENDER_BLOCK_BYTES,
+) -> Iterator[tuple[bytes, int, int]]:
     """(block, line number of its first line, its offset in the file) of a JSONL file: each block
     whole lines (the last one's newline included, but at the end of a file without one) of about
     `size` bytes, the byte order mark left out of the first. json_lines' read in big pieces, for a
     caller that splits the lines itself (create's renderers): the same hashing and the same check
-    for a changed file."""
+    for a changed file. Unlike json_blocks, a last line without a newline is left as it is: an
+    error message about it must be the one json_lines' line would get."""
     source = _Source(path)
     try:
         line_no, offset, rest, first = 1, 0, b"", True
@@ -296,7 +399,7 @@ def json_blocks(path: Path, digest: InputDigest | None = None, size: int = BLOCK
 
 
 def block_lines(block: bytes) -> list[bytes]:
-    """The lines of a json_blocks block, without their newlines (a blank one: is_blank)."""
+    """The lines of a numbered_blocks block, without their newlines (a blank one: is_blank)."""
     lines = block.split(b"\n")
     if not lines[-1]:  # the block's last newline ends its last line: nothing follows it
         lines.pop()
@@ -309,7 +412,7 @@ def is_blank(line: bytes) -> bool:
 
 
 def rows_in(block: bytes) -> int:
-    """How many rows (lines not blank) a json_blocks block holds: counted at C speed when it has
+    """How many rows (lines not blank) a numbered_blocks block holds: counted at C speed when it has
     no blank line, the usual case."""
     framed = b"\n" + block + (b"" if block.endswith(b"\n") else b"\n")  # every line between two newlines
     if _BLANK_INSIDE.search(framed) is None:
@@ -324,7 +427,7 @@ def parse_json_line(name: str, line_no: int, raw: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise _bad_json(name, line_no, raw, exc) from None
     # Fewer than 19 digits in the whole line (the usual row; counted at C speed): none was lost.
-    if len(raw) - len(raw.translate(None, DIGITS)) >= 19 and _may_have_lost_digits(data) and _LONGDIGITS.search(raw):
+    if len(raw) - len(raw.translate(None, DIGITS)) >= 19 and _may_have_lost_digits(data) and _LONG_DIGITS.search(raw):
         data = json.loads(raw)  # valid JSON (orjson read it); the stdlib keeps big integers exact
     if type(data) is not dict:
         raise InputError(

@@ -297,7 +297,7 @@ class Block(NamedTuple):
 
 
 def block_renderer(cfg: JobConfig, counter: TokenCounter) -> BlockRenderer | None:
-    """create's renderer of whole blocks of a JSONL input (inputs.json_blocks), for the usual job
+    """create's renderer of whole blocks of a JSONL input (inputs.numbered_blocks), for the usual job
     (a request per row, no images or history, a system prompt without placeholders); None for any
     other job, which render_requests renders a row at a time."""
     prompt = cfg.prompt
