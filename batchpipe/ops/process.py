@@ -42,6 +42,7 @@ import orjson
 from batchpipe import crash, fsio
 from batchpipe.config import JobConfig, OutputConfig
 from batchpipe.errors import BatchpipeError, ExitCode, InputError
+from batchpipe.forked import end_with_parent
 from batchpipe.ledger.index import Index, Joined, Outcome, Rows, outcome_of
 from batchpipe.ledger.model import FileRef, Shard, ShardState
 from batchpipe.ledger.store import Ledger
@@ -1019,6 +1020,7 @@ _WORKER: tuple[Ledger, JobConfig] | None = None  # a merge worker's run (see _me
 def _worker_start(ledger: Ledger, cfg: JobConfig) -> None:
     global _WORKER
     _WORKER = (ledger, cfg)
+    end_with_parent()
 
 
 def _merge_in_worker(position: int) -> tuple[Merged, list[str]]:

@@ -22,6 +22,7 @@ import orjson
 
 from batchpipe.config import JobConfig
 from batchpipe.errors import BatchpipeError
+from batchpipe.forked import end_with_parent
 from batchpipe.pipeline.inputs import InputDigest, numbered_blocks, rows_in
 from batchpipe.pipeline.requests import Block, BlockRenderer
 
@@ -99,6 +100,7 @@ _RENDERER: BlockRenderer | None = None  # a render worker's (see rendered_blocks
 def _renderer_start(render: BlockRenderer) -> None:
     global _RENDERER
     _RENDERER = render
+    end_with_parent()
 
 
 def _render_in_worker(offset: int, size: int, first_line: int, first_row: int, part: Path) -> tuple[Block, bytes]:
