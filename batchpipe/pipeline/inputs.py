@@ -361,7 +361,7 @@ class WholeRead:
 
 
 # A block of numbered_blocks holds whole lines of about this many bytes.
-RENDER_BLOCK_BYTES = 1 << 21
+RENDER_BLOCK_BYTES = 1 << 20
 # A line holding only whitespace, between two others (rows_in).
 _BLANK_INSIDE = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")
 
