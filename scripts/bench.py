@@ -206,6 +206,7 @@ def best_of(k: int, cmd: list[str], cwd: Path, env: dict[str, str], before=None)
     for _ in range(k):
         if before is not None:
             before()
+        os.sync()  # what an earlier step wrote goes to disk now, not during (and into the fsyncs of) this one
         runs.append(timed(cmd, cwd, env))
     return min(runs)
 
