@@ -187,12 +187,12 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]
     return float(seconds), int(kib) / 1024
 
 
-def timing_env(work: Path) -> dict[str, str]:
-    """The environment every timed step runs in: Python's bytecode cached (in work/pycache) and
-    batchpipe's compiled into it first, as an installed package has it. A shell that sets
-    PYTHONDONTWRITEBYTECODE would otherwise make every step compile batchpipe anew (0.1 s each)."""
+def timing_env() -> dict[str, str]:
+    """The environment every timed step runs in: Python's bytecode cached where Python keeps it
+    (beside the sources, as pip left the libraries'), batchpipe's compiled first, as an installed
+    package has it. A shell that sets PYTHONDONTWRITEBYTECODE would otherwise make every step
+    compile batchpipe anew (0.1 s each)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
     import batchpipe
 
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(batchpipe.__file__).parent)],
@@ -400,7 +400,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=args.keep is None)
-        env = {**timing_env(work), "BATCHPIPE_RUNS_DIR": str(work / "runs"), "OPENAI_API_KEY": "bench"}
+        env = {**timing_env(), "BATCHPIPE_RUNS_DIR": str(work / "runs"), "OPENAI_API_KEY": "bench"}
         me = [sys.executable, str(Path(__file__).resolve()), "--baseline"]
         bp = [sys.executable, "-m", "batchpipe"]
         if args.profile:
