@@ -191,18 +191,35 @@ def _refuse(cfg: JobConfig, line_no: int, custom_id: str, size: int, tokens: int
     )
 
 
+def _write_rows(
+    cfg: JobConfig, counter: TokenCounter, digest: InputDigest, writer: ShardWriter, on_progress: OnProgress | None,
+) -> int:
+    """Every other job's requests, a row at a time (plan_shards), handed to the writer; returns how many."""
+    rows = 0
+    for shard, request, tokens, output_bound in plan_shards(cfg, counter, digest):
+        if shard != writer.shard:
+            writer.start(shard)
+        writer.add(request, tokens, output_bound)
+        rows += 1
+        if on_progress is not None and rows % PROGRESS_EVERY == 0:
+            on_progress(rows, writer.shard)
+    return rows
+
+
 def _write_blocks(
     cfg: JobConfig, render: BlockRenderer, digest: InputDigest, writer: ShardWriter, on_progress: OnProgress | None,
 ) -> int:
-    """plan_shards and the writer's `add` for a job block_renderer renders: each block's requests
-    placed in shards by the same rule (ShardSplit) and handed to the writer a shard's part of a
-    block at a time. Returns the number of requests; raises the first bad row's InputError (or a
-    request over a per-shard limit) once every request above it is with the writer."""
+    """What plan_shards and the writer's `add` do, for a job rendered in blocks (block_renderer):
+    each block's requests placed in shards by the same rule (ShardSplit) and handed to the writer
+    a shard's part of a block at a time. Returns the number of requests; raises the first bad
+    row's InputError (or a request over a per-shard limit) once every request above it is with
+    the writer."""
     limits = cfg.limits
     split = ShardSplit(limits.max_requests_per_shard, limits.max_bytes_per_shard, limits.enqueued_tokens)
     bound = _output_bound(cfg, token_base_body(cfg) or {})
     seq = 0  # requests before the block
-    with closing(rendered_blocks(cfg, render, digest, writer.paths.root / "rendering")) as blocks:  # closed at once on an error: its workers too
+    # closed at once on an error, its worker processes too
+    with closing(rendered_blocks(cfg, render, digest, writer.paths.root / "rendering")) as blocks:
         for block in blocks:
             n = _refused_at(cfg, block)  # requests of the block that are not over a per-shard limit
             if not writer.shard and n:
@@ -265,7 +282,6 @@ def _build(
     fsio.write_bytes_atomic(paths.config, snapshot)
     paths.shards_dir.mkdir()
     paths.results_dir.mkdir()
-    rows = 0
     digest = InputDigest()  # the hash of exactly the bytes the requests are rendered from
     # One pass: each request is rendered, counted and sized once here, and written, hashed and
     # indexed on the writer's thread; the index is a bulk build, as the whole dir is published or
@@ -277,13 +293,8 @@ def _build(
             try:
                 if render is not None:
                     rows = _write_blocks(cfg, render, digest, writer, on_progress)
-                for shard, request, tokens, output_bound in () if render is not None else plan_shards(cfg, counter, digest):
-                    if shard != writer.shard:
-                        writer.start(shard)
-                    writer.add(request, tokens, output_bound)
-                    rows += 1
-                    if on_progress is not None and rows % PROGRESS_EVERY == 0:
-                        on_progress(rows, writer.shard)
+                else:
+                    rows = _write_rows(cfg, counter, digest, writer, on_progress)
             except InputError:
                 writer.flush()  # a duplicate id above the bad row is the file's first error: it wins
                 raise

@@ -139,7 +139,8 @@ class ShardWriter:
         self._file = self._stack.enter_context(fsio.atomic_writer(self.paths.shard_file(sid)))
         self._hash = hashlib.sha256()
 
-    def _write(self, data: bytes | bytearray | memoryview, ids: list[str], first_seq: int, line_nos: Sequence[int]) -> None:
+    def _write(self, data: bytes | bytearray | memoryview, ids: list[str], first_seq: int,
+               line_nos: Sequence[int]) -> None:
         assert self._file is not None
         self._file.write(data)
         self._hash.update(data)

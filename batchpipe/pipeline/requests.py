@@ -386,7 +386,8 @@ class BlockRenderer:
                 line_nos.append(line_no)
                 sizes.append(len(out) - start)
                 # estimate_tokens written out for an ASCII text (the usual one): a call less per row
-                tokens.append(base + (-(-len(user) // BYTES_PER_TOKEN) if estimated and user.isascii() else tokens_of(user)))
+                count = -(-len(user) // BYTES_PER_TOKEN) if estimated and user.isascii() else tokens_of(user)
+                tokens.append(base + count)
                 if counter.too_long != too_long:
                     too_long = counter.too_long
                     by_bytes.append(len(ids) - 1)
