@@ -8,6 +8,7 @@ deep in a big input must stop create as it always did: its line named, nothing l
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from conftest import write_config
@@ -15,7 +16,8 @@ from conftest import write_config
 from batchpipe.config import load_config
 from batchpipe.ops.create import plan_shards
 from batchpipe.pipeline.blocks import PARALLEL_MIN_BYTES
-from batchpipe.pipeline.inputs import RENDER_BLOCK_BYTES
+from batchpipe.pipeline.inputs import BLOCK_BYTES
+from batchpipe.pipeline.shards import ShardSplit
 from batchpipe.pipeline.tokens import counter_for
 
 ROWS = 4_000
@@ -31,7 +33,7 @@ def big_rows(n: int = ROWS) -> list[str]:
 def big_job(tmp_path: Path, lines: list[str], prefix: bytes = b"", **overrides) -> Path:
     data = tmp_path / "big.jsonl"
     data.write_bytes(prefix + "".join(lines).encode())
-    assert data.stat().st_size > max(PARALLEL_MIN_BYTES, 4 * RENDER_BLOCK_BYTES)  # several blocks, rendered by workers
+    assert data.stat().st_size > max(PARALLEL_MIN_BYTES, 4 * BLOCK_BYTES)  # several blocks, rendered by workers
     config = {
         "model": "gpt-4o-mini",
         "input": {"path": data.name, "id": "review_id"},
@@ -108,3 +110,21 @@ def test_a_request_too_big_for_a_shard_deep_in_a_big_input_is_refused(tmp_path, 
     result = cli("create", config, "--run", "big", code=2)
     assert "big.jsonl line 3901 (row id r03901): the request is" in result.output
     assert "more than limits.max_bytes_per_shard (20000)" in result.output
+
+
+def test_shard_split_cuts_a_block_where_it_cuts_a_request_at_a_time():
+    """ShardSplit.starts (create's block pass) and ShardSplit.place (every other pass) make the same
+    shards, whatever the limits and however the requests fall into blocks."""
+    rng = random.Random(5)
+    for _ in range(2000):
+        limits = (rng.randint(1, 8), rng.randint(10, 60), rng.choice([None, rng.randint(5, 40)]))
+        one_by_one, by_block = ShardSplit(*limits), ShardSplit(*limits)
+        for _ in range(rng.randint(1, 4)):
+            block = [(rng.randint(1, 10), rng.randint(0, 5)) for _ in range(rng.randint(0, 20))]
+            expected = []
+            for i, (size, tokens) in enumerate(block):
+                before = one_by_one.index
+                if one_by_one.place(size, tokens) != before:
+                    expected.append(i)
+            assert by_block.starts([s for s, _ in block], [t for _, t in block]) == expected
+            assert by_block.index == one_by_one.index

@@ -50,14 +50,13 @@ class ShardSplit:
         at = 0  # the first request not yet placed
         count, size, total = self.count, self.size, self.tokens  # what the open shard holds before it
         while True:
-            # the first request that would pass a limit of the open shard (an empty one takes any)
+            # the first request that would pass a limit of the open shard (an empty one takes at
+            # least one: no request is over a limit on its own, the caller refused those first)
             over = min(
                 at + max(max_requests - count, 0),
                 bisect_right(bytes_to, bytes_to[at] + max_bytes - size, at) - 1,
                 bisect_right(tokens_to, tokens_to[at] + max_tokens - total, at) - 1,
             )
-            if not count:
-                over = max(over, at + 1)
             if over >= n:
                 break
             found.append(over)
