@@ -1,7 +1,7 @@
 """A JSONL input rendered in blocks (requests.BlockRenderer), by a worker process per core when
 it is big: `create`'s render pass, the one part of it that needs the CPU more than the disk.
 
-Blocks are whole lines of about inputs.RENDER_BLOCK_BYTES, read and hashed here in file order; a
+Blocks are whole lines of about inputs.BLOCK_BYTES, read and hashed here in file order; a
 worker (forked: it starts with the config and the renderer) reads its block again from the file and
 leaves its requests in a file of the build dir, so that the bytes go through neither a pipe nor
 pickle. At most a few blocks are in flight: memory stays flat.

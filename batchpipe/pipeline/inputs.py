@@ -317,7 +317,7 @@ def block_rows(block: bytes, row_no: int, line_no: int) -> list[tuple[int, int, 
     numbers of the block's first line."""
     rows = []
     for line_no, line in enumerate(block.split(b"\n")[:-1], line_no):  # noqa: B020 - numbered on from it
-        if line and not line.isspace():
+        if not is_blank(line):
             rows.append((row_no, line_no, line + b"\n"))
             row_no += 1
     return rows
@@ -328,10 +328,8 @@ def count_rows(path: Path, start: int, end: int) -> tuple[int, int]:
     json_lines counts them."""
     rows = lines = 0
     for block in json_range_blocks(path, start, end):
-        n = block.count(b"\n")
-        # A block whose every line ends with "}" has no blank line: its rows counted at C speed.
-        rows += n if block.count(b"}\n") == n else len(block_rows(block, 1, 1))
-        lines += n
+        rows += rows_in(block)
+        lines += block.count(b"\n")
     return rows, lines
 
 
@@ -360,14 +358,12 @@ class WholeRead:
         self._source.close()
 
 
-# A block of numbered_blocks holds whole lines of about this many bytes.
-RENDER_BLOCK_BYTES = 1 << 20
 # A line holding only whitespace, between two others (rows_in).
 _BLANK_INSIDE = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")
 
 
 def numbered_blocks(
-    path: Path, digest: InputDigest | None = None, size: int = RENDER_BLOCK_BYTES,
+    path: Path, digest: InputDigest | None = None, size: int = BLOCK_BYTES,
 ) -> Iterator[tuple[bytes, int, int]]:
     """(block, line number of its first line, its offset in the file) of a JSONL file: each block
     whole lines (the last one's newline included, but at the end of a file without one) of about
@@ -412,8 +408,8 @@ def is_blank(line: bytes) -> bool:
 
 
 def rows_in(block: bytes) -> int:
-    """How many rows (lines not blank) a numbered_blocks block holds: counted at C speed when it has
-    no blank line, the usual case."""
+    """How many rows (lines not blank) a block of whole lines holds (numbered_blocks', json_blocks'):
+    counted at C speed when it has no blank line, the usual case."""
     framed = b"\n" + block + (b"" if block.endswith(b"\n") else b"\n")  # every line between two newlines
     if _BLANK_INSIDE.search(framed) is None:
         return framed.count(b"\n") - 1

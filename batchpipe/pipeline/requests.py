@@ -48,7 +48,6 @@ from batchpipe.pipeline.template import (
     compile_template,
     lookup,
 )
-
 from batchpipe.pipeline.tokens import BYTES_PER_TOKEN, estimate_tokens
 
 if TYPE_CHECKING:
@@ -75,8 +74,8 @@ class Request(NamedTuple):
     # 1-based position among the job's requests (the index's order): the row number, or with
     # `input.records` (several requests per line) the count of requests up to this one.
     seq: int
-    # The text the user message was rendered to: with `fixed_tokens` (see render_requests), what
-    # its tokens are counted from.
+    # The text the user message was rendered to: what its tokens are counted from, beside those of
+    # the job's token_base_body, when it has one.
     user: str = ""
 
 
@@ -401,9 +400,9 @@ def _line_pieces(cfg: JobConfig, system: str | None) -> tuple[bytes, bytes, byte
     middle + the JSON of its user text + tail, the very bytes orjson makes of the whole request
     (it writes a dict as its keys and values, each on its own). Found by rendering a request with
     two markers; None in the unheard-of case of a config that holds one of them."""
-    cid, user = orjson.dumps("\x00batchpipe custom_id\x00"), orjson.dumps("\x00batchpipe user\x00")
-    request = {"custom_id": orjson.loads(cid), "method": "POST", "url": cfg.endpoint,
-               "body": build_body(cfg, system, orjson.loads(user))}
+    cid_mark, user_mark = "\x00batchpipe custom_id\x00", "\x00batchpipe user\x00"
+    cid, user = orjson.dumps(cid_mark), orjson.dumps(user_mark)
+    request = {"custom_id": cid_mark, "method": "POST", "url": cfg.endpoint, "body": build_body(cfg, system, user_mark)}
     line = orjson.dumps(request, option=orjson.OPT_APPEND_NEWLINE)
     if line.count(cid) != 1 or line.count(user) != 1 or line.index(cid) > line.index(user):
         return None
