@@ -135,6 +135,16 @@ def test_a_run_whose_input_is_gone_says_so_as_before(tmp_path, cli, runs_dir):
     assert "input.path: file not found" in result.output
 
 
+def test_an_input_gone_after_the_config_was_read_once_is_still_seen(tmp_path, cli, runs_dir):
+    """The snapshot is parsed once per process: whether its input is there is asked on every read."""
+    config = write_job(tmp_path / "job")
+    run_id = cli.json("create", config)["data"]["run"]
+    cli("status", run_id)  # reads the snapshot, with its input there
+    (tmp_path / "job" / "job.jsonl").unlink()
+    result = cli("process", run_id, code=2)
+    assert "input.path: file not found" in result.output
+
+
 def test_parameters_are_still_checked_by_typer(tmp_path, cli, runs_dir):
     """Text and paths are taken as given; numbers typed in are still typer's to check, with its messages."""
     run_id = cli.json("create", write_job(tmp_path / "job"), "--run", "typed")["data"]["run"]

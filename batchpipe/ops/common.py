@@ -44,7 +44,12 @@ def run_config(paths: RunPaths) -> JobConfig:
         content = paths.config.read_bytes()
     except OSError:  # missing or unreadable: load_config says so, the way it says it
         content = None
-    return _parsed_config(paths.config, os.path.abspath(paths.config), content)
+    cfg = _parsed_config(paths.config, os.path.abspath(paths.config), content)
+    if cfg.input.path is not None and not cfg.input.path.is_file():  # gone since it was parsed: say so,
+        from batchpipe.config import load_config  # as load_config does on every read
+
+        return load_config(paths.config)
+    return cfg
 
 
 @functools.lru_cache(maxsize=32)
