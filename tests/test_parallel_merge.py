@@ -3,8 +3,11 @@ one a single process gives (the same output, figures and ledger)."""
 
 from __future__ import annotations
 
+import pickle
+
 from conftest import read_jsonl, review_rows, write_job
 
+from batchpipe.ledger.index import IndexFailure
 from batchpipe.ops.process import PARALLEL_MIN_REQUESTS
 
 
@@ -22,3 +25,11 @@ def test_a_pass_big_enough_for_workers_merges_every_shard_as_one_process_would(c
     assert all(r["verdict"] == f"echo: Review ({r['stars']} stars): {r['text']}" for r in out)
     status = cli.json("status", "big")["data"]
     assert [s["state"] for s in status["shards"]] == ["merged"] * 3
+
+
+def test_an_index_failure_in_a_merge_worker_reaches_process_whole():
+    """A merge worker's error comes back pickled: an IndexFailure keeps its message, hint and kind
+    (it was a BrokenProcessPool, and a traceback, before)."""
+    failure = pickle.loads(pickle.dumps(IndexFailure("index.sqlite: disk full", hint="free some space", damaged=False)))
+    assert (type(failure), failure.message, failure.hint, failure.damaged) == (
+        IndexFailure, "index.sqlite: disk full", "free some space", False)
