@@ -156,7 +156,7 @@ def _outcomes(
     interpret = Interpreter(cfg.output, cfg.hook_directory())
     # One shard holds at most 50,000 requests: its lists are bounded, whatever the dataset size.
     ids = index.ids_of(shard.file.path)  # in the order of the shard file's lines, as the index keeps outcomes
-    as_rows = ledger.run.endpoint == CHAT and interpret.as_is and cfg.output.explode is False
+    as_rows = ledger.run.endpoint == CHAT and interpret.as_is  # as_is: nothing to explode either
     read = _read_results(ledger, shard, ids, cfg, result, as_rows)
     kept = read.kept
     if not as_rows:
@@ -289,7 +289,7 @@ def _judged(
     absent = lost_error(shard) or MISSING
     attempt = shard.attempt
     keep_usage = cfg.output.meta  # an answer's own usage is only ever written by output.meta: not kept else
-    as_is = interpret.as_is and not explode  # the usual job: the answer is the value
+    as_is = interpret.as_is  # the usual job: the answer is the value (never exploded)
     valid = answers  # summed here, added to usage and stats at the end
     for custom_id, p in results:
         if p is not None and p.ok:
@@ -1003,7 +1003,8 @@ def _merge_completed(ledger: Ledger, index: Index, cfg: JobConfig, result: Proce
                 workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_start,
                 initargs=(ledger, cfg)))
             # the biggest first: the workers end close together, whatever the mix of attempts' sizes
-            futures = {s.id: pool.submit(_merge_in_worker, ledger.shards.index(s))
+            position = {s.id: k for k, s in enumerate(ledger.shards)}  # (list.index compares whole shards)
+            futures = {s.id: pool.submit(_merge_in_worker, position[s.id])
                        for s in sorted(apart, key=lambda s: -s.requests)}
         for shard in completed:
             if shard.id not in futures:
