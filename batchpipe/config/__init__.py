@@ -618,8 +618,7 @@ def _snapshot_job(data: dict[str, Any], source: Path) -> JobConfig | None:
     data = _set(data)
     inp, out, params = _set(data["input"]), _set(data["output"]), data["params"]
     check = _set(out["validate"]) if "validate" in out else None
-    names_hook = any(isinstance(ref, str) and is_hook(ref)
-                     for ref in (out.get("parse"), out.get("fallback"), (check or {}).get("function")))
+    names_hook = any(is_hook(ref) for ref in (out.get("parse"), out.get("fallback"), (check or {}).get("function")))
     return JobConfig(
         model=data["model"],
         endpoint=data["endpoint"],

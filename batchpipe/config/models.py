@@ -25,18 +25,15 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from batchpipe.config.constants import (  # (re-exported: problems.py and others read them here)
+from batchpipe.config.constants import (
     DEFAULT_ENDPOINT,
     ENDPOINTS,
-    INPUT_FORMATS,
     MAX_BYTES_PER_SHARD,
     MAX_REQUESTS_PER_SHARD,
     NO_SYSTEM_ENDPOINTS,
     NO_TEXT_ENDPOINTS,
     RESERVED_PARAMS,
     SUFFIX_FORMATS,
-    TRUNCATED_POLICIES,
-    UNSUPPORTED_ENDPOINTS,
     asks_for_json,
 )
 from batchpipe.pipeline.hooks import HOOK_PATTERN, HookError, is_hook, load_hook

@@ -15,7 +15,8 @@ import annotated_types
 import yaml
 from pydantic.fields import FieldInfo
 
-from batchpipe.config.models import ENDPOINTS, UNSUPPORTED_ENDPOINTS, JobFile, Section, sections
+from batchpipe.config.constants import ENDPOINTS, UNSUPPORTED_ENDPOINTS
+from batchpipe.config.models import JobFile, Section, sections
 from batchpipe.config.yamlfile import Locator, Problem, dotted, show
 
 # Request parameters people put at the top level by mistake; they belong under params:.

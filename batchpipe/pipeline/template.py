@@ -213,11 +213,6 @@ class Template:
         return hash(self.text)
 
 
-def _text(value: Any) -> str:
-    """A non-text, non-null value as render_value writes it (an int, the common case, first)."""
-    return str(value) if type(value) is int else render_value(value)
-
-
 def _fast_render(parts: tuple[str | tuple[str, tuple[str, ...]], ...], slow: Any) -> Any:
     """For a template whose placeholders are all top-level fields (the usual prompt), a function
     made for it that reads each field once and joins the pieces, at the speed of an f-string: a
@@ -242,7 +237,7 @@ def _fast_render(parts: tuple[str | tuple[str, tuple[str, ...]], ...], slow: Any
         f"    except (KeyError, TypeError):\n        return slow(row)\n    if {nulls}:\n        return slow(row)\n"
         f"{convert}\n    return f{pieces!r}\n"
     )
-    scope: dict[str, Any] = {"slow": slow, "text": _text}
+    scope: dict[str, Any] = {"slow": slow, "text": render_value}
     exec(compile(source, "<batchpipe template>", "exec"), scope)  # noqa: S102 - see the docstring
     return scope["render"]
 
