@@ -64,6 +64,14 @@ _CSV_FIELD_LIMIT = 256 * 1024 * 1024
 # every integer exact.
 _LONG_DIGITS = re.compile(rb"[0-9]{19,}")
 DIGITS = b"0123456789"
+_ONE_DIGIT = bytes.maketrans(DIGITS[1:], b"0" * 9)
+
+
+def has_long_digits(block: bytes) -> bool:
+    """Does `block` hold a run of 19 or more digits anywhere? If not, no line of it can have lost
+    digits to orjson (see _LONG_DIGITS). At C speed in two passes, a tenth of the cost of a
+    regular expression, and half that of counting each line's digits."""
+    return b"0" * 19 in block.translate(_ONE_DIGIT)
 
 
 class Row(NamedTuple):

@@ -36,6 +36,7 @@ from batchpipe.pipeline.inputs import (
     Row,
     block_lines,
     display_path,
+    has_long_digits,
     input_name,
     iter_rows,
     parse_json_line,
@@ -350,6 +351,7 @@ class BlockRenderer:
         error = None
         lines = block_lines(block)
         whole = len(lines) if block.endswith(b"\n") else len(lines) - 1  # lines that had a newline
+        long_digits = has_long_digits(block)  # else no line's digits need counting (parse_json_line)
         row_no, too_long = first_row - 1, counter.too_long
         try:
             for k, raw in enumerate(lines):
@@ -361,7 +363,7 @@ class BlockRenderer:
                     data = loads(raw)
                 except decode_error:
                     data = None
-                if type(data) is not dict or len(raw) - len(raw.translate(None, DIGITS)) >= 19:
+                if type(data) is not dict or (long_digits and len(raw) - len(raw.translate(None, DIGITS)) >= 19):
                     data = parse_json_line(name, line_no, raw + b"\n" if k < whole else raw)  # the line as in the file
                 if segments is None:
                     cid = str(row_no)
