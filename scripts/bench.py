@@ -18,6 +18,8 @@ runs, not a test: the figures depend on the machine.
     .venv/bin/python scripts/bench.py --rows 300000
     .venv/bin/python scripts/bench.py --rows 300000 --repeat 3   # each step the fastest of 3 runs
 
+With --repeat, a stage and its baseline take turns, so that both see the machine as it is then.
+
 Every step runs with Python's bytecode cached, batchpipe's compiled before the first (as an
 installed package has it), whatever PYTHONDONTWRITEBYTECODE says in the calling shell.
 
@@ -200,15 +202,19 @@ def timing_env() -> dict[str, str]:
     return env
 
 
-def best_of(k: int, cmd: list[str], cwd: Path, env: dict[str, str], before=None) -> tuple[float, float]:
-    """The fastest of `k` runs of `cmd` (seconds, and that run's peak RSS); `before()` ahead of each."""
-    runs = []
+def in_turns(k: int, steps: list[tuple[list[str], object]], cwd: Path, env: dict[str, str]) -> list[tuple[float, float]]:
+    """Each of `steps` (a command, and what to do ahead of each run of it, or None) run `k` times,
+    the steps taking turns; the fastest run of each (seconds, and that run's peak RSS). This machine's
+    speed changes from minute to minute: a stage and its baseline run side by side see the same
+    machine, so their ratio holds where their times alone do not."""
+    runs: list[list[tuple[float, float]]] = [[] for _ in steps]
     for _ in range(k):
-        if before is not None:
-            before()
-        os.sync()  # what an earlier step wrote goes to disk now, not during (and into the fsyncs of) this one
-        runs.append(timed(cmd, cwd, env))
-    return min(runs)
+        for (cmd, before), done in zip(steps, runs):
+            if before is not None:
+                before()
+            os.sync()  # what an earlier step wrote goes to disk now, not during (and into the fsyncs of) this one
+            done.append(timed(cmd, cwd, env))
+    return [min(done) for done in runs]
 
 
 # -- the everyday commands ------------------------------------------------------------------------
@@ -415,7 +421,7 @@ def main() -> None:
 
         method = counter_for(MODEL, tokenizer=not args.no_tokenizer).method
         print(f"{args.rows:,} rows; tokens counted by {method}; python {sys.version.split()[0]}; {os.cpu_count()} cores; "
-              f"each step the fastest of {args.repeat} run(s)")
+              f"each step the fastest of {args.repeat} run(s), a stage and its baseline in turns")
         run, answered = work / "runs" / "bench", work / "answered"
 
         def fresh_run() -> None:  # before each create: none there
@@ -425,14 +431,12 @@ def main() -> None:
             shutil.rmtree(run, ignore_errors=True)
             shutil.copytree(answered, run)
 
-        w = best_of(args.repeat, [*me, "write", str(work)], work, env)
-        c = best_of(args.repeat, [a.format(stage="create") for a in bp] + ["create", "job.yaml", "--run", "bench"],
-                    work, env, before=fresh_run)
+        create = [a.format(stage="create") for a in bp] + ["create", "job.yaml", "--run", "bench"]
+        w, c = in_turns(args.repeat, [([*me, "write", str(work)], None), (create, fresh_run)], work, env)
         results = fake_service(work)
         shutil.copytree(run, answered)
-        p0 = best_of(args.repeat, [*me, "parse", str(work)], work, env)
-        p = best_of(args.repeat, [a.format(stage="process") for a in bp] + ["process", "bench"], work, env,
-                    before=answered_run)
+        process = [a.format(stage="process") for a in bp] + ["process", "bench"]
+        p0, p = in_turns(args.repeat, [([*me, "parse", str(work)], None), (process, answered_run)], work, env)
         print(f"{'stage':<16} {'seconds':>8} {'rows/s':>10} {'vs baseline':>11} {'peak RSS MiB':>12}  target")
         for name, (seconds, mib), base, target in (
             ("write baseline", w, None, None), ("create", c, w, TARGETS["create"]),
