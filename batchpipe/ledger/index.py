@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import functools
 import inspect
+import operator
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -68,6 +69,10 @@ _WITH_FILES = "results r JOIN shard_files f ON f.file = r.file"
 
 # The page cache of a `bulk` build (KiB): bounded, so create's memory does not grow with the run.
 BULK_CACHE_KIB = 16 * 1024
+
+# A batch of new requests whose ids descend from one to the next more often than this share of
+# them is scattered (ids such as UUIDs or hashes): see add_created.
+SCATTERED = 0.01
 
 
 class Outcome(NamedTuple):
@@ -234,6 +239,9 @@ class Index:
                 hint=f"run `batchpipe recover {path.parent.name}` (or `process`): the index is rebuilt from the "
                 "run's files",
             )
+        self._bulk = bulk
+        self._staging = path.with_name(f"{path.stem}-staging{path.suffix}")  # see add_created
+        self._staged = False
         if bulk:
             self.db.execute("PRAGMA journal_mode=MEMORY")
             self.db.execute("PRAGMA synchronous=OFF")
@@ -264,18 +272,23 @@ class Index:
     def add_created(self, ids: list[str], first_seq: int, line_nos: Sequence[int]) -> None:
         """Record a batch of new requests: `ids[k]` is the request at seq `first_seq + k`, rendered
         from input line `line_nos[k]`; in the open transaction. Raises DuplicateId for the first id
-        of the batch that is already recorded, by an earlier batch or earlier in this one."""
+        of the batch that is already recorded, by an earlier batch or earlier in this one.
+
+        In a `bulk` build, a batch of scattered ids (UUIDs, hashes) is staged instead, with every
+        batch after it: inserted one by one, each would land on a page of its own anywhere in
+        the table, and the build would slow down and its rollback journal (in memory) grow with
+        the run. end_created puts the staged requests in place sorted, and says which id is a
+        duplicate then (check_created, before that). Ids that mostly ascend (row numbers,
+        sequential keys) go straight in, at one place of the table.
+        """
         if not ids:
             return
         line_nos = line_nos if type(line_nos) is list else list(line_nos)
+        if self._bulk and (self._staged or sum(map(operator.gt, ids, ids[1:])) > max(1, len(ids) * SCATTERED)):
+            self._stage(ids, first_seq, line_nos)
+            return
         try:
-            if line_nos == list(range(first_seq, first_seq + len(ids))):  # the usual file: a request per line
-                self.db.execute("INSERT INTO requests SELECT value, ?2 + key, NULL FROM json_each(?1)",
-                                (orjson.dumps(ids), first_seq))
-            else:
-                self.db.execute(
-                    "INSERT INTO requests SELECT json_extract(value, '$[0]'), ?2 + key, json_extract(value, '$[1]') "
-                    "FROM json_each(?1)", (orjson.dumps(list(zip(ids, line_nos))), first_seq))
+            self._insert("main.requests", ids, first_seq, line_nos)
         except sqlite3.IntegrityError:
             # The statement was undone as a whole: find its first id seen before (once, on the error path).
             seen: dict[str, int] = {}  # custom_id -> input line, in this batch
@@ -287,6 +300,63 @@ class Index:
                     raise DuplicateId(custom_id, line, first) from None
                 seen[custom_id] = line
             raise
+
+    def _insert(self, table: str, ids: list[str], first_seq: int, line_nos: list[int]) -> None:
+        if line_nos == list(range(first_seq, first_seq + len(ids))):  # the usual file: a request per line
+            self.db.execute(f"INSERT INTO {table} SELECT value, ?2 + key, NULL FROM json_each(?1)",
+                            (orjson.dumps(ids), first_seq))
+        else:
+            self.db.execute(
+                f"INSERT INTO {table} SELECT json_extract(value, '$[0]'), ?2 + key, json_extract(value, '$[1]') "
+                "FROM json_each(?1)", (orjson.dumps(list(zip(ids, line_nos))), first_seq))
+
+    def _stage(self, ids: list[str], first_seq: int, line_nos: list[int]) -> None:
+        """Append a batch to the staging file beside the index (made, and the requests recorded so
+        far moved there, at the first batch): rows in file order, no check, no sort."""
+        if not self._staged:
+            self.db.commit()  # a database is attached outside a transaction only
+            self.db.execute("ATTACH DATABASE ? AS staging", (str(self._staging),))
+            self.db.execute("PRAGMA staging.journal_mode=OFF")  # scratch: thrown away with the build if it fails
+            self.db.execute("PRAGMA staging.synchronous=OFF")
+            self.db.execute("CREATE TABLE staging.created (custom_id TEXT NOT NULL, seq INTEGER NOT NULL, line_no INTEGER)")
+            self.db.execute("INSERT INTO staging.created SELECT custom_id, seq, line_no FROM main.requests ORDER BY seq")
+            self.db.execute("DELETE FROM main.requests")
+            self._staged = True
+        self._insert("staging.created", ids, first_seq, line_nos)
+
+    @_guarded
+    def check_created(self) -> None:
+        """Raise DuplicateId for the first staged request, in file order, whose id an earlier one
+        has (see add_created): before an error further down the input is raised, as that
+        duplicate is the file's first error."""
+        if not self._staged:
+            return  # every batch went straight in: a duplicate was refused there
+        self.db.execute("CREATE INDEX IF NOT EXISTS staging.created_by_id ON created (custom_id, seq)")
+        found = self.db.execute(  # rowid order is file order: the rows were appended so
+            "SELECT c.custom_id, COALESCE(c.line_no, c.seq), (SELECT COALESCE(f.line_no, f.seq) FROM staging.created f "
+            "WHERE f.custom_id = c.custom_id ORDER BY f.seq LIMIT 1) FROM staging.created c WHERE EXISTS "
+            "(SELECT 1 FROM staging.created e WHERE e.custom_id = c.custom_id AND e.seq < c.seq) ORDER BY c.rowid LIMIT 1",
+        ).fetchone()
+        if found is not None:
+            raise DuplicateId(*found)
+
+    @_guarded
+    def end_created(self) -> None:
+        """Put the requests a bulk build staged (add_created) in place, sorted by id: a pass that
+        appends to the table. Raises DuplicateId as add_created would have."""
+        if not self._staged:
+            return
+        self.db.commit()
+        try:
+            with self.db:
+                self.db.execute("INSERT INTO main.requests SELECT custom_id, seq, line_no FROM staging.created "
+                                "ORDER BY custom_id")
+        except sqlite3.IntegrityError:
+            self.check_created()
+            raise
+        self.db.execute("DETACH DATABASE staging")
+        self._staging.unlink()
+        self._staged = False
 
     @_guarded
     def add_requests(self, requests: Iterable[tuple[str, int, int]]) -> None:

@@ -241,7 +241,7 @@ def _write_blocks(
                 offset += size
             seq += n
             if n < len(block.ids) or block.error is not None:
-                writer.flush()  # a duplicate id above the bad row is the file's first error: it wins
+                writer.settle()  # a duplicate id above the bad row is the file's first error: it wins
                 if n < len(block.ids):
                     raise _refuse(cfg, block.line_nos[n], block.ids[n], block.sizes[n], block.tokens[n],
                                   n in block.by_bytes)
@@ -296,7 +296,7 @@ def _build(
                 else:
                     rows = _write_rows(cfg, counter, digest, writer, on_progress)
             except InputError:
-                writer.flush()  # a duplicate id above the bad row is the file's first error: it wins
+                writer.settle()  # a duplicate id above the bad row is the file's first error: it wins
                 raise
             writer.finish()
             if on_progress is not None:

@@ -98,9 +98,11 @@ class ShardWriter:
         self._submit(self._open, self._sid)
 
     def finish(self) -> None:
-        """Finish the last shard and wait until everything is on disk and in the index."""
+        """Finish the last shard and wait until everything is on disk and in the index; raises
+        DuplicateId for the first request whose id an earlier one has."""
         self._finish_shard()
         self.flush()
+        self.index.end_created()
 
     def flush(self) -> None:
         """Hand over what is buffered and wait for the thread: raises the first error it met."""
@@ -108,6 +110,12 @@ class ShardWriter:
             self._hand_over()
         while self._pending:
             self._pending.popleft().result()
+
+    def settle(self) -> None:
+        """Before an error further down the input is raised: flush, and raise DuplicateId instead
+        for a request so far whose id an earlier one has (the file's first error wins)."""
+        self.flush()
+        self.index.check_created()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
