@@ -19,6 +19,12 @@ runs, not a test: the figures depend on the machine.
     .venv/bin/python scripts/bench.py --rows 300000 --repeat 3   # each step the fastest of 3 runs
 
 With --repeat, a stage and its baseline take turns, so that both see the machine as it is then.
+The rows' ids ascend (r00000001, ...); with --scattered-ids they are 32 hex digits in no order, as
+UUIDs and hashes are, which the index must sort. Last, it says what a second process gains on this
+machine: how much faster two processes parse the result lines, half each, than one parses them all
+(2.00 on two whole cores; a virtual machine's two cores may give much less).
+
+    .venv/bin/python scripts/bench.py --rows 300000 --scattered-ids
 
 Every step runs with Python's bytecode cached, batchpipe's compiled before the first (as an
 installed package has it), whatever PYTHONDONTWRITEBYTECODE says in the calling shell.
@@ -38,6 +44,7 @@ sends the same N requests with a plain ThreadPoolExecutor of the raw `openai` cl
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import shutil
@@ -70,12 +77,15 @@ output: {{key: verdict}}
 WORDS = "a quiet patient film that earns every minute of its running time the plot collapses in third act".split()
 
 
-def write_job(work: Path, rows: int) -> None:
-    rng = random.Random(1)
+def write_job(work: Path, rows: int, scattered: bool = False) -> None:
+    """N review rows, their ids ascending (r00000001...), or with `scattered` 32 hex digits in no
+    order, as UUIDs and hashes are; and the job config."""
+    rng, ids = random.Random(1), random.Random(3)
     with open(work / "rows.jsonl", "wb") as f:
         for i in range(1, rows + 1):
             text = " ".join(rng.choices(WORDS, k=rng.randint(12, 40)))
-            f.write(orjson.dumps({"review_id": f"r{i:08d}", "stars": i % 5 + 1, "text": text}) + b"\n")
+            review_id = f"{ids.getrandbits(128):032x}" if scattered else f"r{i:08d}"
+            f.write(orjson.dumps({"review_id": review_id, "stars": i % 5 + 1, "text": text}) + b"\n")
     (work / "job.yaml").write_text(JOB, encoding="utf-8")
 
 
@@ -107,6 +117,33 @@ def baseline_parse(work: Path) -> None:
                 record = orjson.loads(line)
                 n += record["custom_id"] is not None
     assert n > 0
+
+
+def parse_share(work: Path, k: int, of: int) -> None:
+    """Parse every `of`-th result line from the k-th on: a share of the parse baseline's work."""
+    lines = 0
+    for path in sorted((work / "runs" / "bench" / "results").glob("*.jsonl")):
+        with open(path, "rb") as f:
+            for line in itertools.islice(f, k, None, of):
+                lines += orjson.loads(line)["custom_id"] is not None
+    assert lines > 0
+
+
+def second_core_gain(work: Path, env: dict[str, str], repeat: int) -> float:
+    """How much faster two processes parse the result lines (half each, at once) than one does all:
+    what a worker per core can gain on this machine, at best. 2.0 on two real cores."""
+    me = [sys.executable, str(Path(__file__).resolve()), "--parse-share"]
+    one = two = float("inf")
+    for _ in range(max(repeat, 3)):
+        start = time.perf_counter()
+        subprocess.run([*me, "0/1", str(work)], env=env, check=True)
+        one = min(one, time.perf_counter() - start)
+        start = time.perf_counter()
+        halves = [subprocess.Popen([*me, f"{k}/2", str(work)], env=env) for k in range(2)]
+        if any(half.wait() for half in halves):
+            raise SystemExit("the parse of half the result lines failed")
+        two = min(two, time.perf_counter() - start)
+    return one / two
 
 
 # -- playing the service -------------------------------------------------------------------------
@@ -388,13 +425,21 @@ def main() -> None:
                         help="the emulator's answer time (repeatable; default: 0 and 20)")
     parser.add_argument("--sync-repeat", type=int, default=3, metavar="K",
                         help="time each side K times, the fastest counts (default 3)")
+    parser.add_argument("--scattered-ids", action="store_true",
+                        help="give the rows ids of 32 hex digits in no order (as UUIDs and hashes are), "
+                             "not ascending ones")
     parser.add_argument("--baseline", choices=("write", "parse"), help=argparse.SUPPRESS)
+    parser.add_argument("--parse-share", metavar="K/N", help=argparse.SUPPRESS)
     parser.add_argument("dir", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile and args.no_tokenizer:
         parser.error("--profile and --no-tokenizer cannot be combined")
     if args.baseline:
         (baseline_write if args.baseline == "write" else baseline_parse)(args.dir)
+        return
+    if args.parse_share:
+        k, of = map(int, args.parse_share.split("/"))
+        parse_share(args.dir, k, of)
         return
     if args.sync:
         for latency in args.sync_latency_ms or (0.0, 20.0):
@@ -416,12 +461,14 @@ def main() -> None:
             bp = [sys.executable, "-c", hide]
         if args.cli_only:
             return cli_figures(work, env)
-        write_job(work, args.rows)
+        write_job(work, args.rows, scattered=args.scattered_ids)
         from batchpipe.pipeline.tokens import counter_for
 
         method = counter_for(MODEL, tokenizer=not args.no_tokenizer).method
-        print(f"{args.rows:,} rows; tokens counted by {method}; python {sys.version.split()[0]}; {os.cpu_count()} cores; "
-              f"each step the fastest of {args.repeat} run(s), a stage and its baseline in turns")
+        ids = "scattered ids" if args.scattered_ids else "ascending ids"
+        print(f"{args.rows:,} rows ({ids}); tokens counted by {method}; python {sys.version.split()[0]}; "
+              f"{os.cpu_count()} cores; each step the fastest of {args.repeat} run(s), a stage and its baseline "
+              "in turns")
         run, answered = work / "runs" / "bench", work / "answered"
 
         def fresh_run() -> None:  # before each create: none there
@@ -450,6 +497,9 @@ def main() -> None:
                 verdict = f">= {target}x, < {TARGET_RSS_MIB} MiB: {'met' if met else 'MISSED'}"
             print(f"{name:<16} {seconds:>8.2f} {args.rows / seconds:>10,.0f} {shown:>11} {mib:>12.1f}  {verdict}")
         print(f"({results:,} result lines; the baselines skip what batchpipe adds: hashing, the index, checks, fsync)")
+        gain = second_core_gain(work, env, args.repeat)
+        print(f"this machine: two processes parse the result lines {gain:.2f}x as fast as one (2.00 would be two "
+              "whole cores; the baselines use one core, create and process every core)")
         cli_figures(work, env)
 
 

@@ -318,8 +318,10 @@ class Index:
             self.db.execute("ATTACH DATABASE ? AS staging", (str(self._staging),))
             self.db.execute("PRAGMA staging.journal_mode=OFF")  # scratch: thrown away with the build if it fails
             self.db.execute("PRAGMA staging.synchronous=OFF")
-            self.db.execute("CREATE TABLE staging.created (custom_id TEXT NOT NULL, seq INTEGER NOT NULL, line_no INTEGER)")
-            self.db.execute("INSERT INTO staging.created SELECT custom_id, seq, line_no FROM main.requests ORDER BY seq")
+            self.db.execute("CREATE TABLE staging.created "
+                            "(custom_id TEXT NOT NULL, seq INTEGER NOT NULL, line_no INTEGER)")
+            self.db.execute("INSERT INTO staging.created SELECT custom_id, seq, line_no FROM main.requests "
+                            "ORDER BY seq")
             self.db.execute("DELETE FROM main.requests")
             self._staged = True
         self._insert("staging.created", ids, first_seq, line_nos)
@@ -333,9 +335,10 @@ class Index:
             return  # every batch went straight in: a duplicate was refused there
         self.db.execute("CREATE INDEX IF NOT EXISTS staging.created_by_id ON created (custom_id, seq)")
         found = self.db.execute(  # rowid order is file order: the rows were appended so
-            "SELECT c.custom_id, COALESCE(c.line_no, c.seq), (SELECT COALESCE(f.line_no, f.seq) FROM staging.created f "
-            "WHERE f.custom_id = c.custom_id ORDER BY f.seq LIMIT 1) FROM staging.created c WHERE EXISTS "
-            "(SELECT 1 FROM staging.created e WHERE e.custom_id = c.custom_id AND e.seq < c.seq) ORDER BY c.rowid LIMIT 1",
+            "SELECT c.custom_id, COALESCE(c.line_no, c.seq), (SELECT COALESCE(f.line_no, f.seq) "
+            "FROM staging.created f WHERE f.custom_id = c.custom_id ORDER BY f.seq LIMIT 1) "
+            "FROM staging.created c WHERE EXISTS (SELECT 1 FROM staging.created e "
+            "WHERE e.custom_id = c.custom_id AND e.seq < c.seq) ORDER BY c.rowid LIMIT 1",
         ).fetchone()
         if found is not None:
             raise DuplicateId(*found)
