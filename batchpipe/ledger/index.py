@@ -68,9 +68,9 @@ CREATE TABLE IF NOT EXISTS results (       -- the outcomes of one merged shard a
 _WITH_FILES = "results r JOIN shard_files f ON f.file = r.file"
 
 # The page cache of a `bulk` build (KiB): bounded, so create's memory does not grow with the run.
-# Its requests are appended (ids that ascend go in at the table's end, others are staged and put
-# in place sorted: see add_created), so a few pages are all it works on: a bigger cache only grew
-# create's memory (1,000,000 rows: 105-120 MiB with 16 MiB, 91-96 with 4, no slower).
+# It works on a few pages at a time (a batch of ids that mostly ascend goes in at one place;
+# others are staged and put in place sorted: see add_created): a bigger cache only grew create's
+# memory (1,000,000 rows: 105-120 MiB with 16 MiB, 91-96 with 4, no slower).
 BULK_CACHE_KIB = 4 * 1024
 
 # A batch of new requests whose ids descend from one to the next more often than this share of
