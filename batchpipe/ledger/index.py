@@ -442,12 +442,19 @@ class Index:
     @_guarded
     def request_at(self, file: str, line: int) -> tuple[str, int, int] | None:
         """(custom_id, seq, input line) of the request on a 1-based line of a shard file."""
+        return self.requests_at(file, [line]).get(line)
+
+    @_guarded
+    def requests_at(self, file: str, lines: Iterable[int]) -> dict[int, tuple[str, int, int]]:
+        """request_at of each of `lines` (those the file has), the file's ids read once: a batch
+        that failed validation may name thousands of its lines."""
         ids = self.ids_of(file)
-        if not 1 <= line <= len(ids):
-            return None
-        return self.db.execute(
-            "SELECT custom_id, seq, COALESCE(line_no, seq) FROM requests WHERE custom_id = ?", (ids[line - 1],)
-        ).fetchone()
+        found = {}
+        for line in set(lines):
+            if 1 <= line <= len(ids):
+                found[line] = self.db.execute("SELECT custom_id, seq, COALESCE(line_no, seq) FROM requests "
+                                              "WHERE custom_id = ?", (ids[line - 1],)).fetchone()
+        return {line: request for line, request in found.items() if request is not None}
 
     # -- what a consistency check needs ---------------------------------------------------
     @_guarded

@@ -120,10 +120,11 @@ def _batch_failed(shard: Shard) -> bool:
 def _validation_failure(shard: Shard, index: Index, result: Processed) -> Iterator[Outcome]:
     """Every request of a batch that failed as a whole gets the batch's error (its own line's, if any)."""
     by_line: dict[int, dict[str, Any]] = {}
+    lines = [e["line"] for e in shard.batch.errors if isinstance(e.get("line"), int)]
+    named = index.requests_at(shard.file.path, lines)  # the file's ids read once, however many errors
     for err in shard.batch.errors:
         line = err.get("line")
-        where = index.request_at(shard.file.path, line) if isinstance(line, int) else None
-        custom_id, row_no, _ = where if where else (None, None, None)
+        custom_id, row_no, _ = named.get(line, (None, None, None)) if isinstance(line, int) else (None, None, None)
         result.batch_errors.append({"shard": shard.id, **err, "row_no": row_no, "custom_id": custom_id})
         if isinstance(line, int):
             by_line.setdefault(line, err)
@@ -504,10 +505,7 @@ def _merged_rows(ledger: Ledger, index: Index, result: Processed) -> Iterator[by
         yield dumps_row(data)
     _check_every_request_has_a_row(ledger, cfg, joined)
     if digest.sha256 != ledger.run.input["sha256"]:  # changed since the check in _write_output
-        raise InputError(
-            f"{input_name(cfg.input)} has changed since the run was created: its rows can no longer be matched",
-            hint="restore the original input file (same content) and run `batchpipe process` again",
-        )
+        raise _input_changed(ledger)
 
 
 def _splices(cfg: JobConfig) -> bool:
