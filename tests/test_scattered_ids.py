@@ -77,3 +77,12 @@ def test_a_bad_row_after_scattered_ids_still_names_its_line(cli, runs_dir, tmp_p
     data = tmp_path / "job" / "job.jsonl"
     data.write_text(data.read_text() + json.dumps({"review_id": "x", "stars": 1}) + "\n")
     assert_refused(cli, runs_dir, config, "line 81", "text")
+
+
+def test_a_duplicate_scattered_id_after_blank_lines_names_the_file_lines(cli, runs_dir, tmp_path):
+    rows = hex_rows(90)
+    rows[70]["review_id"] = rows[20]["review_id"]
+    config = write_job(tmp_path / "job", rows)
+    data = tmp_path / "job" / "job.jsonl"
+    data.write_text("\n\n" + data.read_text())  # two blank lines first: line numbers are no longer row numbers
+    assert_refused(cli, runs_dir, config, "line 73: id", "appears twice, first on line 23")
