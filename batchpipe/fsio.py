@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -257,6 +258,30 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         Path(f"{tmp}-journal").unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+class HashingReader(io.RawIOBase):
+    """A raw file that hashes every byte handed out: a reader reads through it (buffered) and the
+    file is hashed by the same read, not by a pass of its own."""
+
+    def __init__(self, raw: io.FileIO) -> None:
+        self._raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001 - a writable buffer
+        n = self._raw.readinto(buffer)
+        if n:
+            self.hash.update(memoryview(buffer)[:n])
+            self.size += n
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[int, str]:

@@ -63,3 +63,25 @@ def test_recover_on_a_healthy_run_does_nothing(cli, emulator, runs_dir, tmp_path
     after = emulator.counts
     assert (after["uploads"], after["batch_creates"], after["cancels"]) == (before["uploads"], before["batch_creates"], before["cancels"])
     assert len(read_jsonl(runs_dir / "rec" / "output.jsonl")) == 6
+
+
+def test_a_result_file_changed_after_download_is_refused_by_process_and_nothing_is_merged(cli, emulator, runs_dir,
+                                                                                          tmp_path):
+    config = write_job(tmp_path / "job", review_rows(6))
+    cli("create", config, "--run", "rec")
+    cli("submit", "rec")
+    cli("download", "rec")
+    result_file = runs_dir / "rec" / "results" / "00001.a1.output.jsonl"
+    good = result_file.read_bytes()
+    result_file.write_bytes(good.replace(b"echo: ", b"ECHO: ", 1))  # same size, other bytes: read, then refused
+
+    result = cli("process", "rec", code=None)
+    assert result.exit_code != 0
+    assert "00001.a1.output.jsonl has changed since batchpipe wrote it" in result.stderr
+    assert "batchpipe recover rec" in result.stderr and "Traceback" not in result.output
+    assert not (runs_dir / "rec" / "output.jsonl").exists()
+    assert all(s["state"] != "merged" for s in cli.json("status", "rec")["data"]["shards"])
+
+    result_file.write_bytes(good)
+    cli("process", "rec")
+    assert [r["verdict"] for r in read_jsonl(runs_dir / "rec" / "output.jsonl")][0].startswith("echo: ")

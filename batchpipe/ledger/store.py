@@ -12,10 +12,13 @@ crash just before the last commit, which every step is built to survive.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -197,11 +200,33 @@ class Ledger:
 
     def verify(self, ref: FileRef) -> Path:
         """Check that a file the ledger names is there, whole and unchanged; return its path."""
-        path = self.paths.root / ref.path
-        hint = f"run `batchpipe recover {self.paths.run_id}` to see what can be done"
-        if not path.is_file():
-            raise LedgerError(f"{path} is named in the ledger but missing", hint=hint)
-        size, digest = fsio.sha256_file(path)
-        if (size, digest) != (ref.bytes, ref.sha256):
-            raise LedgerError(f"{path} has changed since batchpipe wrote it (size or sha256 differ)", hint=hint)
+        path = self._named(ref)
+        self._check(ref, *fsio.sha256_file(path))
         return path
+
+    @contextlib.contextmanager
+    def reading(self, ref: FileRef) -> Iterator[BinaryIO]:
+        """A file the ledger names, opened to be read, and checked by that same read: at the end
+        of the block, a file that is not whole and unchanged raises what `verify` raises. One
+        pass over the file instead of two (verify, then the read): the caller must act on
+        nothing it read before the block ends."""
+        hashing = fsio.HashingReader(open(self._named(ref), "rb", buffering=0))  # noqa: SIM115 - closed below
+        with io.BufferedReader(hashing, 1 << 20) as f:
+            yield f
+            while f.read(1 << 20):  # what the caller left unread is checked too
+                pass
+        self._check(ref, hashing.size, hashing.hash.hexdigest())
+
+    def _named(self, ref: FileRef) -> Path:
+        path = self.paths.root / ref.path
+        if not path.is_file():
+            raise LedgerError(f"{path} is named in the ledger but missing", hint=self._recover_hint())
+        return path
+
+    def _check(self, ref: FileRef, size: int, digest: str) -> None:
+        if (size, digest) != (ref.bytes, ref.sha256):
+            raise LedgerError(f"{self.paths.root / ref.path} has changed since batchpipe wrote it (size or sha256 "
+                              "differ)", hint=self._recover_hint())
+
+    def _recover_hint(self) -> str:
+        return f"run `batchpipe recover {self.paths.run_id}` to see what can be done"

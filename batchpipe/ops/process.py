@@ -220,7 +220,7 @@ def _read_results(
     loads, dumps = orjson.loads, orjson.dumps
     tails: dict[str, bytes] = {}  # a row's encoded end, by finish reason (see below)
     for ref in _result_refs(shard):
-        with open(ledger.verify(ref), "rb") as f:
+        with ledger.reading(ref) as f:  # checked whole and unchanged by this read: nothing is kept before
             for raw in f:
                 try:
                     record = loads(raw)

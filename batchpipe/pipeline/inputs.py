@@ -100,25 +100,6 @@ class InputDigest:
     sha256: str = ""
 
 
-class _HashingReader(io.RawIOBase):
-    """A raw file that hashes every byte handed out: the parser reads through it."""
-
-    def __init__(self, raw: io.FileIO) -> None:
-        self._raw = raw
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # noqa: ANN001 - a writable buffer
-        n = self._raw.readinto(buffer)
-        if n:
-            self.hash.update(memoryview(buffer)[:n])
-            self.size += n
-        return n
-
-
 class _Source:
     """The input opened for one read: a buffered binary stream over a hashing raw file, and
     the file's identity (device, inode, size, mtime) when it was opened."""
@@ -130,7 +111,7 @@ class _Source:
         except OSError as exc:
             raise _open_error(path, exc) from None
         self.opened = _identity(os.fstat(raw.fileno()))
-        self.hashing = _HashingReader(raw)
+        self.hashing = fsio.HashingReader(raw)
         self.stream = io.BufferedReader(self.hashing, 1 << 20)
 
     def close(self) -> None:
