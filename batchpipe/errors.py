@@ -8,6 +8,7 @@ error's code; nothing here prints or touches disk.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -35,6 +36,19 @@ class BatchpipeError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled whole (a worker process's error reaches the command so): rebuilt without calling
+        # __init__, whose arguments (keyword-only, or others than the message) the default would
+        # not give it back.
+        return _rebuilt, (type(self), self.args, vars(self))
+
+
+def _rebuilt(kind: type[BatchpipeError], args: tuple[Any, ...], state: dict[str, Any]) -> BatchpipeError:
+    error = kind.__new__(kind, *args)
+    error.args = args
+    vars(error).update(state)
+    return error
 
 
 class UsageError(BatchpipeError):

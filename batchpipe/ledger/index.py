@@ -164,15 +164,6 @@ class IndexFailure(LedgerError):
         super().__init__(message, hint=hint)
         self.damaged = damaged  # True: rebuilding the index repairs it
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled whole (a merge worker's error reaches `process` so): the default would call the
-        # class with the message alone, and fail on the keyword-only arguments.
-        return _index_failure, (self.message, self.hint, self.damaged)
-
-
-def _index_failure(message: str, hint: str, damaged: bool) -> IndexFailure:
-    return IndexFailure(message, hint=hint, damaged=damaged)
-
 
 # sqlite's words for "the file is not a sound database" (anything else: disk full, I/O, locked...)
 _DAMAGE = ("SQLITE_CORRUPT", "SQLITE_NOTADB")

@@ -633,13 +633,8 @@ def _output_worker(conn: Connection, ledger: Ledger, cfg: JobConfig, ranges: lis
     row_no, line_no = 1, 1
     if k:
         conn.send(count_rows(path, *ranges[k - 1]))
-        parent = multiprocessing.parent_process()
-        multiprocessing.connection.wait([conn, parent.sentinel] if parent is not None else [conn])
-        if not conn.poll():
-            return  # the process that started it is gone (killed): nobody waits for this range
         row_no, line_no = conn.recv()
     result = Processed(ledger.run.id)
-    parent = os.getppid()
     with Index(ledger.paths.index) as index, open(part, "wb") as f:  # its own connection: never one across a fork
         spliced = _splice(cfg, index.joined(row_no), json_range_blocks(path, *ranges[k]), row_no, line_no, result)
         while True:
@@ -648,8 +643,6 @@ def _output_worker(conn: Connection, ledger: Ledger, cfg: JobConfig, ranges: lis
             except StopIteration as done:
                 rows = done.value
                 break
-            if os.getppid() != parent:
-                return  # the process that started it is gone (killed): it would hold the run's lock on
             f.flush()
             conn.send(f.tell())  # how many bytes of the part can be read
     conn.send({"rows": rows, "ok": result.ok, "failed": result.failed, "truncated": result.truncated,
@@ -660,10 +653,8 @@ def _output_worker(conn: Connection, ledger: Ledger, cfg: JobConfig, ranges: lis
 class _Worker:
     """A forked process (it starts with this process's ledger, config and modules) running
     `target(conn, *args)` once, talked to over a pipe; what it raises is raised by `receive`.
-
-    One process per task, not a pool: a pool's idle worker waits for its next task forever once
-    the process that started it is killed, while this one ends with its task. Leaving the block
-    on an error stops it at once.
+    It ends with the process that started it (forked.end_with_parent), and leaving the block on
+    an error stops it at once.
     """
 
     def __init__(self, target: Callable[..., None], *args: Any) -> None:
@@ -685,8 +676,8 @@ class _Worker:
                 hint="run the same command again",
             )
         value = self.conn.recv()
-        if isinstance(value, _Raised):
-            raise value.error()
+        if isinstance(value, BaseException):
+            raise value
         return value
 
     def __enter__(self) -> _Worker:
@@ -700,30 +691,15 @@ class _Worker:
 
 
 def _run_worker(conn: Connection, target: Callable[..., None], *args: Any) -> None:
+    end_with_parent()  # killed, the process that started it waits for nothing: nor must this one
     try:
         target(conn, *args)
     except BaseException as exc:  # noqa: BLE001 - carried to the process that waits for it, not printed here
-        with contextlib.suppress(Exception):
-            conn.send(_Raised.of(exc))
-
-
-class _Raised(NamedTuple):
-    """An error a worker raised, carried back whole: a BatchpipeError whose __init__ takes keyword
-    arguments (IndexFailure) cannot be unpickled as it is."""
-
-    kind: type[BaseException]
-    args: tuple[Any, ...]
-    state: dict[str, Any]
-
-    @classmethod
-    def of(cls, exc: BaseException) -> _Raised:
-        return cls(type(exc), exc.args, dict(vars(exc)))
-
-    def error(self) -> BaseException:
-        exc = self.kind.__new__(self.kind, *self.args)
-        exc.args = self.args
-        vars(exc).update(self.state)
-        return exc
+        try:
+            conn.send(exc)  # a BatchpipeError pickles whole (errors.BatchpipeError.__reduce__)
+        except Exception:  # noqa: BLE001 - one that does not pickle: its message, at least
+            with contextlib.suppress(Exception):
+                conn.send(BatchpipeError(f"a worker process writing the output failed: {exc!r}"))
 
 
 # The last byte of a row's text before its closing brace, when the row cannot be spliced at block
