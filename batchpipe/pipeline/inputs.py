@@ -279,11 +279,13 @@ def json_range_blocks(path: Path, start: int, end: int) -> Iterator[bytes]:
         yield from _blocks(f, end - start, bom=start == 0)
 
 
-def _blocks(f: io.BufferedIOBase, size: int | None, *, bom: bool) -> Iterator[bytes]:
-    """The next `size` bytes of `f` (all that is left if None) in blocks of whole lines (json_blocks)."""
+def _blocks(f: io.BufferedIOBase, size: int | None, *, bom: bool, end_last: bool = True,
+            block: int = BLOCK_BYTES) -> Iterator[bytes]:
+    """The next `size` bytes of `f` (all that is left if None) in blocks of whole lines (json_blocks);
+    with `end_last` False, a last line without a newline is left as it is (numbered_blocks)."""
     carry = b""  # a line begun in the last read
     while size is None or size > 0:
-        chunk = f.read(BLOCK_BYTES if size is None else min(BLOCK_BYTES, size))  # all of it, but at the end
+        chunk = f.read(block if size is None else min(block, size))  # all of it, but at the end
         if not chunk:
             break
         if size is not None:
@@ -297,7 +299,7 @@ def _blocks(f: io.BufferedIOBase, size: int | None, *, bom: bool) -> Iterator[by
         else:
             carry += chunk  # a line longer than a block
     if carry:
-        yield carry + b"\n"
+        yield carry + b"\n" if end_last else carry
 
 
 def block_rows(block: bytes, row_no: int, line_no: int) -> list[tuple[int, int, bytes]]:
@@ -362,22 +364,10 @@ def numbered_blocks(
     error message about it must be the one json_lines' line would get."""
     source = _Source(path)
     try:
-        line_no, offset, rest, first = 1, 0, b"", True
-        while chunk := source.stream.read(size):
-            data = rest + chunk if rest else chunk
-            if first:
-                first = False
-                if data.startswith(_BOM):
-                    data, offset = data[len(_BOM) :], len(_BOM)
-            cut = data.rfind(b"\n") + 1
-            if not cut:  # a line longer than a block: read on
-                rest = data
-                continue
-            block, rest = data[:cut], data[cut:]
+        line_no, offset = 1, len(_BOM) if source.stream.peek(len(_BOM)).startswith(_BOM) else 0
+        for block in _blocks(source.stream, None, bom=True, end_last=False, block=size):
             yield block, line_no, offset
-            line_no, offset = line_no + block.count(b"\n"), offset + cut
-        if rest:
-            yield rest, line_no, offset
+            line_no, offset = line_no + block.count(b"\n"), offset + len(block)
         source.finish(digest)
     finally:
         source.close()
