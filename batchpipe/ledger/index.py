@@ -477,7 +477,7 @@ class Index:
         made = outcomes if isinstance(outcomes, Rows) else Rows.of(outcomes)
         ids, counts, retryable = made.ids, dict(made.counts), made.retryable
         found = self.db.execute("SELECT ids, seqs FROM shard_files WHERE file = ?", (file,)).fetchone()
-        if found is None or orjson.loads(found[0]) != ids:
+        if found is None or found[0] != orjson.dumps(ids):  # (as add_shard_file wrote them: compared undecoded)
             raise IndexFailure(
                 f"{self.path}: the outcomes of shard {shard} do not match the lines of {file}", damaged=True,
                 hint=f"run `batchpipe recover {self.path.parent.name}`: it rebuilds the index")
