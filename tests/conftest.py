@@ -89,15 +89,19 @@ def write_job(
     rows = review_rows(12) if rows is None else rows
     data = directory / f"{name}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    config: dict[str, Any] = {
+    return write_config(directory / f"{name}.yaml", review_job(data.name), **overrides)
+
+
+def review_job(input_path: str, max_requests_per_shard: int = 5) -> dict[str, Any]:
+    """The review-judging job config the tests share, over the JSONL file `input_path`."""
+    return {
         "model": "gpt-4o-mini",
-        "input": {"path": data.name, "id": "review_id"},
+        "input": {"path": input_path, "id": "review_id"},
         "prompt": {"system": "You judge film reviews.", "user": "Review ({stars} stars): {text}"},
         "params": {"temperature": 0, "max_tokens": 20},
         "output": {"key": "verdict"},
-        "limits": {"max_requests_per_shard": 5},
+        "limits": {"max_requests_per_shard": max_requests_per_shard},
     }
-    return write_config(directory / f"{name}.yaml", config, **overrides)
 
 
 def write_config(path: Path, config: dict[str, Any], **overrides: Any) -> Path:

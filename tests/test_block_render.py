@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from conftest import write_config
+from conftest import review_job, write_config
 
 from batchpipe.config import load_config
 from batchpipe.ops.create import plan_shards
@@ -34,15 +34,7 @@ def big_job(tmp_path: Path, lines: list[str], prefix: bytes = b"", **overrides) 
     data = tmp_path / "big.jsonl"
     data.write_bytes(prefix + "".join(lines).encode())
     assert data.stat().st_size > max(PARALLEL_MIN_BYTES, 4 * BLOCK_BYTES)  # several blocks, rendered by workers
-    config = {
-        "model": "gpt-4o-mini",
-        "input": {"path": data.name, "id": "review_id"},
-        "prompt": {"system": "You judge film reviews.", "user": "Review ({stars} stars): {text}"},
-        "params": {"temperature": 0, "max_tokens": 20},
-        "output": {"key": "verdict"},
-        "limits": {"max_requests_per_shard": 700},
-    }
-    return write_config(tmp_path / "big.yaml", config, **overrides)
+    return write_config(tmp_path / "big.yaml", review_job(data.name, max_requests_per_shard=700), **overrides)
 
 
 def shard_lines(run: Path) -> list[list[bytes]]:
