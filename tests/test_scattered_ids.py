@@ -37,7 +37,7 @@ def test_scattered_ids_make_a_run_whose_every_row_gets_its_own_answer(cli, emula
 
     result = cli.json("run", "hex", "--wait", "--poll-interval", "0")
     assert result["data"]["done"]
-    assert not any("index.sqlite" in w for w in result["data"].get("warnings", []))  # not rebuilt: it was whole
+    assert not any("index.sqlite" in w for w in result["data"]["warnings"])  # not rebuilt: it was whole
     out = read_jsonl(runs_dir / "hex" / "output.jsonl")
     assert [r["review_id"] for r in out] == [r["review_id"] for r in rows]
     assert [r["verdict"] for r in out] == [expected_answer(r) for r in rows]
