@@ -21,7 +21,7 @@ import pytest
 
 from conftest import read_jsonl, review_rows, write_job
 
-ROWS = 24
+ROWS = 27
 
 
 def answer(cid: str, content: Any = "positive", *, reason: Any = "stop", usage: Any = None, status: int = 200,
@@ -71,6 +71,10 @@ def result_lines(ids: list[str]) -> list[bytes]:
             "usage": {"prompt_tokens": 5, "completion_tokens": 1}}}}],  # a second choice of another shape
         22: [answer(ids[22], usage={"prompt_tokens": 30, "completion_tokens": 2, "input_tokens": 8,
                                     "output_tokens": 1})],  # both words: input_tokens/output_tokens count
+        # Lines the usual shape's decoder (msgspec) and orjson read apart: the general way decides
+        23: [answer(ids[23], usage={"prompt_tokens": 2**64, "completion_tokens": 2})],  # past 64 bits: a float
+        24: [{**answer(ids[24]), "response": {**answer(ids[24])["response"], "status_code": 200.0}}],
+        25: [answer(ids[25], 12345678901234567890123)],  # an answer that is a number past 64 bits
     }
     lines = [line for n, first in enumerate(ok[:-1]) for line in odd.get(n, [first])]
     lines = lines[1::2] + lines[0::2]  # not in request order, as the service answers
@@ -136,15 +140,18 @@ def test_every_shape_of_line_merges_as_the_general_path_merges_it(cli, tmp_path,
     assert rows["r0020"]["verdict"] == {"an": "object"} and rows["r0022"]["verdict"] == "one"
     assert rows["r0012"]["verdict_error"]["status_code"] == 500
     assert rows["r0014"]["verdict_error"]["code"] == "unreadable_response"
-    assert rows["r0024"]["verdict_error"]["code"] == "missing_result"
+    assert rows["r0027"]["verdict_error"]["code"] == "missing_result"
+    assert rows["r0024"]["verdict"] == "positive" and rows["r0025"]["verdict"] == "positive"
+    assert rows["r0026"]["verdict"] == 12345678901234567890123.0  # as orjson reads it
     if output.get("truncated") == "fail":
         assert rows["r0003"]["verdict_error"]["code"] == "truncated"
     else:
         assert rows["r0003"]["verdict"] == "cut sh" and rows["r0003"]["verdict_finish_reason"] == "length"
-    # Tokens: of the answers kept, as the service reported them; 30 in and 2 out for the 12 usual
-    # usages, then 7/3 (input_tokens), 11/4, -1/true (not counts: 0/0), 9.0/2 (0/2), none, 5/1, 8/1.
-    assert sum(s["usage"]["input_tokens"] for s in fast["shards"]) == 12 * 30 + 7 + 11 + 5 + 8
-    assert sum(s["usage"]["output_tokens"] for s in fast["shards"]) == 12 * 2 + 3 + 4 + 2 + 1 + 1
+    # Tokens: of the answers kept, as the service reported them; 30 in and 2 out for the 14 usual
+    # usages, then 7/3 (input_tokens), 11/4, -1/true (not counts: 0/0), 9.0/2 (0/2), none, 5/1, 8/1,
+    # 2**64/2 (a float: 0/2).
+    assert sum(s["usage"]["input_tokens"] for s in fast["shards"]) == 14 * 30 + 7 + 11 + 5 + 8
+    assert sum(s["usage"]["output_tokens"] for s in fast["shards"]) == 14 * 2 + 3 + 4 + 2 + 1 + 1 + 2
 
 def test_recover_rebuilds_the_same_index_from_the_result_files(cli, tmp_path):
     lines = result_lines(request_ids(cli, tmp_path))

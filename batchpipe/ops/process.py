@@ -58,7 +58,9 @@ from batchpipe.pipeline.inputs import (
 )
 from batchpipe.pipeline.interpret import Interpreter, is_invalid
 from batchpipe.pipeline.requests import custom_id_for, line_records
-from batchpipe.pipeline.results import TRUNCATED, Parsed, is_retryable, parse_record
+from batchpipe.pipeline.results import (
+    ORJSON_INTS, TRUNCATED, USUAL_MISFITS, Parsed, is_retryable, parse_record, usual_answer,
+)
 from batchpipe.pipeline.shards import shard_id
 
 MISSING = {"code": "missing_result", "message": "the service returned no result for this request"}
@@ -203,11 +205,12 @@ def _read_results(
     first line of its custom_id, or the first answer if an earlier line failed. Unreadable lines
     and unknown ids are warned about in `result`.
 
-    With `as_rows` (the usual job, see _outcomes) an answer of the usual shape (status 200, a
-    string finish reason, a usage of whole prompt_tokens and completion_tokens, the first line of
-    its id) is kept as its row in the index, read by direct subscripts: no Parsed, no Outcome, its
-    usage summed here. A line of any other shape raises on a subscript or fails a check and goes
-    the general way (parse_record), so each request ends with the outcome the general path gives.
+    With `as_rows` (the usual job, see _outcomes) an answer of the usual shape (results.UsualAnswer:
+    status 200, a string answer and finish reason; a usage of whole prompt_tokens and
+    completion_tokens; the first line of its id) is kept as its row in the index: no dicts, no
+    Parsed, no Outcome, its usage summed here. A line of any other shape fails to decode or fails a
+    check and goes the general way (orjson, parse_record), so each request ends with the outcome the
+    general path gives.
     """
     endpoint = ledger.run.endpoint
     attempt = shard.attempt
@@ -217,30 +220,26 @@ def _read_results(
     kept: list[Any] = [None] * len(ids)
     judged: set[int] = set()
     answered = tokens_in = tokens_out = truncated = 0
-    loads, dumps = orjson.loads, orjson.dumps
+    loads, dumps, usual = orjson.loads, orjson.dumps, usual_answer
     tails: dict[str, bytes] = {}  # a row's encoded end, by finish reason (see below)
     for ref in _result_refs(shard):
         with ledger.reading(ref) as f:  # checked whole and unchanged by this read: nothing is kept before
             for raw in f:
-                try:
-                    record = loads(raw)
-                except orjson.JSONDecodeError as exc:
-                    if raw.strip():  # a blank line is skipped
-                        result.warnings.append(f"shard {shard.id}: a result line is unreadable (not valid JSON ({exc}))")
-                    continue
                 if as_rows:
                     try:
-                        i = line_of[record["custom_id"]]
-                        response = record["response"]
-                        body = response["body"]
-                        first = body["choices"][0]
-                        reason = first["finish_reason"]
-                        used = body["usage"]
+                        if not raw.isascii():
+                            raw.decode()  # UTF-8 throughout, as orjson requires (see results.usual_answer)
+                        record = usual(raw)
+                        i = line_of[record.custom_id]
+                        body = record.response.body
+                        first = body.choices[0]
+                        reason = first.finish_reason
+                        used = body.usage
                         tin = used["prompt_tokens"]
                         tout = used["completion_tokens"]
-                        if (kept[i] is None and response["status_code"] == 200 and record["error"] is None
-                                and type(reason) is str and reason != cut
-                                and type(tin) is int and tin >= 0 and type(tout) is int and tout >= 0
+                        if (kept[i] is None and reason != cut
+                                and type(tin) is int and 0 <= tin < ORJSON_INTS
+                                and type(tout) is int and 0 <= tout < ORJSON_INTS
                                 and "input_tokens" not in used and "output_tokens" not in used):
                             # The row, [true, content, null, false, attempt, reason, usage, false] (index.SCHEMA),
                             # encoded while its answer is at hand, joined from pieces (see _encoded): the
@@ -251,14 +250,20 @@ def _read_results(
                                                      False])[1:]
                                 if not keep_usage:
                                     tails[reason] = tail
-                            kept[i] = b"[true," + dumps(first["message"]["content"]) + tail
+                            kept[i] = b"[true," + dumps(first.message.content) + tail
                             answered += 1
                             tokens_in += tin
                             tokens_out += tout
                             truncated += reason == TRUNCATED
                             continue
-                    except (KeyError, TypeError, IndexError):
+                    except (*USUAL_MISFITS, KeyError, TypeError, IndexError):
                         pass  # another shape: the general way below
+                try:
+                    record = loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    if raw.strip():  # a blank line is skipped
+                        result.warnings.append(f"shard {shard.id}: a result line is unreadable (not valid JSON ({exc}))")
+                    continue
                 try:
                     parsed = parse_record(endpoint, record)
                 except ValueError as exc:
