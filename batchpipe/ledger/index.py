@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+import msgspec
 import orjson
 
 from batchpipe import fsio
@@ -527,6 +528,12 @@ class Index:
         return Joined(self, start)
 
 
+# An attempt's outcomes as Joined reads them: each row a tuple whose value is left as its JSON
+# text (a msgspec.Raw, which bytes.join takes as it is): the output writes an answer's text as it
+# is stored, not decoded and encoded again. orjson wrote it: its text is what orjson would write.
+_read_rows = msgspec.json.Decoder(list[tuple[Any, msgspec.Raw, Any, Any, Any, Any, Any, Any]]).decode
+
+
 class _Attempt(NamedTuple):
     """A merged attempt's outcomes, as Joined holds them: `rows[i]` is the outcome of `ids[i]`, the
     request at seq `lo + i` when `where` is None (attempt 1: its requests are consecutive), else at
@@ -537,7 +544,7 @@ class _Attempt(NamedTuple):
     lo: int
     hi: int
     ids: list[str]
-    rows: list[list[Any]]
+    rows: list[tuple[Any, ...]]  # as _read_rows makes them: the value as its JSON text
     where: dict[int, int] | None
     seqs: list[int] | None
 
@@ -566,7 +573,7 @@ class Joined:
             (shard,)).fetchone()
         seqs = orjson.loads(seqs)
         where = None if seqs == list(range(lo, hi + 1)) else {seq: i for i, seq in enumerate(seqs)}
-        return _Attempt(merged, lo, hi, orjson.loads(ids), orjson.loads(rows), where,
+        return _Attempt(merged, lo, hi, orjson.loads(ids), _read_rows(rows), where,
                         None if where is None else sorted(where))
 
     def _advance(self, first: int, last: int) -> None:
@@ -588,21 +595,23 @@ class Joined:
         for attempt in self._active:
             if attempt.where is None:
                 i = seq - attempt.lo
-                if 0 <= i < len(attempt.rows):
-                    return outcome_of((attempt.ids[i], *attempt.rows[i]))
-            elif (i := attempt.where.get(seq)) is not None:
-                return outcome_of((attempt.ids[i], *attempt.rows[i]))
+                if not 0 <= i < len(attempt.rows):
+                    continue
+            elif (i := attempt.where.get(seq)) is None:
+                continue
+            ok, value, *rest = attempt.rows[i]
+            return outcome_of((attempt.ids[i], ok, orjson.loads(memoryview(value)), *rest))
         return None
 
-    def span(self, first: int, count: int) -> list[list[Any] | None]:
+    def span(self, first: int, count: int) -> list[tuple[Any, ...] | None]:
         """The latest outcomes of the `count` requests from seq `first` on, as the index keeps them
         ([ok, value, error, retryable, attempt, finish_reason, usage, invalid]: an Outcome but its
-        custom_id) or None (it has none): a block of rows joined at list speed, not a call per row.
-        Seqs only ever increase, as with `at`."""
+        custom_id, with the value as its JSON text, bytes-like) or None (it has none): a block of
+        rows joined at list speed, not a call per row. Seqs only ever increase, as with `at`."""
         last = first + count - 1
         self._last = last
         self._advance(first, last)
-        rows: list[list[Any] | None] = [None] * count
+        rows: list[tuple[Any, ...] | None] = [None] * count
         for a in reversed(self._active):  # oldest first: a later attempt's outcome replaces an earlier one's
             if a.seqs is None:  # its requests are consecutive: its rows are copied as a slice
                 lo, hi = max(first, a.lo), min(last, a.lo + len(a.rows) - 1)

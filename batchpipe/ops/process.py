@@ -23,7 +23,6 @@ when the output is written, and marks each row's `<key>_source`.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import multiprocessing
 import multiprocessing.connection
 import operator
@@ -733,17 +732,17 @@ def _splice(cfg: JobConfig, joined: Joined, blocks: Iterable[bytes], row_no: int
     how many rows they hold.
 
     A row whose answer came back as it should (finish reason "stop") is its input line with the
-    answer and the attempt count appended: nothing parsed or encoded again, the row's own bytes
-    kept as they are. Any other row is parsed and filled by _fill_row, as for every other job.
-    A block whose every line ends with "}" right after the row's last value (the usual file) is
-    cut at those braces in one call, and its outcomes joined as one list (Joined.span); any other
-    block is read a row at a time (_splice_rows).
+    answer (its JSON text, as the index keeps it) and the attempt count appended: nothing parsed or
+    encoded again, the row's own bytes kept as they are. Any other row is parsed and filled by
+    _fill_row, as for every other job. A block whose every line ends with "}" right after the
+    row's last value (the usual file) is cut at those braces in one call, its outcomes joined as
+    one list (Joined.span) and its lines put together from their pieces by list slices, not a row
+    at a time; any other block is read a row at a time (_splice_rows).
     """
     out = cfg.output
     name = input_name(cfg.input)
     key = b"," + orjson.dumps(out.key) + b":"
     tails = _AttemptsTails(out.key)
-    dumps, join = orjson.dumps, b"".join
     first = row_no
     for block in blocks:
         lines = block.count(b"\n")
@@ -754,27 +753,32 @@ def _splice(cfg: JobConfig, joined: Joined, blocks: Iterable[bytes], row_no: int
             yield b"".join(_splice_rows(rows, joined, out, name, key, tails, result))
             row_no, line_no = row_no + len(rows), line_no + lines
             continue
-        parts: list[bytes] = []
-        put = parts.append
-        others = 0  # rows not spliced
-        for seq, head, row in zip(itertools.count(row_no), heads, joined.span(row_no, lines)):
-            if row is not None and row[0] and (row[5] is None or row[5] == "stop"):
-                try:
-                    # joined at once: orjson's result holds a few KiB until it is freed
-                    put(join((head, key, dumps(row[1]), tails[row[4]])))
-                    continue
-                except orjson.JSONEncodeError:  # an integer beyond 64 bits: the slow, exact way below
-                    pass
-            others += 1
-            data = parse_json_line(name, line_no + seq - row_no, head + b"}\n")
-            if _fill_row(data, joined.outcome(seq), out, None, result) != "dropped":
-                result.written += 1
-                put(dumps_row(data))
-        result.ok += lines - others
-        result.written += lines - others
-        yield join(parts)
+        outcomes = joined.span(row_no, lines)
+        others = [k for k, row in enumerate(outcomes) if row is None or not row[0] or row[5] not in _SPLICED]
+        for k in others:
+            outcomes[k] = _STAND_IN  # its pieces are replaced below
+        # A row's line is four pieces: its head, the key, the answer, the attempts and the line's end.
+        parts = [key] * (4 * lines)
+        parts[0::4] = heads
+        parts[2::4] = map(_VALUE, outcomes)
+        parts[3::4] = map(tails.__getitem__, map(_ATTEMPT, outcomes))
+        for k in others:
+            data = parse_json_line(name, line_no + k, heads[k] + b"}\n")
+            kept = _fill_row(data, joined.outcome(row_no + k), out, None, result) != "dropped"
+            result.written += kept
+            parts[4 * k : 4 * k + 4] = (dumps_row(data) if kept else b"", b"", b"", b"")
+        result.ok += lines - len(others)
+        result.written += lines - len(others)
+        yield b"".join(parts)
         row_no, line_no = row_no + lines, line_no + lines
     return row_no - first
+
+
+# The finish reasons of the answers _splice appends as they are (any other is written by _fill_row),
+# and what it reads of a row of Joined.span: the answer's JSON text, the attempt.
+_SPLICED = (None, "stop")
+_VALUE, _ATTEMPT = operator.itemgetter(1), operator.itemgetter(4)
+_STAND_IN = (True, b"", None, False, 1, "stop", None, False)  # in the place of a row _fill_row writes
 
 
 def _splice_rows(rows: list[tuple[int, int, bytes]], joined: Joined, out: OutputConfig, name: str, key: bytes,
@@ -782,17 +786,12 @@ def _splice_rows(rows: list[tuple[int, int, bytes]], joined: Joined, out: Output
     """_splice's lines for `rows` (block_rows), a row at a time: any line of a JSONL file."""
     outcomes = joined.span(rows[0][0], len(rows)) if rows else []
     for (row_no, line_no, raw), row in zip(rows, outcomes):
-        if row is not None and row[0] and (row[5] is None or row[5] == "stop"):
-            try:
-                value = orjson.dumps(row[1])
-            except orjson.JSONEncodeError:  # an integer beyond 64 bits: the slow, exact way below
-                value = b""
-            if value:
-                head = raw.rstrip()[:-1].rstrip()  # the row without its closing brace
-                result.ok += 1
-                result.written += 1
-                yield b"".join((head, key[1:] if head.endswith(b"{") else key, value, tails[row[4]]))
-                continue
+        if row is not None and row[0] and row[5] in _SPLICED:
+            head = raw.rstrip()[:-1].rstrip()  # the row without its closing brace
+            result.ok += 1
+            result.written += 1
+            yield b"".join((head, key[1:] if head.endswith(b"{") else key, row[1], tails[row[4]]))
+            continue
         data = parse_json_line(name, line_no, raw)
         if _fill_row(data, joined.outcome(row_no), out, None, result) != "dropped":
             result.written += 1
