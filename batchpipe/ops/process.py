@@ -58,7 +58,7 @@ from batchpipe.pipeline.inputs import (
 from batchpipe.pipeline.interpret import Interpreter, is_invalid
 from batchpipe.pipeline.requests import custom_id_for, line_records
 from batchpipe.pipeline.results import (
-    ORJSON_INTS, TRUNCATED, USUAL_MISFITS, Parsed, is_retryable, parse_record, usual_answer,
+    TRUNCATED, USUAL_MISFITS, Parsed, is_retryable, parse_record, usual_answer, usual_usage,
 )
 from batchpipe.pipeline.shards import shard_id
 
@@ -233,26 +233,19 @@ def _read_results(
                         body = record.response.body
                         first = body.choices[0]
                         reason = first.finish_reason
-                        used = body.usage
-                        tin = used["prompt_tokens"]
-                        tout = used["completion_tokens"]
-                        if (kept[i] is None and reason != cut
-                                and type(tin) is int and 0 <= tin < ORJSON_INTS
-                                and type(tout) is int and 0 <= tout < ORJSON_INTS
-                                and "input_tokens" not in used and "output_tokens" not in used):
+                        if kept[i] is None and reason != cut:
                             # The row, [true, content, null, false, attempt, reason, usage, false] (index.SCHEMA),
                             # encoded while its answer is at hand, joined from pieces (see _encoded): the
                             # end is the same for every answer of the same finish reason.
-                            tail = tails.get(reason) if not keep_usage else None
-                            if tail is None:
-                                tail = b"," + dumps([None, False, attempt, reason, used if keep_usage else None,
-                                                     False])[1:]
-                                if not keep_usage:
-                                    tails[reason] = tail
+                            if keep_usage:
+                                tail = b"," + dumps([None, False, attempt, reason, usual_usage(raw), False])[1:]
+                            elif (tail := tails.get(reason)) is None:
+                                tail = tails[reason] = b"," + dumps([None, False, attempt, reason, None, False])[1:]
                             kept[i] = b"[true," + dumps(first.message.content) + tail
+                            used = body.usage
                             answered += 1
-                            tokens_in += tin
-                            tokens_out += tout
+                            tokens_in += used.prompt_tokens
+                            tokens_out += used.completion_tokens
                             truncated += reason == TRUNCATED
                             continue
                     except (*USUAL_MISFITS, KeyError, TypeError, IndexError):

@@ -7,7 +7,7 @@ never aborts a file: it is reported, and its request counts as missing.
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
@@ -33,7 +33,8 @@ TRUNCATED = "length"
 # The usual line of a chat completions job's output file, declared for msgspec: a line of this
 # shape is decoded straight into these (about twice as fast as orjson makes dicts of it: the
 # fields not named here are skipped, not built); a line of any other shape fails to decode and
-# is read the general way (orjson, parse_record). gc=False: they hold no cycles.
+# is read the general way (orjson, parse_record), which must then come to the same outcome.
+# gc=False: they hold no cycles.
 class _Message(msgspec.Struct, gc=False):
     content: str
 
@@ -43,9 +44,22 @@ class _Choice(msgspec.Struct, gc=False):
     finish_reason: str
 
 
+# A count of tokens: a whole number of at least 0 (not a bool, not 9.0), within 64 bits (orjson
+# reads a bigger one as a float).
+_Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+class _Usage(msgspec.Struct, gc=False):
+    prompt_tokens: _Count
+    completion_tokens: _Count
+    # the /v1/responses words: a usage that has them is read the general way (usage_tokens)
+    input_tokens: msgspec.UnsetType = msgspec.UNSET
+    output_tokens: msgspec.UnsetType = msgspec.UNSET
+
+
 class _Body(msgspec.Struct, gc=False):
     choices: list[_Choice]
-    usage: dict[str, Any]  # a dict, as output.meta keeps it
+    usage: _Usage
 
 
 class _Response(msgspec.Struct, gc=False):
@@ -59,16 +73,31 @@ class UsualAnswer(msgspec.Struct, gc=False):
     error: None
 
 
-# Decodes a line into a UsualAnswer; raises one of USUAL_MISFITS on a line of another shape.
+class _UsageBody(msgspec.Struct, gc=False):
+    usage: dict[str, Any]
+
+
+class _UsageResponse(msgspec.Struct, gc=False):
+    body: _UsageBody
+
+
+class _UsageLine(msgspec.Struct, gc=False):
+    response: _UsageResponse
+
+
+# Decode a line into a UsualAnswer; raise one of USUAL_MISFITS on a line of another shape.
 # msgspec checks the syntax of the fields it skips, not all of what they hold: neither their text's
 # bytes (a line that is not UTF-8 throughout must be refused apart, by bytes.decode, as orjson
 # refuses it) nor their numbers' range (a line with a number past a double's, 1e400, which orjson
 # refuses and the service never writes, is read as its answer).
 usual_answer = msgspec.json.Decoder(UsualAnswer).decode
 USUAL_MISFITS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
-# The integers orjson reads as integers (above, as floats): an answer's counts must be within them
-# to be read the same by either.
-ORJSON_INTS = 1 << 64
+_usage_line = msgspec.json.Decoder(_UsageLine).decode
+
+
+def usual_usage(raw: bytes) -> dict[str, Any]:
+    """The usage of a UsualAnswer's line as the service said it, every field (output.meta keeps it)."""
+    return _usage_line(raw).response.body.usage
 
 
 def answer(endpoint: str, body: dict[str, Any]) -> Any:
