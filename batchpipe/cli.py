@@ -11,15 +11,18 @@ annotations, and compiling and evaluating them from strings (twice: in `command`
 was about 7% of --help.
 """
 
+import atexit
+import contextlib
 import functools
 import importlib.util
 import inspect
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -956,4 +959,32 @@ def init(
 
 
 def main() -> None:
+    """`batchpipe` in this process: it ends with SystemExit, as any Python command line does."""
     app()
+
+
+def console() -> NoReturn:
+    """The `batchpipe` program (its console script): main(), then the process ends at once."""
+    try:
+        main()
+    except SystemExit as done:
+        _leave(done.code)
+    _leave(0)
+
+
+def _leave(code: object) -> NoReturn:
+    """Exit with `code` (as SystemExit takes it) without Python's teardown, which frees every module
+    and object one by one: measured, 0.02 to 0.07 s after `--help`, `list` or `status`, 0.1 to
+    0.2 s after a `create` of 300,000 rows (pydantic and the rest it loaded). The exit handlers run and the standard streams are flushed; every file a command writes is
+    closed (and fsynced where it must be) before it returns. Another thread still running (none
+    should be) gets the usual exit, which waits for it."""
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    if code is not None and not isinstance(code, int):  # a message, as sys.exit prints it
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a pipe closed early: nothing more can be said on it
+            stream.flush()
+    os._exit(code or 0)

@@ -259,6 +259,13 @@ CLI_SHARDS = 1_000
 CLI_RUNS = 5  # each command's figure is the best of this many runs
 
 
+def batchpipe_command() -> list[str]:
+    """The `batchpipe` a user runs: the console script beside this Python (`python -m batchpipe`
+    if it has none, which ends a little later: it leaves through Python's teardown)."""
+    script = Path(sys.executable).with_name("batchpipe")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "batchpipe"]
+
+
 def cli_run(work: Path, env: dict[str, str]) -> tuple[Path, float]:
     """A finished run of CLI_SHARDS shards (one request each) in work/cli; (its dir, seconds to make it)."""
     import yaml
@@ -271,7 +278,7 @@ def cli_run(work: Path, env: dict[str, str]) -> tuple[Path, float]:
     job.setdefault("limits", {})["max_requests_per_shard"] = 1
     (here / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False), encoding="utf-8")
     env = {**env, "BATCHPIPE_RUNS_DIR": str(here / "runs")}
-    bp = [sys.executable, "-m", "batchpipe"]
+    bp = batchpipe_command()
     timed([*bp, "create", "job.yaml", "--run", "bench"], here, env)
     fake_service(here)
     timed([*bp, "process", "bench"], here, env)
@@ -282,7 +289,7 @@ def cli_figures(work: Path, env: dict[str, str]) -> None:
     """Print the best-of-CLI_RUNS seconds of `--help`, and of `status` and `list` of a finished run."""
     here, made = cli_run(work, env)
     env = {**env, "BATCHPIPE_RUNS_DIR": str(here / "runs")}
-    bp = [sys.executable, "-m", "batchpipe"]
+    bp = batchpipe_command()
     print(f"\neveryday commands, best of {CLI_RUNS} runs "
           f"(a finished run of {CLI_SHARDS:,} shards, made in {made:.0f} s by create and process):")
     for label, args in (("batchpipe --help", ["--help"]), ("batchpipe status --help", ["status", "--help"]),
@@ -453,11 +460,11 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=args.keep is None)
         env = {**timing_env(), "BATCHPIPE_RUNS_DIR": str(work / "runs"), "OPENAI_API_KEY": "bench"}
         me = [sys.executable, str(Path(__file__).resolve()), "--baseline"]
-        bp = [sys.executable, "-m", "batchpipe"]
+        bp = batchpipe_command()
         if args.profile:
             bp = [sys.executable, "-m", "cProfile", "-o", "{stage}.prof", "-m", "batchpipe"]
         if args.no_tokenizer:  # an import of bpe_openai fails, as in an install without it
-            hide = "import runpy, sys; sys.modules['bpe_openai'] = None; runpy.run_module('batchpipe', run_name='__main__')"
+            hide = "import sys; sys.modules['bpe_openai'] = None; sys.argv[0] = 'batchpipe'; import batchpipe.cli as c; c.console()"
             bp = [sys.executable, "-c", hide]
         if args.cli_only:
             return cli_figures(work, env)

@@ -161,3 +161,22 @@ def test_shell_completion_installs_and_completes_in_bash(tmp_path):
 def test_dash_capital_v_shows_the_version(cli):
     assert cli("-V").stdout == cli("--version").stdout
     assert cli("-V").stdout.startswith("batchpipe ")
+
+
+def test_the_console_script_leaves_with_every_byte_written_and_the_commands_exit_code(tmp_path, runs_dir):
+    # `batchpipe` ends its process without Python's teardown (cli.console): what it said and wrote
+    # must be whole all the same, and its exit code the command's.
+    batchpipe = Path(sys.executable).parent / "batchpipe"  # the console script, as a user runs it
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([batchpipe, *args], capture_output=True, text=True, timeout=100)
+
+    schema = run("schema")  # a long answer: every byte of it comes out
+    assert schema.returncode == 0 and json.loads(schema.stdout)["title"] == "batchpipe job config"
+    created = run("create", str(write_job(tmp_path / "job", review_rows(7))), "--run", "r1", "--json")
+    assert created.returncode == 0 and json.loads(created.stdout)["data"]["requests"] == 7
+    assert len((runs_dir / "r1" / "shards" / "00001.a1.jsonl").read_text().splitlines()) == 5
+    pending = run("process", "r1", "--json")  # nothing sent yet: not done, exit 3, as the document says
+    assert pending.returncode == json.loads(pending.stdout)["exit_code"] == 3
+    missing = run("status", "nosuch")
+    assert missing.returncode == 2 and "no run 'nosuch'" in missing.stderr
