@@ -65,8 +65,49 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+# A file being written is sent to disk in the background each time this many more bytes are
+# written to it (fdatasync on a thread, while the writer goes on), so the fsync that ends it waits
+# for at most this much: a 60 MB output took 0.1 s to fsync at the end, on the command's critical path.
+EARLY_SYNC_BYTES = 8 << 20
+
+
+class _SyncingFile:
+    """A file opened for writing (atomic_writer) whose data goes to disk in the background as it is
+    written (EARLY_SYNC_BYTES); `close` waits for the last background flush, before the file is."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self._unsynced = 0
+        self._flushing: threading.Thread | None = None
+        self._error: OSError | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        n = self._f.write(data)
+        self._unsynced += n
+        if self._unsynced >= EARLY_SYNC_BYTES and (self._flushing is None or not self._flushing.is_alive()):
+            self.close()  # an error of the last flush is raised here, not lost
+            self._f.flush()
+            self._flushing = threading.Thread(target=self._fdatasync, name="batchpipe-early-sync", daemon=True)
+            self._flushing.start()
+            self._unsynced = 0
+        return n
+
+    def _fdatasync(self) -> None:
+        try:
+            os.fdatasync(self._f.fileno())
+        except OSError as exc:
+            self._error = exc
+
+    def close(self) -> None:
+        if self._flushing is not None:
+            self._flushing.join()
+            self._flushing = None
+        if self._error is not None:
+            raise self._error
+
+
 @contextlib.contextmanager
-def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[_SyncingFile]:
     """Yield a binary file that replaces `path` atomically and durably when the block ends.
 
     Nothing is visible at `path` until the block finishes without error; on error the temp
@@ -75,7 +116,11 @@ def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
-            yield f
+            syncing = _SyncingFile(f)
+            try:
+                yield syncing
+            finally:
+                syncing.close()  # no fd is closed under a running fdatasync
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)  # mkstemp creates 0600; published data files are not secret
