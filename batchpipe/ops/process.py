@@ -580,7 +580,8 @@ def _spliced_in_parallel(ledger: Ledger, cfg: JobConfig, path: Path, count: int,
         parts = stack.enter_context(fsio.scratch_files(ledger.paths.output, len(ranges)))
         workers = [stack.enter_context(_Worker(_output_worker, ledger, cfg, ranges, k, str(part)))
                    for k, part in enumerate(parts)]
-        hashed = stack.enter_context(ThreadPoolExecutor(1)).submit(whole.hash)
+        threads = stack.enter_context(ThreadPoolExecutor(2))
+        hashed = threads.submit(whole.hash)
         row_no, line_no = 1, 1  # where the next range starts
         for worker in workers[1:]:
             rows_before, lines_before = worker.receive()  # of the range before its own
@@ -592,6 +593,9 @@ def _spliced_in_parallel(ledger: Ledger, cfg: JobConfig, path: Path, count: int,
                 # work goes on meanwhile, and little is left to do once the last worker is done
                 while isinstance(written := worker.receive(), int):
                     yield f.read(written - f.tell())
+            # handed on whole: removed on a thread, as freeing a part's blocks takes a while (30 MB:
+            # 10-20 ms) and the next part is waiting; any left are removed when the block ends
+            threads.submit(part.unlink, missing_ok=True)
             counts = written
             rows += counts.pop("rows")
             for code, n in counts.pop("invalid").items():
