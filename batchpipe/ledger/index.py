@@ -172,12 +172,17 @@ _DAMAGE = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _failure(path: Path, exc: sqlite3.Error) -> IndexFailure:
+# A record of the index that does not decode: damage sqlite cannot see (its pages are sound).
+_UNREADABLE = (orjson.JSONDecodeError, msgspec.DecodeError)
+
+
+def _failure(path: Path, exc: sqlite3.Error | ValueError | msgspec.DecodeError) -> IndexFailure:
     run = path.parent.name
     name = getattr(exc, "sqlite_errorname", "")
-    if name.startswith(_DAMAGE):
+    if name.startswith(_DAMAGE) or isinstance(exc, _UNREADABLE):
+        what = exc if name else f"a record does not read: {exc}"
         return IndexFailure(
-            f"{path} is damaged ({exc})", damaged=True,
+            f"{path} is damaged ({what})", damaged=True,
             hint=f"run `batchpipe recover {run}`: the index is derived data and is rebuilt from the run's files",
         )
     return IndexFailure(
@@ -188,14 +193,15 @@ def _failure(path: Path, exc: sqlite3.Error) -> IndexFailure:
 
 
 def _guarded(method: F) -> F:
-    """Turn an sqlite error inside `method` (a plain method or a generator) into an IndexFailure."""
+    """Turn an sqlite error inside `method` (a plain method or a generator), or a record of the
+    index that does not decode, into an IndexFailure."""
     if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
         def gen(self: Index, *args: Any, **kwargs: Any) -> Iterator[Any]:
             try:
                 yield from method(self, *args, **kwargs)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, *_UNREADABLE) as exc:
                 raise _failure(self.path, exc) from None
 
         return gen  # type: ignore[return-value]
@@ -204,7 +210,7 @@ def _guarded(method: F) -> F:
     def call(self: Index, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, *_UNREADABLE) as exc:
             raise _failure(self.path, exc) from None
 
     return call  # type: ignore[return-value]
@@ -452,6 +458,19 @@ class Index:
     @_guarded
     def quick_check(self) -> str:
         return "; ".join(str(r[0]) for r in self.db.execute("PRAGMA quick_check"))
+
+    @_guarded
+    def unreadable(self) -> str | None:
+        """The first record that does not decode, or whose arrays do not hold one value per line
+        (damage that quick_check cannot see: sqlite's pages are sound), named; None if all read.
+        Reads every record, a shard's at a time: for `recover`, not for every command."""
+        for file, lines, ids, seqs in self.db.execute("SELECT file, lines, ids, seqs FROM shard_files"):
+            if not len(orjson.loads(ids)) == len(orjson.loads(seqs)) == lines:
+                return f"the lines of {file}"
+        for shard, n, outcomes in self.db.execute("SELECT shard, n, outcomes FROM results"):
+            if len(_read_rows(outcomes)) != n:
+                return f"the outcomes of {shard}"
+        return None
 
     @_guarded
     def count(self, table: str, file: str | None = None) -> int:
