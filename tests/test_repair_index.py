@@ -174,36 +174,39 @@ def test_a_lost_index_and_a_damaged_retry_file_are_both_made_again(cli, emulator
     assert read_jsonl(run / "output.jsonl") == good
 
 
-def test_an_index_record_that_does_not_read_is_a_message_and_recover_rebuilds_it(cli, emulator, runs_dir, tmp_path):
+def test_a_seq_flipped_on_disk_is_caught_by_its_check_never_joined_to_the_wrong_row(cli, emulator, runs_dir, tmp_path):
     good = finished(cli, tmp_path, runs_dir)
     run = runs_dir / "idx"
     (run / "output.jsonl").unlink()
-    with sqlite3.connect(run / "index.sqlite") as db:  # sqlite's pages sound, a record of it cut short
-        db.execute("UPDATE results SET outcomes = substr(outcomes, 1, 20) WHERE shard = '00001.a1'")
+    with sqlite3.connect(run / "index.sqlite") as db:  # one digit for another: still JSON, still as long
+        db.execute("UPDATE shard_files SET seqs = CAST(replace(CAST(seqs AS TEXT), '[1,2,', '[1,3,') AS BLOB) "
+                   "WHERE file = 'shards/00001.a1.jsonl'")
+        assert db.execute("SELECT changes()").fetchone()[0] == 1
     db.close()
 
     result = cli("process", "idx", code=None)
     assert result.exit_code != 0 and "Traceback" not in result.output
-    assert "index.sqlite is damaged (a record does not read" in result.stderr
+    assert "index.sqlite is damaged (the lines of shards/00001.a1.jsonl no longer match their check)" in result.stderr
     assert "batchpipe recover idx" in result.stderr
-    assert not (run / "output.jsonl").exists()
+    assert not (run / "output.jsonl").exists()  # no row got another's answer
 
     recovered = cli("recover", "idx").stdout
-    assert "index.sqlite is damaged (a record does not read" in recovered and "rebuilt it" in recovered
-    cli("process", "idx", code=6)
-    assert read_jsonl(run / "output.jsonl") == good
-
-
-def test_recover_rebuilds_an_index_whose_arrays_read_but_miss_a_request(cli, emulator, runs_dir, tmp_path):
-    good = finished(cli, tmp_path, runs_dir)
-    run = runs_dir / "idx"
-    with sqlite3.connect(run / "index.sqlite") as db:  # valid JSON, one id short of the file's lines
-        db.execute("UPDATE shard_files SET ids = json_remove(ids, '$[0]') WHERE file = 'shards/00001.a1.jsonl'")
-    db.close()
-
-    recovered = cli("recover", "idx").stdout
-    assert "index.sqlite is damaged (the lines of shards/00001.a1.jsonl do not read): rebuilt it" in recovered
-    (run / "output.jsonl").unlink()
+    assert "index.sqlite is damaged (the lines of shards/00001.a1.jsonl do not read back as written): rebuilt it" in recovered
     cli("process", "idx", code=6)
     assert read_jsonl(run / "output.jsonl") == good
     assert "nothing to do" in cli("recover", "idx").stdout
+
+
+def test_an_answer_changed_in_the_index_is_caught_and_recover_rebuilds_it(cli, emulator, runs_dir, tmp_path):
+    good = finished(cli, tmp_path, runs_dir)
+    run = runs_dir / "idx"
+    with sqlite3.connect(run / "index.sqlite") as db:  # an answer's text changed, the JSON sound
+        db.execute("UPDATE results SET outcomes = CAST(replace(CAST(outcomes AS TEXT), 'echo', 'ECHO') AS BLOB) "
+                   "WHERE shard = '00001.a1'")
+    db.close()
+
+    recovered = cli("recover", "idx").stdout
+    assert "index.sqlite is damaged (the outcomes of 00001.a1 do not read back as written): rebuilt it" in recovered
+    (run / "output.jsonl").unlink()
+    cli("process", "idx", code=6)
+    assert read_jsonl(run / "output.jsonl") == good

@@ -9,15 +9,17 @@ A lost or damaged index, or one of an earlier layout, is rebuilt from the run's 
 (ops/reindex.py); an sqlite error (damage, a full disk) leaves here as an IndexFailure with a
 message and a hint, never a traceback.
 
-Layout 2 (SCHEMA): a row per request only where sqlite needs one to find an id (`requests`);
+Layout 3 (SCHEMA): a row per request only where sqlite needs one to find an id (`requests`);
 everything else a row per shard file or per merged attempt, its per-request values in JSON
-arrays, so `create` and `process` pay a statement per shard, not per request.
+arrays, so `create` and `process` pay a statement per shard, not per request. Each row's arrays
+carry a check (_digest), verified whenever they are read: a damaged one is never joined.
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
+import hashlib
 import inspect
 import operator
 import sqlite3
@@ -32,8 +34,9 @@ from batchpipe import fsio
 from batchpipe.errors import LedgerError
 
 # The layout's version, in sqlite's user_version: an index of another version (an earlier
-# batchpipe's, one row per request) is rebuilt from the run's files (ops/reindex.py).
-VERSION = 2
+# batchpipe's: one row per request, or arrays without their check) is rebuilt from the run's
+# files (ops/reindex.py).
+VERSION = 3
 
 # Rows are written a shard file or a shard attempt at a time, each as one JSON array in a blob:
 # `create` and `process` then pay one statement per shard, not one per request, and sqlite
@@ -49,7 +52,8 @@ CREATE TABLE IF NOT EXISTS shard_files (   -- which request is on which line of 
     file      TEXT PRIMARY KEY,            -- the file's path in the run dir, as the ledger names it
     lines     INTEGER NOT NULL,
     ids       BLOB NOT NULL,               -- JSON arrays, in line order: the custom_id on each line,
-    seqs      BLOB NOT NULL                --   and its seq
+    seqs      BLOB NOT NULL,               --   and its seq
+    digest    BLOB NOT NULL                -- the check of both (_digest)
 );
 CREATE TABLE IF NOT EXISTS results (       -- the outcomes of one merged shard attempt
     shard     TEXT PRIMARY KEY,
@@ -60,13 +64,26 @@ CREATE TABLE IF NOT EXISTS results (       -- the outcomes of one merged shard a
     failed    INTEGER NOT NULL,            -- how many of its outcomes are failures, and of those
     retryable INTEGER NOT NULL,            --   how many another attempt may fix
     n         INTEGER NOT NULL,            -- its requests, one per line of its request file, and
-    outcomes  BLOB NOT NULL                --   in that line order (JSON): [ok, value, error, retryable, attempt,
-);                                         --   finish_reason, usage, invalid]
+    outcomes  BLOB NOT NULL,               --   in that line order (JSON): [ok, value, error, retryable, attempt,
+                                           --   finish_reason, usage, invalid]
+    digest    BLOB NOT NULL                -- the check of the outcomes (_digest)
+);
 """
 
 
 # An attempt's outcomes with the ids and seqs of its request file's lines, in the same order.
 _WITH_FILES = "results r JOIN shard_files f ON f.file = r.file"
+
+
+def _digest(*blobs: bytes) -> bytes:
+    """The check kept beside a record's arrays. sqlite keeps no checksum of a row: a bit flipped on
+    disk in a seq (a digit for another, still JSON, still as long) would join answers to the wrong
+    rows without a word, and one in an answer would change it. Each array is checked when read."""
+    digest = hashlib.sha256()
+    for blob in blobs:
+        digest.update(len(blob).to_bytes(8, "little"))
+        digest.update(blob)
+    return digest.digest()[:16]
 
 # The page cache of a `bulk` build (KiB): bounded, so create's memory does not grow with the run.
 # It works on a few pages at a time (a batch of ids that mostly ascend goes in at one place;
@@ -216,6 +233,16 @@ def _guarded(method: F) -> F:
     return call  # type: ignore[return-value]
 
 
+def _checked(path: Path, what: str, digest: bytes, *blobs: bytes) -> None:
+    """Raise IndexFailure (damaged: rebuilt by recover) unless `blobs` are what `digest` was made of."""
+    if _digest(*blobs) != digest:
+        raise IndexFailure(
+            f"{path} is damaged ({what} no longer match their check)", damaged=True,
+            hint=f"run `batchpipe recover {path.parent.name}`: the index is derived data and is rebuilt from the "
+            "run's files",
+        )
+
+
 class Index:
     @_guarded
     def __init__(self, path: Path, *, create: bool = False, bulk: bool = False) -> None:
@@ -255,7 +282,7 @@ class Index:
     def _layout(self) -> int:
         """The layout version the file says it has, 0 if its results table is not this layout's."""
         columns = [row[1] for row in self.db.execute("PRAGMA table_info(results)")]
-        if columns != ["shard", "file", "merged", "lo", "hi", "failed", "retryable", "n", "outcomes"]:
+        if columns != ["shard", "file", "merged", "lo", "hi", "failed", "retryable", "n", "outcomes", "digest"]:
             return 0
         return self.db.execute("PRAGMA user_version").fetchone()[0]
 
@@ -404,8 +431,9 @@ class Index:
                     raise IndexFailure(
                         f"{self.path}: {file} holds requests the index does not know", damaged=True,
                         hint=f"run `batchpipe recover {self.path.parent.name}`: it rebuilds the index")
-            self.db.execute("INSERT OR REPLACE INTO shard_files VALUES (?, ?, ?, ?)",
-                            (file, len(seqs), ids, orjson.dumps(seqs)))
+            seqs_blob = orjson.dumps(seqs)
+            self.db.execute("INSERT OR REPLACE INTO shard_files VALUES (?, ?, ?, ?, ?)",
+                            (file, len(seqs), ids, seqs_blob, _digest(ids, seqs_blob)))
             if self._has_by_id():
                 self.db.execute("DELETE FROM id_files WHERE file = ?", (file,))
                 self.db.execute("INSERT INTO id_files SELECT value, ? FROM json_each(?)", (file, ids))
@@ -413,8 +441,17 @@ class Index:
     @_guarded
     def ids_of(self, file: str) -> list[str]:
         """The custom_ids on the lines of a shard file, in line order ([] for a file it does not know)."""
-        found = self.db.execute("SELECT ids FROM shard_files WHERE file = ?", (file,)).fetchone()
+        found = self._file_arrays(file)
         return orjson.loads(found[0]) if found is not None else []
+
+    def _file_arrays(self, file: str) -> tuple[bytes, bytes] | None:
+        """(ids, seqs) of a shard file as stored, checked; None for a file the index does not know."""
+        found = self.db.execute("SELECT ids, seqs, digest FROM shard_files WHERE file = ?", (file,)).fetchone()
+        if found is None:
+            return None
+        ids, seqs, digest = found
+        _checked(self.path, f"the lines of {file}", digest, ids, seqs)
+        return ids, seqs
 
     def shard_ids(self, file: str) -> list[tuple[int, str]]:
         """(line, custom_id) of the requests in a shard file, in file order."""
@@ -461,14 +498,15 @@ class Index:
 
     @_guarded
     def unreadable(self) -> str | None:
-        """The first record that does not decode, or whose arrays do not hold one value per line
-        (damage that quick_check cannot see: sqlite's pages are sound), named; None if all read.
-        Reads every record, a shard's at a time: for `recover`, not for every command."""
-        for file, lines, ids, seqs in self.db.execute("SELECT file, lines, ids, seqs FROM shard_files"):
-            if not len(orjson.loads(ids)) == len(orjson.loads(seqs)) == lines:
+        """The first record that does not match its check, does not decode, or whose arrays do not
+        hold one value per line (damage that quick_check cannot see: sqlite's pages are sound),
+        named; None if all read. Reads every record, a shard's at a time: for `recover`, not for
+        every command."""
+        for file, lines, ids, seqs, digest in self.db.execute("SELECT file, lines, ids, seqs, digest FROM shard_files"):
+            if _digest(ids, seqs) != digest or not len(orjson.loads(ids)) == len(orjson.loads(seqs)) == lines:
                 return f"the lines of {file}"
-        for shard, n, outcomes in self.db.execute("SELECT shard, n, outcomes FROM results"):
-            if len(_read_rows(outcomes)) != n:
+        for shard, n, outcomes, digest in self.db.execute("SELECT shard, n, outcomes, digest FROM results"):
+            if _digest(outcomes) != digest or len(_read_rows(outcomes)) != n:
                 return f"the outcomes of {shard}"
         return None
 
@@ -496,17 +534,19 @@ class Index:
         """
         made = outcomes if isinstance(outcomes, Rows) else Rows.of(outcomes)
         ids, counts, retryable = made.ids, dict(made.counts), made.retryable
-        found = self.db.execute("SELECT ids, seqs FROM shard_files WHERE file = ?", (file,)).fetchone()
+        found = self._file_arrays(file)
         if found is None or found[0] != orjson.dumps(ids):  # (as add_shard_file wrote them: compared undecoded)
             raise IndexFailure(
                 f"{self.path}: the outcomes of shard {shard} do not match the lines of {file}", damaged=True,
                 hint=f"run `batchpipe recover {self.path.parent.name}`: it rebuilds the index")
         seqs = orjson.loads(found[1])
+        blob = made.blob()
         with self.db:  # one statement, one row: all of the shard or none of it, numbered as it lands
             self.db.execute(
-                "INSERT OR REPLACE INTO results SELECT ?, ?, COALESCE(MAX(merged), 0) + 1, ?, ?, ?, ?, ?, ? FROM results",
+                "INSERT OR REPLACE INTO results SELECT ?, ?, COALESCE(MAX(merged), 0) + 1, ?, ?, ?, ?, ?, ?, ? "
+                "FROM results",
                 (shard, file, min(seqs, default=0), max(seqs, default=0), counts["failed"], retryable, len(ids),
-                 made.blob()),
+                 blob, _digest(blob)),
             )
         return counts
 
@@ -514,14 +554,18 @@ class Index:
         """(line, outcome) of the requests of `shard` whose latest outcome is its own failure that
         may be retried (every failure, with `every_failure`)."""
         which = "failed" if every_failure else "retryable"
-        found = self.db.execute(f"SELECT r.merged, r.lo, r.hi, f.ids, r.outcomes, f.seqs FROM {_WITH_FILES} "
-                                f"WHERE r.shard = ? AND r.{which}", (shard,)).fetchone()
+        found = self.db.execute(f"SELECT r.merged, r.lo, r.hi, f.file, f.ids, f.seqs, f.digest, r.outcomes, r.digest "
+                                f"FROM {_WITH_FILES} WHERE r.shard = ? AND r.{which}", (shard,)).fetchone()
         if found is None:  # no such failure: its arrays are not read
             return []
-        merged, lo, hi, ids, outcomes, seqs = found
+        merged, lo, hi, file, ids, seqs, file_digest, outcomes, digest = found
+        _checked(self.path, f"the lines of {file}", file_digest, ids, seqs)
+        _checked(self.path, f"the outcomes of {shard}", digest, outcomes)
         later: set[int] = set()  # requests a later attempt answered again
-        for (other,) in self.db.execute(f"SELECT f.seqs FROM {_WITH_FILES} WHERE r.merged > ? AND r.lo <= ? "
-                                        "AND r.hi >= ?", (merged, hi, lo)):
+        for other_file, other_ids, other, other_digest in self.db.execute(
+                f"SELECT f.file, f.ids, f.seqs, f.digest FROM {_WITH_FILES} WHERE r.merged > ? AND r.lo <= ? "
+                "AND r.hi >= ?", (merged, hi, lo)):
+            _checked(self.path, f"the lines of {other_file}", other_digest, other_ids, other)
             later.update(orjson.loads(other))
         # row: [ok, value, error, retryable, ...] (see SCHEMA); an Outcome is made for the failures only
         return [
@@ -587,9 +631,11 @@ class Joined:
 
     @_guarded
     def _load(self, shard: str) -> _Attempt:
-        merged, lo, hi, ids, seqs, rows = self._index.db.execute(
-            f"SELECT r.merged, r.lo, r.hi, f.ids, f.seqs, r.outcomes FROM {_WITH_FILES} WHERE r.shard = ?",
-            (shard,)).fetchone()
+        merged, lo, hi, file, ids, seqs, file_digest, rows, digest = self._index.db.execute(
+            f"SELECT r.merged, r.lo, r.hi, f.file, f.ids, f.seqs, f.digest, r.outcomes, r.digest FROM {_WITH_FILES} "
+            "WHERE r.shard = ?", (shard,)).fetchone()
+        _checked(self.path, f"the lines of {file}", file_digest, ids, seqs)
+        _checked(self.path, f"the outcomes of {shard}", digest, rows)
         seqs = orjson.loads(seqs)
         where = None if seqs == list(range(lo, hi + 1)) else {seq: i for i, seq in enumerate(seqs)}
         return _Attempt(merged, lo, hi, orjson.loads(ids), _read_rows(rows), where,

@@ -41,7 +41,7 @@ def index_problem(ledger: Ledger, *, thorough: bool = False) -> str | None:
             if thorough and (check := index.quick_check()) != "ok":
                 return f"{path.name} is damaged ({check})"
             if thorough and (record := index.unreadable()) is not None:
-                return f"{path.name} is damaged ({record} do not read)"
+                return f"{path.name} is damaged ({record} do not read back as written)"
             if (n := index.count("requests")) != ledger.run.requests:
                 return f"{path.name} knows {n} of the run's {ledger.run.requests} requests"
             for shard in ledger.shards:
