@@ -983,7 +983,7 @@ def _leave(code: object) -> NoReturn:
     if code is not None and not isinstance(code, int):  # a message, as sys.exit prints it
         print(code, file=sys.stderr)
         code = 1
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()  # what the interpreter's own exit runs first (multiprocessing's, tempfile's...)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a pipe closed early: nothing more can be said on it
             stream.flush()

@@ -69,11 +69,12 @@ def fsync_file(path: Path) -> None:
 # written to it (fdatasync on a thread, while the writer goes on), so the fsync that ends it waits
 # for at most this much: a 60 MB output took 0.1 s to fsync at the end, on the command's critical path.
 EARLY_SYNC_BYTES = 8 << 20
+_DATASYNC = getattr(os, "fdatasync", os.fsync)  # the data alone where the system can (macOS cannot)
 
 
 class _SyncingFile:
     """A file opened for writing (atomic_writer) whose data goes to disk in the background as it is
-    written (EARLY_SYNC_BYTES); `close` waits for the last background flush, before the file is."""
+    written (EARLY_SYNC_BYTES); `wait` for the last background flush before the file is closed."""
 
     def __init__(self, f: BinaryIO) -> None:
         self._f = f
@@ -85,20 +86,20 @@ class _SyncingFile:
         n = self._f.write(data)
         self._unsynced += n
         if self._unsynced >= EARLY_SYNC_BYTES and (self._flushing is None or not self._flushing.is_alive()):
-            self.close()  # an error of the last flush is raised here, not lost
+            self.wait()  # an error of the last flush is raised here, not lost
             self._f.flush()
-            self._flushing = threading.Thread(target=self._fdatasync, name="batchpipe-early-sync", daemon=True)
+            self._flushing = threading.Thread(target=self._flush_to_disk, name="batchpipe-early-sync", daemon=True)
             self._flushing.start()
             self._unsynced = 0
         return n
 
-    def _fdatasync(self) -> None:
+    def _flush_to_disk(self) -> None:
         try:
-            os.fdatasync(self._f.fileno())
+            _DATASYNC(self._f.fileno())
         except OSError as exc:
             self._error = exc
 
-    def close(self) -> None:
+    def wait(self) -> None:
         if self._flushing is not None:
             self._flushing.join()
             self._flushing = None
@@ -120,7 +121,7 @@ def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[_SyncingFile]:
             try:
                 yield syncing
             finally:
-                syncing.close()  # no fd is closed under a running fdatasync
+                syncing.wait()  # no fd is closed under a running fdatasync
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)  # mkstemp creates 0600; published data files are not secret
