@@ -75,16 +75,6 @@ CREATE TABLE IF NOT EXISTS results (       -- the outcomes of one merged shard a
 _WITH_FILES = "results r JOIN shard_files f ON f.file = r.file"
 
 
-def _digest(*blobs: bytes) -> bytes:
-    """The check kept beside a record's arrays. sqlite keeps no checksum of a row: a bit flipped on
-    disk in a seq (a digit for another, still JSON, still as long) would join answers to the wrong
-    rows without a word, and one in an answer would change it. Each array is checked when read."""
-    digest = hashlib.sha256()
-    for blob in blobs:
-        digest.update(len(blob).to_bytes(8, "little"))
-        digest.update(blob)
-    return digest.digest()[:16]
-
 # The page cache of a `bulk` build (KiB): bounded, so create's memory does not grow with the run.
 # It works on a few pages at a time (a batch of ids that mostly ascend goes in at one place;
 # others are staged and put in place sorted: see add_created): a bigger cache only grew create's
@@ -193,15 +183,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 _UNREADABLE = (orjson.JSONDecodeError, msgspec.DecodeError)
 
 
+def _damaged(path: Path, what: object) -> IndexFailure:
+    """The index at `path` is damaged (`what` says how): `recover` rebuilds it."""
+    return IndexFailure(
+        f"{path} is damaged ({what})", damaged=True,
+        hint=f"run `batchpipe recover {path.parent.name}`: the index is derived data and is rebuilt from the "
+        "run's files",
+    )
+
+
 def _failure(path: Path, exc: sqlite3.Error | ValueError | msgspec.DecodeError) -> IndexFailure:
-    run = path.parent.name
     name = getattr(exc, "sqlite_errorname", "")
-    if name.startswith(_DAMAGE) or isinstance(exc, _UNREADABLE):
-        what = exc if name else f"a record does not read: {exc}"
-        return IndexFailure(
-            f"{path} is damaged ({what})", damaged=True,
-            hint=f"run `batchpipe recover {run}`: the index is derived data and is rebuilt from the run's files",
-        )
+    if name.startswith(_DAMAGE):
+        return _damaged(path, exc)
+    if isinstance(exc, _UNREADABLE):
+        return _damaged(path, f"a record does not read: {exc}")
     return IndexFailure(
         f"{path}: {exc}", damaged=False,
         hint="free disk space (or fix what the message names) and run the same command again; "
@@ -233,14 +229,21 @@ def _guarded(method: F) -> F:
     return call  # type: ignore[return-value]
 
 
+def _digest(*blobs: bytes) -> bytes:
+    """The check kept beside a record's arrays. sqlite keeps no checksum of a row: a bit flipped on
+    disk in a seq (a digit for another, still JSON, still as long) would join answers to the wrong
+    rows without a word, and one in an answer would change it. Each array is checked when read."""
+    digest = hashlib.sha256()
+    for blob in blobs:
+        digest.update(len(blob).to_bytes(8, "little"))
+        digest.update(blob)
+    return digest.digest()[:16]
+
+
 def _checked(path: Path, what: str, digest: bytes, *blobs: bytes) -> None:
     """Raise IndexFailure (damaged: rebuilt by recover) unless `blobs` are what `digest` was made of."""
     if _digest(*blobs) != digest:
-        raise IndexFailure(
-            f"{path} is damaged ({what} no longer match their check)", damaged=True,
-            hint=f"run `batchpipe recover {path.parent.name}`: the index is derived data and is rebuilt from the "
-            "run's files",
-        )
+        raise _damaged(path, f"{what} no longer match their check")
 
 
 class Index:
