@@ -107,6 +107,13 @@ class _SyncingFile:
             raise self._error
 
 
+def _temp_beside(path: Path) -> tuple[int, Path]:
+    """A new temp file (its fd, open, and its path) in `path`'s directory, named `.<name>.<random>.tmp`
+    (unique: two writers never meet; the same filesystem: the rename is atomic; `recover` finds it)."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    return fd, Path(name)
+
+
 @contextlib.contextmanager
 def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[_SyncingFile]:
     """Yield a binary file that replaces `path` atomically and durably when the block ends.
@@ -114,7 +121,7 @@ def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[_SyncingFile]:
     Nothing is visible at `path` until the block finishes without error; on error the temp
     file is removed and `path` keeps its old content.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             syncing = _SyncingFile(f)
@@ -127,7 +134,7 @@ def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[_SyncingFile]:
         os.chmod(tmp, mode)  # mkstemp creates 0600; published data files are not secret
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
 
@@ -140,9 +147,9 @@ def scratch_files(path: Path, count: int) -> Iterator[list[Path]]:
     made: list[Path] = []
     try:
         for _ in range(count):
-            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+            fd, tmp = _temp_beside(path)
             os.close(fd)
-            made.append(Path(name))
+            made.append(tmp)
         yield made
     finally:
         for tmp in made:
@@ -290,9 +297,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     again, renamed over `path` and the directory fsynced. A stale sqlite journal of the old file
     is removed first: left beside the new one, sqlite would "roll it back" into it.
     """
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    fd, tmp = _temp_beside(path)
     os.close(fd)
-    tmp = Path(name)
     try:
         yield tmp
         fsync_file(tmp)
