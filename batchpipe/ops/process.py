@@ -754,16 +754,14 @@ def _splice(cfg: JobConfig, joined: Joined, blocks: Iterable[bytes], row_no: int
         others = [k for k, row in enumerate(outcomes) if row is None or not row[0] or row[5] not in _SPLICED]
         for k in others:
             outcomes[k] = _STAND_IN  # its pieces are replaced below
-        # A row's line is four pieces: its head, the key, the answer, the attempts and the line's end.
+        # A row's line is four pieces: its head, the key, the answer, and the attempts with the line's end.
         parts = [key] * (4 * lines)
         parts[0::4] = heads
         parts[2::4] = map(_VALUE, outcomes)
         parts[3::4] = map(tails.__getitem__, map(_ATTEMPT, outcomes))
         for k in others:
-            data = parse_json_line(name, line_no + k, heads[k] + b"}\n")
-            kept = _fill_row(data, joined.outcome(row_no + k), out, None, result) != "dropped"
-            result.written += kept
-            parts[4 * k : 4 * k + 4] = (dumps_row(data) if kept else b"", b"", b"", b"")
+            line = _filled(name, line_no + k, heads[k] + b"}\n", joined.outcome(row_no + k), out, result)
+            parts[4 * k : 4 * k + 4] = (line, b"", b"", b"")
         result.ok += lines - len(others)
         result.written += lines - len(others)
         yield b"".join(parts)
@@ -789,10 +787,18 @@ def _splice_rows(rows: list[tuple[int, int, bytes]], joined: Joined, out: Output
             result.written += 1
             yield b"".join((head, key[1:] if head.endswith(b"{") else key, row[1], tails[row[4]]))
             continue
-        data = parse_json_line(name, line_no, raw)
-        if _fill_row(data, joined.outcome(row_no), out, None, result) != "dropped":
-            result.written += 1
-            yield dumps_row(data)
+        yield _filled(name, line_no, raw, joined.outcome(row_no), out, result)
+
+
+def _filled(name: str, line_no: int, raw: bytes, outcome: Outcome | None, out: OutputConfig,
+            result: Processed) -> bytes:
+    """A row _splice does not append to: its line parsed, filled by _fill_row and written compact
+    (b"" for a row its answer's output.on_invalid drops)."""
+    data = parse_json_line(name, line_no, raw)
+    if _fill_row(data, outcome, out, None, result) == "dropped":
+        return b""
+    result.written += 1
+    return dumps_row(data)
 
 
 def _fill_row(data: dict[str, Any], outcome: Outcome | None, out: OutputConfig, fallback: Fallback | None,
