@@ -975,9 +975,10 @@ def console() -> NoReturn:
 def _leave(code: object) -> NoReturn:
     """Exit with `code` (as SystemExit takes it) without Python's teardown, which frees every module
     and object one by one: measured, 0.02 to 0.07 s after `--help`, `list` or `status`, 0.1 to
-    0.2 s after a `create` of 300,000 rows (pydantic and the rest it loaded). The exit handlers run and the standard streams are flushed; every file a command writes is
-    closed (and fsynced where it must be) before it returns. Another thread still running (none
-    should be) gets the usual exit, which waits for it."""
+    0.2 s after a `create` of 300,000 rows (pydantic and the rest it loaded). The exit handlers
+    run and the standard streams are flushed; every file a command writes is closed (and fsynced
+    where it must be) before it returns. Another thread still running (none should be) gets the
+    usual exit, which waits for it."""
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(code)
     if code is not None and not isinstance(code, int):  # a message, as sys.exit prints it

@@ -191,7 +191,8 @@ def test_a_seq_flipped_on_disk_is_caught_by_its_check_never_joined_to_the_wrong_
     assert not (run / "output.jsonl").exists()  # no row got another's answer
 
     recovered = cli("recover", "idx").stdout
-    assert "index.sqlite is damaged (the lines of shards/00001.a1.jsonl do not read back as written): rebuilt it" in recovered
+    damaged = "index.sqlite is damaged (the lines of shards/00001.a1.jsonl do not read back as written)"
+    assert f"{damaged}: rebuilt it" in recovered
     cli("process", "idx", code=6)
     assert read_jsonl(run / "output.jsonl") == good
     assert "nothing to do" in cli("recover", "idx").stdout
